@@ -1,0 +1,508 @@
+//! The messages exchanged between the frontend (`criu`) and the helper
+//! (`criu-helper`).
+//!
+//! The protocol is closed and lock-step: the frontend sends one [`Request`],
+//! the helper answers with exactly one [`Response`]. Descriptors travel only as
+//! `SCM_RIGHTS` ancillary data of the frame that names them (see unix(7)).
+//! Every size and count in a request is bounded by the constants below; the
+//! helper re-checks them and answers [`ErrorKind::BadRequest`] when one is out
+//! of range.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. The first exchange on a channel is
+/// [`Request::Hello`] / [`Response::Hello`]; both sides refuse to go on when
+/// the versions differ.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Magic sent in the handshake so that a helper started by something that is
+/// not our frontend stops at once ("CRIUIPC1" as a little-endian u64).
+pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"CRIUIPC1");
+
+/// Largest frame (4-byte length prefix plus postcard payload) in bytes.
+/// Checked before anything is decoded.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Most descriptors one frame may carry with `SCM_RIGHTS`.
+pub const MAX_FDS_PER_FRAME: usize = 16;
+
+/// Most bytes one [`Request::ReadMemory`] or [`Request::WriteMemory`] moves.
+/// Bulk page data never goes through frames: see [`Request::DumpPages`].
+pub const MAX_MEM_IO: u32 = 32 * 1024;
+
+/// Most page runs in one [`Request::DumpPages`].
+pub const MAX_PAGE_RUNS: usize = 2048;
+
+/// Most siginfo records returned by one [`Request::PeekSiginfo`].
+pub const MAX_SIGINFO: u32 = 128;
+
+/// Size of a kernel `siginfo_t` in bytes (see sigaction(2)).
+pub const SIGINFO_SIZE: usize = 128;
+
+/// Most bytes of `NT_X86_XSTATE` data accepted in [`Request::SetRegs`]
+/// (the largest x86-64 XSAVE area with AMX tiles is about 11 KiB).
+pub const MAX_XSTATE: usize = 16 * 1024;
+
+/// Largest address of user space on x86-64 with 4-level paging plus one
+/// (`TASK_SIZE`, see Documentation/arch/x86/x86_64/mm.rst).
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+
+/// Process ID as the kernel uses it (`pid_t`).
+pub type Pid = i32;
+
+/// General purpose registers of an x86-64 task, in the kernel's
+/// `struct user_regs_struct` order (see `<sys/user.h>` and ptrace(2),
+/// `PTRACE_GETREGS`). `fs_base` and `gs_base` are the TLS bases.
+#[allow(missing_docs)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// One contiguous run of virtual memory to copy, in bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    /// Start address, page aligned.
+    pub addr: u64,
+    /// Length in bytes, a multiple of the page size.
+    pub len: u64,
+}
+
+/// What to do with a task when the frontend is done with it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseMode {
+    /// Detach and let it run. For a seized (dumped) task the helper first puts
+    /// back the registers and signal mask it had when it was seized.
+    Resume,
+    /// Like `Resume`, but the task is left stopped by `SIGSTOP`.
+    Stop,
+    /// Kill it with `SIGKILL` (through its pidfd).
+    Kill,
+}
+
+/// The rseq registration of a task (see rseq(2) and ptrace(2),
+/// `PTRACE_GET_RSEQ_CONFIGURATION`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RseqConfig {
+    /// Address of the registered `struct rseq`; 0 when none is registered.
+    pub rseq_abi_pointer: u64,
+    /// Size of the registered area in bytes.
+    pub rseq_abi_size: u32,
+    /// Signature passed at registration.
+    pub signature: u32,
+    /// Registration flags.
+    pub flags: u32,
+}
+
+/// How a task ended (see wait(2)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// `_exit` with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+/// A request from the frontend to the helper.
+///
+/// Every request that names a `pid` acts on a task the helper traces on this
+/// channel (made by [`Request::Seize`] or [`Request::CreateStub`]); any other
+/// pid is answered with [`ErrorKind::NotTraced`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// First frame on a channel.
+    Hello {
+        /// Must be [`HELLO_MAGIC`].
+        magic: u64,
+        /// Must be [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Seize a live task with `PTRACE_SEIZE` and stop it with
+    /// `PTRACE_INTERRUPT` (ptrace(2)). The helper keeps its registers and
+    /// signal mask so that it can put them back on release or on any failure.
+    Seize {
+        /// Thread group leader to seize (single-threaded tasks only for now).
+        pid: Pid,
+    },
+    /// Create a restore stub: a new process with exactly PID `pid` (clone3(2)
+    /// with `set_tid`), whose descriptors are only the ones sent with this
+    /// frame, placed at the numbers in `fds` (the i-th descriptor at `fds[i]`),
+    /// seized and stopped. Its address space is a copy of the helper's, so
+    /// [`Response::Stub`] names a `syscall` instruction in it.
+    CreateStub {
+        /// The PID to create.
+        pid: Pid,
+        /// Target numbers of the descriptors passed with this frame.
+        fds: Vec<i32>,
+    },
+    /// Read general registers and the XSAVE area (`PTRACE_GETREGS`,
+    /// `PTRACE_GETREGSET` `NT_X86_XSTATE`).
+    GetRegs {
+        /// Traced task.
+        pid: Pid,
+    },
+    /// Set general registers and, if given, the XSAVE area.
+    SetRegs {
+        /// Traced task.
+        pid: Pid,
+        /// New registers.
+        regs: UserRegs,
+        /// New XSAVE area as returned by `GetRegs`, at most [`MAX_XSTATE`] bytes.
+        xstate: Option<Vec<u8>>,
+    },
+    /// Read the blocked signal mask (`PTRACE_GETSIGMASK`).
+    GetSigmask {
+        /// Traced task.
+        pid: Pid,
+    },
+    /// Set the blocked signal mask (`PTRACE_SETSIGMASK`).
+    SetSigmask {
+        /// Traced task.
+        pid: Pid,
+        /// Bit `n - 1` blocks signal `n`.
+        mask: u64,
+    },
+    /// Read queued signals without removing them (`PTRACE_PEEKSIGINFO`).
+    PeekSiginfo {
+        /// Traced task.
+        pid: Pid,
+        /// The process-wide queue instead of the thread's own.
+        shared: bool,
+        /// Index of the first record.
+        offset: u32,
+        /// Most records wanted, at most [`MAX_SIGINFO`].
+        count: u32,
+    },
+    /// Read the rseq registration (`PTRACE_GET_RSEQ_CONFIGURATION`).
+    GetRseq {
+        /// Traced task.
+        pid: Pid,
+    },
+    /// Name the address of a `syscall` instruction (bytes `0f 05`) in the task
+    /// for [`Request::Syscall`] to use. The helper checks the bytes.
+    SetGadget {
+        /// Traced task.
+        pid: Pid,
+        /// Address of the instruction.
+        addr: u64,
+    },
+    /// Run one system call in the task: registers are set to `nr` and `args`
+    /// with the instruction pointer at the gadget, and the task runs to the
+    /// syscall-exit stop (`PTRACE_SYSCALL`). No signal is generated. The
+    /// registers are left as the call left them; the frontend restores them.
+    Syscall {
+        /// Traced task.
+        pid: Pid,
+        /// System call number (x86-64 table).
+        nr: u64,
+        /// Arguments in `rdi, rsi, rdx, r10, r8, r9` order.
+        args: [u64; 6],
+    },
+    /// Read task memory through `/proc/PID/mem` (works on any mapping the
+    /// task may read or could make readable). At most [`MAX_MEM_IO`] bytes.
+    ReadMemory {
+        /// Traced task.
+        pid: Pid,
+        /// Start address.
+        addr: u64,
+        /// Length in bytes.
+        len: u32,
+    },
+    /// Write task memory through `/proc/PID/mem`. At most [`MAX_MEM_IO`] bytes.
+    WriteMemory {
+        /// Traced task.
+        pid: Pid,
+        /// Start address.
+        addr: u64,
+        /// Bytes to write.
+        data: Vec<u8>,
+    },
+    /// Copy the given runs of the task's memory, in order, to the descriptor
+    /// sent with this frame (an image file the frontend opened), at its
+    /// current offset. Pages move in large `process_vm_readv(2)` batches and
+    /// never pass through the channel.
+    DumpPages {
+        /// Traced task.
+        pid: Pid,
+        /// Runs to copy, at most [`MAX_PAGE_RUNS`].
+        runs: Vec<PageRun>,
+    },
+    /// Stop tracing a task; see [`ReleaseMode`].
+    Release {
+        /// Traced task.
+        pid: Pid,
+        /// What becomes of it.
+        how: ReleaseMode,
+    },
+    /// Wait until a released stub that the helper created exits, and report
+    /// how (the helper is its parent). Blocks the channel until then.
+    WaitExit {
+        /// Created task.
+        pid: Pid,
+    },
+}
+
+/// The operation a failing request was doing, so the frontend can say which
+/// step went wrong without the helper sending prose.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or out of range (a bound above was exceeded).
+    BadRequest,
+    /// Handshake magic or version mismatch.
+    Version,
+    /// The pid is not traced on this channel.
+    NotTraced,
+    /// The pid is already traced on this channel.
+    AlreadyTraced,
+    /// The caller may not act on this task (setuid mode checks).
+    Denied,
+    /// The task has exited or been replaced.
+    Gone,
+    /// `pidfd_open(2)` failed.
+    PidfdOpen,
+    /// `PTRACE_SEIZE` failed.
+    Seize,
+    /// `PTRACE_INTERRUPT` or waiting for the stop failed.
+    Interrupt,
+    /// The task stopped in a way the helper did not ask for.
+    UnexpectedStop,
+    /// Reading or writing registers failed.
+    Regs,
+    /// Reading or writing the signal mask failed.
+    Sigmask,
+    /// `PTRACE_PEEKSIGINFO` failed.
+    Siginfo,
+    /// `PTRACE_GET_RSEQ_CONFIGURATION` failed.
+    Rseq,
+    /// The gadget address does not hold a `syscall` instruction.
+    BadGadget,
+    /// Running the injected system call failed (not its return value).
+    Syscall,
+    /// Reading task memory failed.
+    MemRead,
+    /// Writing task memory failed.
+    MemWrite,
+    /// Writing to the image descriptor failed.
+    ImageWrite,
+    /// Creating the stub failed (`clone3`, PID taken, ...).
+    Clone,
+    /// Detaching, stopping or killing failed.
+    Release,
+    /// Waiting for the task failed.
+    Wait,
+}
+
+/// A response from the helper.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// The helper's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Real uid of the helper's caller; 0 means full (root) mode.
+        caller_uid: u32,
+    },
+    /// Done, nothing to return.
+    Ok,
+    /// A stub was created and is stopped.
+    Stub {
+        /// Address of a `syscall` instruction in the stub, already set as
+        /// its gadget.
+        gadget: u64,
+    },
+    /// Registers of a task.
+    Regs {
+        /// General registers.
+        regs: UserRegs,
+        /// XSAVE area (`NT_X86_XSTATE`), as many bytes as the kernel gave.
+        xstate: Vec<u8>,
+    },
+    /// A signal mask.
+    Sigmask(u64),
+    /// Raw `siginfo_t` records of [`SIGINFO_SIZE`] bytes each.
+    Siginfo(Vec<Vec<u8>>),
+    /// The rseq registration.
+    Rseq(RseqConfig),
+    /// The raw return value of an injected system call (`-errno` on failure).
+    SyscallResult(i64),
+    /// Bytes read from task memory.
+    Memory(Vec<u8>),
+    /// Bytes written to the image descriptor by [`Request::DumpPages`].
+    PagesWritten(u64),
+    /// How a waited-for task ended.
+    Exit(ExitStatus),
+    /// The request failed.
+    Error {
+        /// Which step failed.
+        kind: ErrorKind,
+        /// The errno of the failing call, 0 if none.
+        errno: i32,
+    },
+}
+
+impl Request {
+    /// Short name of the request, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Seize { .. } => "seize",
+            Request::CreateStub { .. } => "create-stub",
+            Request::GetRegs { .. } => "get-regs",
+            Request::SetRegs { .. } => "set-regs",
+            Request::GetSigmask { .. } => "get-sigmask",
+            Request::SetSigmask { .. } => "set-sigmask",
+            Request::PeekSiginfo { .. } => "peek-siginfo",
+            Request::GetRseq { .. } => "get-rseq",
+            Request::SetGadget { .. } => "set-gadget",
+            Request::Syscall { .. } => "syscall",
+            Request::ReadMemory { .. } => "read-memory",
+            Request::WriteMemory { .. } => "write-memory",
+            Request::DumpPages { .. } => "dump-pages",
+            Request::Release { .. } => "release",
+            Request::WaitExit { .. } => "wait-exit",
+        }
+    }
+
+    /// The task a request acts on, if any.
+    pub fn pid(&self) -> Option<Pid> {
+        match self {
+            Request::Hello { .. } => None,
+            Request::Seize { pid }
+            | Request::CreateStub { pid, .. }
+            | Request::GetRegs { pid }
+            | Request::SetRegs { pid, .. }
+            | Request::GetSigmask { pid }
+            | Request::SetSigmask { pid, .. }
+            | Request::PeekSiginfo { pid, .. }
+            | Request::GetRseq { pid }
+            | Request::SetGadget { pid, .. }
+            | Request::Syscall { pid, .. }
+            | Request::ReadMemory { pid, .. }
+            | Request::WriteMemory { pid, .. }
+            | Request::DumpPages { pid, .. }
+            | Request::Release { pid, .. }
+            | Request::WaitExit { pid } => Some(*pid),
+        }
+    }
+
+    /// Check the bounds every request must respect (sizes and counts above).
+    /// The helper calls this before acting; the frontend before sending.
+    pub fn check_bounds(&self) -> Result<(), &'static str> {
+        if let Some(pid) = self.pid() {
+            if pid <= 0 {
+                return Err("pid must be positive");
+            }
+        }
+        match self {
+            Request::CreateStub { fds, .. } => {
+                if fds.len() > MAX_FDS_PER_FRAME {
+                    return Err("too many descriptors");
+                }
+                if fds.iter().any(|&fd| !(0..1 << 20).contains(&fd)) {
+                    return Err("descriptor number out of range");
+                }
+                let mut sorted = fds.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != fds.len() {
+                    return Err("descriptor number given twice");
+                }
+            }
+            Request::SetRegs { xstate: Some(x), .. } if x.len() > MAX_XSTATE => {
+                return Err("xstate too large");
+            }
+            Request::PeekSiginfo { count, .. } if *count > MAX_SIGINFO => {
+                return Err("too many siginfo records asked");
+            }
+            Request::ReadMemory { addr, len, .. } => {
+                if *len > MAX_MEM_IO {
+                    return Err("memory read too large");
+                }
+                check_range(*addr, u64::from(*len))?;
+            }
+            Request::WriteMemory { addr, data, .. } => {
+                if data.len() > MAX_MEM_IO as usize {
+                    return Err("memory write too large");
+                }
+                check_range(*addr, data.len() as u64)?;
+            }
+            Request::SetGadget { addr, .. } => check_range(*addr, 2)?,
+            Request::DumpPages { runs, .. } => {
+                if runs.len() > MAX_PAGE_RUNS {
+                    return Err("too many page runs");
+                }
+                for r in runs {
+                    if r.addr % 4096 != 0 || r.len % 4096 != 0 || r.len == 0 {
+                        return Err("page run not page aligned");
+                    }
+                    check_range(r.addr, r.len)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_range(addr: u64, len: u64) -> Result<(), &'static str> {
+    match addr.checked_add(len) {
+        Some(end) if end <= TASK_SIZE => Ok(()),
+        _ => Err("address range outside user space"),
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ErrorKind::BadRequest => "malformed or out-of-range request",
+            ErrorKind::Version => "protocol version mismatch",
+            ErrorKind::NotTraced => "task is not traced by this helper",
+            ErrorKind::AlreadyTraced => "task is already traced by this helper",
+            ErrorKind::Denied => "permission denied",
+            ErrorKind::Gone => "task has exited",
+            ErrorKind::PidfdOpen => "pidfd_open failed",
+            ErrorKind::Seize => "PTRACE_SEIZE failed",
+            ErrorKind::Interrupt => "stopping the task (PTRACE_INTERRUPT) failed",
+            ErrorKind::UnexpectedStop => "task stopped unexpectedly",
+            ErrorKind::Regs => "reading or writing registers failed",
+            ErrorKind::Sigmask => "reading or writing the signal mask failed",
+            ErrorKind::Siginfo => "PTRACE_PEEKSIGINFO failed",
+            ErrorKind::Rseq => "PTRACE_GET_RSEQ_CONFIGURATION failed",
+            ErrorKind::BadGadget => "no syscall instruction at the gadget address",
+            ErrorKind::Syscall => "running an injected system call failed",
+            ErrorKind::MemRead => "reading task memory failed",
+            ErrorKind::MemWrite => "writing task memory failed",
+            ErrorKind::ImageWrite => "writing pages to the image failed",
+            ErrorKind::Clone => "creating the process (clone3 with set_tid) failed",
+            ErrorKind::Release => "releasing the task failed",
+            ErrorKind::Wait => "waiting for the task failed",
+        };
+        f.write_str(s)
+    }
+}
