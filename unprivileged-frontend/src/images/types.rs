@@ -1,0 +1,387 @@
+//! The records stored in image files. Field units are given in each doc
+//! comment; addresses are virtual addresses in the dumped task; "pages" are
+//! 4096-byte pages. See docs/IMAGES.md for which file holds which record.
+
+use serde::{Deserialize, Serialize};
+pub use shared_ipc::UserRegs;
+
+/// `inventory.img`: one record describing the whole checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// Version of the image format ([`super::format::FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// Version of the tool that wrote the images (Cargo package version).
+    pub tool_version: String,
+    /// `uname -r` of the dumping kernel.
+    pub kernel: String,
+    /// Always `x86_64`.
+    pub arch: String,
+    /// PID of the root of the dumped tree.
+    pub root_pid: i32,
+    /// Page size in bytes when dumped (4096).
+    pub page_size: u64,
+    /// Seconds since the epoch when the dump finished.
+    pub dumped_at: u64,
+    /// Options the dump was made with.
+    pub options: DumpOptions,
+}
+
+/// Options recorded in the inventory.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DumpOptions {
+    /// `--shell-job`: the task was attached to the caller's terminal.
+    pub shell_job: bool,
+    /// `--leave-running`.
+    pub leave_running: bool,
+    /// `--leave-stopped`.
+    pub leave_stopped: bool,
+}
+
+/// `pstree.img`: one record per process of the tree, root first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PstreeEntry {
+    /// Process ID (thread group ID).
+    pub pid: i32,
+    /// Parent PID at dump time.
+    pub ppid: i32,
+    /// Process group ID.
+    pub pgid: i32,
+    /// Session ID.
+    pub sid: i32,
+    /// Thread IDs, the leader first.
+    pub threads: Vec<i32>,
+}
+
+/// `core-PID.img`: per-task state (one record; the thread group leader).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CoreEntry {
+    /// Thread ID.
+    pub tid: i32,
+    /// Task name (`/proc/PID/comm`, at most 15 bytes).
+    pub comm: String,
+    /// General registers at the moment of the freeze (see ptrace(2),
+    /// `PTRACE_GETREGS`); fs_base/gs_base are the TLS bases.
+    pub regs: UserRegs,
+    /// XSAVE area (`PTRACE_GETREGSET`, `NT_X86_XSTATE`), bytes as the kernel
+    /// gave them.
+    pub xstate: Vec<u8>,
+    /// Blocked signals; bit `n - 1` is signal `n`.
+    pub sigmask: u64,
+    /// Queued signals, private queue then shared queue.
+    pub pending: Vec<PendingSignal>,
+    /// Actions of signals 1..=64 except SIGKILL and SIGSTOP.
+    pub sigactions: Vec<SigAction>,
+    /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF` (see getitimer(2)).
+    pub itimers: [ITimer; 3],
+    /// POSIX timers (see timer_create(2)).
+    pub posix_timers: Vec<PosixTimer>,
+    /// Resource limits (see getrlimit(2)), indexed by resource number.
+    pub rlimits: Vec<Rlimit>,
+    /// Execution domain (see personality(2)).
+    pub personality: u32,
+    /// rseq registration, if any (see rseq(2)).
+    pub rseq: Option<Rseq>,
+    /// Alternate signal stack (see sigaltstack(2)).
+    pub sigaltstack: SigAltStack,
+    /// Robust futex list head address and length in bytes (see
+    /// get_robust_list(2)); 0 when none.
+    pub robust_list: (u64, u64),
+    /// `clear_child_tid` address (see set_tid_address(2),
+    /// `PR_GET_TID_ADDRESS`).
+    pub clear_child_tid: u64,
+    /// Parent-death signal (see prctl(2), `PR_GET_PDEATHSIG`).
+    pub pdeath_sig: i32,
+    /// Whether the task was stopped (SIGSTOP) when dumped.
+    pub stopped: bool,
+    /// Credentials.
+    pub creds: Creds,
+}
+
+/// One queued signal.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PendingSignal {
+    /// In the process-wide queue rather than the thread's own.
+    pub shared: bool,
+    /// Raw `siginfo_t`, 128 bytes.
+    pub siginfo: Vec<u8>,
+}
+
+/// A signal action (kernel `struct sigaction` for rt_sigaction(2)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigAction {
+    /// Signal number.
+    pub sig: u32,
+    /// Handler address, or 0 (SIG_DFL) / 1 (SIG_IGN).
+    pub handler: u64,
+    /// `SA_*` flags.
+    pub flags: u64,
+    /// `sa_restorer` address.
+    pub restorer: u64,
+    /// Signals blocked during the handler.
+    pub mask: u64,
+}
+
+/// An interval timer (see getitimer(2)); times in microseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ITimer {
+    /// Reload value, µs.
+    pub interval_us: u64,
+    /// Time to the next expiry, µs; 0 means disarmed.
+    pub value_us: u64,
+}
+
+/// A POSIX timer (see timer_create(2), `/proc/PID/timers` in proc(5)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PosixTimer {
+    /// Kernel timer ID.
+    pub id: i32,
+    /// Clock ID.
+    pub clock: i32,
+    /// `sigev_notify` (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID).
+    pub notify: i32,
+    /// Thread ID for SIGEV_THREAD_ID, else 0.
+    pub notify_tid: i32,
+    /// Signal number.
+    pub signo: i32,
+    /// `sigev_value` as stored.
+    pub sigval: u64,
+    /// Interval, ns.
+    pub interval_ns: u64,
+    /// Time to next expiry, ns; 0 means disarmed.
+    pub value_ns: u64,
+}
+
+/// A resource limit; `u64::MAX` is RLIM_INFINITY.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// Resource number (RLIMIT_*).
+    pub resource: u32,
+    /// Soft limit.
+    pub cur: u64,
+    /// Hard limit.
+    pub max: u64,
+}
+
+/// The rseq registration (see rseq(2)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rseq {
+    /// Address of `struct rseq`.
+    pub ptr: u64,
+    /// Registered size in bytes.
+    pub len: u32,
+    /// Signature.
+    pub sig: u32,
+}
+
+/// Alternate signal stack (see sigaltstack(2)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SigAltStack {
+    /// Base address.
+    pub sp: u64,
+    /// `SS_*` flags (SS_DISABLE when none).
+    pub flags: i32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Credentials (see credentials(7), capabilities(7)).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// Real, effective, saved, filesystem uid.
+    pub uids: [u32; 4],
+    /// Real, effective, saved, filesystem gid.
+    pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Capability sets as bit masks.
+    pub cap_inh: u64,
+    /// Permitted set.
+    pub cap_prm: u64,
+    /// Effective set.
+    pub cap_eff: u64,
+    /// Bounding set.
+    pub cap_bnd: u64,
+    /// Ambient set.
+    pub cap_amb: u64,
+    /// `SECBIT_*` flags (see prctl(2), `PR_GET_SECUREBITS`).
+    pub securebits: u32,
+    /// `PR_SET_NO_NEW_PRIVS` was set.
+    pub no_new_privs: bool,
+}
+
+/// `mm-PID.img`: the address space.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MmEntry {
+    /// Fields of `struct prctl_mm_map` (see prctl(2), `PR_SET_MM`), taken
+    /// from `/proc/PID/stat` (see proc(5)).
+    pub start_code: u64,
+    /// End of code.
+    pub end_code: u64,
+    /// Start of data.
+    pub start_data: u64,
+    /// End of data.
+    pub end_data: u64,
+    /// Start of the heap.
+    pub start_brk: u64,
+    /// Current program break.
+    pub brk: u64,
+    /// Start of the stack.
+    pub start_stack: u64,
+    /// Start of the argument strings.
+    pub arg_start: u64,
+    /// End of the argument strings.
+    pub arg_end: u64,
+    /// Start of the environment.
+    pub env_start: u64,
+    /// End of the environment.
+    pub env_end: u64,
+    /// Auxiliary vector as (type, value) words, ending with AT_NULL.
+    pub auxv: Vec<u64>,
+    /// Path of the executable (`/proc/PID/exe`).
+    pub exe: String,
+    /// Every mapping, in address order.
+    pub vmas: Vec<Vma>,
+}
+
+/// What backs a mapping.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum VmaKind {
+    /// Private anonymous memory (including `[heap]` and `[stack]`).
+    Anon,
+    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`); contents stored.
+    SharedAnon,
+    /// A file mapping.
+    File(FileId),
+    /// `[vdso]`.
+    Vdso,
+    /// `[vvar]`.
+    Vvar,
+    /// `[vvar_vclock]` (Linux 6.13+).
+    VvarVclock,
+    /// `[vsyscall]`: fixed by the kernel, never restored.
+    Vsyscall,
+}
+
+/// Identity of a file at dump time, to notice changes before restoring.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    /// Absolute path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Device number (`st_dev`).
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+}
+
+/// One mapping (see proc(5), `/proc/PID/smaps`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `PROT_*` bits.
+    pub prot: u32,
+    /// `MAP_*` bits: `MAP_SHARED` or `MAP_PRIVATE`, plus `MAP_GROWSDOWN` and
+    /// `MAP_ANONYMOUS` where they apply.
+    pub flags: u32,
+    /// File offset in bytes for file mappings.
+    pub pgoff: u64,
+    /// Backing.
+    pub kind: VmaKind,
+    /// `madvise(2)` advice to re-apply (MADV_DONTDUMP, MADV_DONTFORK,
+    /// MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_MERGEABLE, MADV_WIPEONFORK).
+    pub madvise: Vec<i32>,
+    /// The mapping was mlock'ed (`lo` in VmFlags).
+    pub locked: bool,
+    /// The name shown in /proc/PID/maps (path, `[heap]`, `[stack]`, ...).
+    pub name: String,
+}
+
+/// `pagemap-PID.img`: which memory the pages file holds. The first record is
+/// a [`PagemapHead`], then one [`PagemapEntry`] per run, in address order;
+/// the runs' bytes follow each other in `pages-PID.img` with no gaps.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PagemapHead {
+    /// Name of the pages file, e.g. `pages-123.img`.
+    pub pages_file: String,
+    /// Total bytes in the pages file.
+    pub total_bytes: u64,
+}
+
+/// One run of stored pages.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagemapEntry {
+    /// Start address, page aligned.
+    pub vaddr: u64,
+    /// Number of 4096-byte pages.
+    pub nr_pages: u64,
+}
+
+/// A pagemap image record: the head or a run.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum PagemapRecord {
+    /// The first record.
+    Head(PagemapHead),
+    /// A run.
+    Run(PagemapEntry),
+}
+
+/// `fs-PID.img`: filesystem context.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FsEntry {
+    /// Working directory.
+    pub cwd: String,
+    /// Root directory.
+    pub root: String,
+    /// File mode creation mask (see umask(2)).
+    pub umask: u32,
+}
+
+/// `files-PID.img`: one record per open descriptor, in fd order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FdEntry {
+    /// Descriptor number.
+    pub fd: i32,
+    /// `FD_CLOEXEC` was set.
+    pub cloexec: bool,
+    /// What it refers to.
+    pub kind: FdKind,
+}
+
+/// What a descriptor refers to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    /// A regular file or directory, reopened by path.
+    Reg {
+        /// The file.
+        file: FileId,
+        /// Open flags (`O_ACCMODE`, `O_APPEND`, `O_NONBLOCK`, ... without
+        /// `O_CLOEXEC`, see open(2)).
+        flags: u32,
+        /// File offset in bytes.
+        pos: u64,
+    },
+    /// A character device reopened by path (`/dev/null`, `/dev/zero`, ...).
+    Device {
+        /// Device path.
+        path: String,
+        /// Open flags.
+        flags: u32,
+    },
+    /// A standard descriptor (0, 1 or 2) on a terminal, pipe or socket: at
+    /// restore it becomes the restoring criu's descriptor of the same number.
+    Inherited {
+        /// What it was (for `show` and logs), e.g. `pipe:[1234]`.
+        was: String,
+    },
+    /// The same open file description as a lower-numbered descriptor.
+    Dup {
+        /// That descriptor.
+        of: i32,
+    },
+}
