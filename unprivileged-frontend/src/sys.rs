@@ -85,3 +85,34 @@ pub fn same_file_description(pid: i32, a: i32, b: i32) -> std::io::Result<bool> 
     }
     Ok(r == 0)
 }
+
+/// Map one private anonymous read-only page and read it, so that it is
+/// backed by the kernel's shared zero page; returns its address.
+pub fn map_zero_page() -> Option<u64> {
+    // SAFETY: a new anonymous mapping chosen by the kernel; nothing else
+    // refers to that range.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `p` is a readable page we just mapped.
+    let _ = unsafe { std::ptr::read_volatile(p as *const u8) };
+    Some(p as u64)
+}
+
+/// Unmap a page from [`map_zero_page`].
+pub fn unmap_zero_page(addr: u64) {
+    // SAFETY: `addr` came from `map_zero_page` and is not used afterwards.
+    unsafe {
+        libc::munmap(addr as *mut libc::c_void, 4096);
+    }
+}

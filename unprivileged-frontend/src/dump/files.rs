@@ -1,0 +1,167 @@
+//! Descriptors (`/proc/PID/fd`, `/proc/PID/fdinfo`, see proc(5)) and the
+//! filesystem context (cwd, root, umask).
+
+use crate::error::{Error, Result};
+use crate::images::types::{FdEntry, FdKind, FileId, FsEntry};
+use crate::proc::{self, Status};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+/// Character devices reopened by path.
+const DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
+fn is_terminal_path(p: &str) -> bool {
+    p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"
+}
+
+/// Collect every descriptor of `pid`, in fd order.
+///
+/// Errors: a descriptor of an unsupported kind (naming pid, fd and kind),
+/// unreadable /proc entries.
+pub fn collect(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
+    let dir = proc::path(pid, "fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::proc(&dir, e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+
+    let mut out: Vec<FdEntry> = Vec::new();
+    let mut links: Vec<(i32, String)> = Vec::new();
+    for fd in fds {
+        let link = proc::read_link(&proc::path(pid, &format!("fd/{fd}")))?;
+        let ipath = proc::path(pid, &format!("fdinfo/{fd}"));
+        let info =
+            proc::parse_fdinfo(&proc::read_text(&ipath)?).map_err(|d| Error::parse(&ipath, d))?;
+        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+
+        // The same open file description as a lower descriptor?
+        let mut dup_of = None;
+        for (other, olink) in &links {
+            if *olink == link && crate::sys::same_file_description(pid, *other, fd).unwrap_or(false)
+            {
+                dup_of = Some(*other);
+                break;
+            }
+        }
+        links.push((fd, link.clone()));
+        if let Some(of) = dup_of {
+            out.push(FdEntry {
+                fd,
+                cloexec,
+                kind: FdKind::Dup { of },
+            });
+            continue;
+        }
+
+        let kind = classify(pid, fd, &link, flags, info.pos, shell_job)?;
+        out.push(FdEntry { fd, cloexec, kind });
+    }
+    Ok(out)
+}
+
+fn classify(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    flags: u32,
+    pos: u64,
+    shell_job: bool,
+) -> Result<FdKind> {
+    let unsupported = |what: String| {
+        Err(Error::Unsupported(format!(
+            "pid {pid} fd {fd}: {what} ({link}) is not supported yet"
+        )))
+    };
+    if !link.starts_with('/') {
+        // pipe:[N], socket:[N], anon_inode:[eventfd], ...
+        if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
+            return Ok(FdKind::Inherited {
+                was: link.to_string(),
+            });
+        }
+        let kind = link.split(':').next().unwrap_or(link);
+        return unsupported(format!("a {kind} descriptor"));
+    }
+    if link.ends_with(" (deleted)") {
+        return unsupported("an unlinked (deleted) file".into());
+    }
+    if is_terminal_path(link) && link != "/dev/tty" {
+        if fd <= 2 {
+            if !shell_job {
+                crate::warn!(
+                    "pid {pid} fd {fd} is the terminal {link}; it will be the restoring criu's fd {fd} (use --shell-job to say so)"
+                );
+            }
+            return Ok(FdKind::Inherited {
+                was: link.to_string(),
+            });
+        }
+        return unsupported("a terminal".into());
+    }
+    // Metadata of the open file itself, not whatever the path names now.
+    let fdpath = proc::path(pid, &format!("fd/{fd}"));
+    let md = std::fs::metadata(&fdpath).map_err(|e| Error::proc(&fdpath, e))?;
+    let ft = md.file_type();
+    if ft.is_char_device() {
+        if DEVICES.contains(&link) {
+            return Ok(FdKind::Device {
+                path: link.to_string(),
+                flags,
+            });
+        }
+        return unsupported("a character device".into());
+    }
+    if ft.is_file() || ft.is_dir() {
+        if md.nlink() == 0 {
+            return unsupported("an unlinked file".into());
+        }
+        return Ok(FdKind::Reg {
+            file: FileId {
+                path: link.to_string(),
+                size: md.size(),
+                dev: md.dev(),
+                ino: md.ino(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            },
+            flags,
+            pos,
+        });
+    }
+    if ft.is_fifo() {
+        if fd <= 2 {
+            return Ok(FdKind::Inherited {
+                was: link.to_string(),
+            });
+        }
+        return unsupported("a FIFO".into());
+    }
+    unsupported("this kind of file".into())
+}
+
+/// Collect cwd, root and umask.
+///
+/// Errors: unreadable /proc links; a cwd or root that was deleted.
+pub fn collect_fs(pid: i32, status: &Status) -> Result<FsEntry> {
+    let cwd = proc::read_link(&proc::path(pid, "cwd"))?;
+    let root = proc::read_link(&proc::path(pid, "root"))?;
+    for (what, p) in [("working directory", &cwd), ("root directory", &root)] {
+        if p.ends_with(" (deleted)") {
+            return Err(Error::Unsupported(format!(
+                "pid {pid}: its {what} {p} was deleted"
+            )));
+        }
+    }
+    Ok(FsEntry {
+        cwd,
+        root,
+        umask: status.umask,
+    })
+}

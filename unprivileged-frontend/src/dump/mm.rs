@@ -1,0 +1,290 @@
+//! The address space: mappings from `/proc/PID/smaps`, mm fields from
+//! `/proc/PID/stat`, and the pages worth storing, found with
+//! `/proc/PID/pagemap` (see Documentation/admin-guide/mm/pagemap.rst) and
+//! copied by the helper straight into `pages-PID.img`.
+
+use crate::error::{Error, Result};
+use crate::helper::Helper;
+use crate::images::types::{
+    FileId, MmEntry, PagemapEntry, PagemapHead, PagemapRecord, Vma, VmaKind,
+};
+use crate::images::{ImageDir, ImageWriter, Kind};
+use crate::proc::{self, SmapsVma, Stat};
+use shared_ipc::PageRun;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// Page size in bytes.
+const PAGE: u64 = 4096;
+/// pagemap bit 63: page present in RAM.
+const PM_PRESENT: u64 = 1 << 63;
+/// pagemap bit 62: page swapped out.
+const PM_SWAPPED: u64 = 1 << 62;
+/// pagemap bit 61: page is a file page or shared anonymous.
+const PM_FILE: u64 = 1 << 61;
+/// pagemap bits 0-54: page frame number (zero without CAP_SYS_ADMIN).
+const PM_PFN: u64 = (1 << 55) - 1;
+/// Pagemap entries read per pread (512 KiB of entries, 256 MiB of memory).
+const PM_CHUNK: u64 = 64 * 1024;
+
+fn kind_of(v: &SmapsVma, pid: i32) -> Result<VmaKind> {
+    let unsupported = |what: &str| {
+        Err(Error::Unsupported(format!(
+            "pid {pid}: mapping {:#x}-{:#x} ({}) is {what}, not supported yet",
+            v.start, v.end, v.name
+        )))
+    };
+    Ok(match v.name.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        "" | "[heap]" | "[stack]" => {
+            if v.shared() {
+                VmaKind::SharedAnon
+            } else {
+                VmaKind::Anon
+            }
+        }
+        n if n.starts_with("[anon:") => VmaKind::Anon,
+        n if n.starts_with("[anon_shmem:") => VmaKind::SharedAnon,
+        "/dev/zero (deleted)" if v.shared() => VmaKind::SharedAnon,
+        n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
+        n if n.starts_with("/memfd:") => return unsupported("a memfd mapping"),
+        n if n.ends_with(" (deleted)") => return unsupported("a mapping of a deleted file"),
+        n if n.starts_with('/') => {
+            let md = std::fs::metadata(n).map_err(|e| Error::file(n, e))?;
+            if md.ino() != v.inode {
+                return Err(Error::Unsupported(format!(
+                    "pid {pid}: mapped file {n} was replaced since it was mapped (inode {} now {})",
+                    v.inode,
+                    md.ino()
+                )));
+            }
+            VmaKind::File(FileId {
+                path: n.to_string(),
+                size: md.size(),
+                dev: md.dev(),
+                ino: md.ino(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            })
+        }
+        _ => return unsupported("a special kernel mapping"),
+    })
+}
+
+fn madvise_of(v: &SmapsVma) -> Vec<i32> {
+    let mut m = Vec::new();
+    for (flag, adv) in [
+        ("dd", libc::MADV_DONTDUMP),
+        ("dc", libc::MADV_DONTFORK),
+        ("hg", libc::MADV_HUGEPAGE),
+        ("nh", libc::MADV_NOHUGEPAGE),
+        ("mg", libc::MADV_MERGEABLE),
+        ("wf", libc::MADV_WIPEONFORK),
+    ] {
+        if v.has_flag(flag) {
+            m.push(adv);
+        }
+    }
+    m
+}
+
+/// Build the mm record of `pid` from its smaps, stat and current brk.
+///
+/// Errors: unsupported mappings (deleted files, memfd, SysV shm), unreadable
+/// /proc files.
+pub fn collect(pid: i32, stat: &Stat, brk: u64, vmas: &[SmapsVma]) -> Result<MmEntry> {
+    let auxv = proc::parse_auxv(&proc::read_bytes(&proc::path(pid, "auxv"))?);
+    let exe = proc::read_link(&proc::path(pid, "exe"))?;
+    let mut out = Vec::with_capacity(vmas.len());
+    for v in vmas {
+        let kind = kind_of(v, pid)?;
+        let mut prot = 0u32;
+        if v.read() {
+            prot |= libc::PROT_READ as u32;
+        }
+        if v.write() {
+            prot |= libc::PROT_WRITE as u32;
+        }
+        if v.exec() {
+            prot |= libc::PROT_EXEC as u32;
+        }
+        let mut flags = if v.shared() {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        } as u32;
+        if matches!(kind, VmaKind::Anon | VmaKind::SharedAnon) {
+            flags |= libc::MAP_ANONYMOUS as u32;
+        }
+        if v.has_flag("gd") {
+            flags |= libc::MAP_GROWSDOWN as u32;
+        }
+        out.push(Vma {
+            start: v.start,
+            end: v.end,
+            prot,
+            flags,
+            pgoff: if matches!(kind, VmaKind::File(_)) {
+                v.offset
+            } else {
+                0
+            },
+            kind,
+            madvise: madvise_of(v),
+            locked: v.has_flag("lo"),
+            name: v.name.clone(),
+        });
+    }
+    Ok(MmEntry {
+        start_code: stat.start_code,
+        end_code: stat.end_code,
+        start_data: stat.start_data,
+        end_data: stat.end_data,
+        start_brk: stat.start_brk,
+        brk,
+        start_stack: stat.start_stack,
+        arg_start: stat.arg_start,
+        arg_end: stat.arg_end,
+        env_start: stat.env_start,
+        env_end: stat.env_end,
+        auxv,
+        exe,
+        vmas: out,
+    })
+}
+
+/// The page frame number of the shared zero page, if this process can see
+/// PFNs (it needs CAP_SYS_ADMIN); zero pages are then not stored.
+fn zero_page_pfn() -> Option<u64> {
+    // A fresh anonymous read-only mapping that is read maps the zero page.
+    let map = crate::sys::map_zero_page()?;
+    let pm = std::fs::File::open("/proc/self/pagemap").ok()?;
+    let mut e = [0u8; 8];
+    pm.read_exact_at(&mut e, map / PAGE * 8).ok()?;
+    let ent = u64::from_ne_bytes(e);
+    crate::sys::unmap_zero_page(map);
+    let pfn = ent & PM_PFN;
+    (ent & PM_PRESENT != 0 && pfn != 0).then_some(pfn)
+}
+
+/// Whether the pages of a mapping of this kind are stored, and how a
+/// pagemap entry is judged worth storing.
+fn wants_page(kind: &VmaKind, ent: u64, zero_pfn: Option<u64>) -> bool {
+    match kind {
+        VmaKind::Anon => {
+            if ent & PM_SWAPPED != 0 {
+                return true;
+            }
+            ent & PM_PRESENT != 0 && Some(ent & PM_PFN) != zero_pfn
+        }
+        // A private file page that is anonymous (not PM_FILE) was written.
+        VmaKind::File(_) => ent & PM_SWAPPED != 0 || (ent & PM_PRESENT != 0 && ent & PM_FILE == 0),
+        VmaKind::SharedAnon => true,
+        _ => false,
+    }
+}
+
+/// Find the runs of pages to store and have the helper copy them into
+/// `pages-PID.img`, writing `pagemap-PID.img` alongside. Returns the bytes
+/// stored.
+///
+/// Errors: pagemap unreadable, image write failures (ENOSPC included), or
+/// the helper's failure to read the task's memory.
+pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Result<u64> {
+    let pm_path = proc::path(pid, "pagemap");
+    let pm = std::fs::File::open(&pm_path).map_err(|e| Error::proc(&pm_path, e))?;
+    let zero_pfn = zero_page_pfn();
+    crate::debug!("zero page pfn: {zero_pfn:?}");
+
+    let pages_name = ImageDir::pages_name(pid);
+    let pages_path = dir.file(&pages_name);
+    let pages = std::fs::File::create(&pages_path).map_err(|e| Error::file(&pages_path, e))?;
+
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; (PM_CHUNK * 8) as usize];
+    for v in &mm.vmas {
+        if v.kind == VmaKind::SharedAnon {
+            runs.push(PageRun {
+                addr: v.start,
+                len: v.end - v.start,
+            });
+            continue;
+        }
+        if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_))
+            || (v.kind != VmaKind::Anon && v.flags & libc::MAP_SHARED as u32 != 0)
+        {
+            continue;
+        }
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = ((v.end - addr) / PAGE).min(PM_CHUNK);
+            let b = &mut buf[..(n * 8) as usize];
+            pm.read_exact_at(b, addr / PAGE * 8)
+                .map_err(|e| Error::proc(&pm_path, e))?;
+            for (i, c) in b.chunks_exact(8).enumerate() {
+                let ent = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+                if !wants_page(&v.kind, ent, zero_pfn) {
+                    continue;
+                }
+                let a = addr + i as u64 * PAGE;
+                match runs.last_mut() {
+                    // Runs never cross a mapping boundary.
+                    Some(r) if r.addr + r.len == a && a != v.start => r.len += PAGE,
+                    _ => runs.push(PageRun { addr: a, len: PAGE }),
+                }
+            }
+            addr += n * PAGE;
+        }
+    }
+    for r in &runs {
+        total += r.len;
+    }
+
+    let mut w = ImageWriter::create(&dir.pagemap(pid), Kind::Pagemap)?;
+    w.record(&PagemapRecord::Head(PagemapHead {
+        pages_file: pages_name,
+        total_bytes: total,
+    }))?;
+    for r in &runs {
+        w.record(&PagemapRecord::Run(PagemapEntry {
+            vaddr: r.addr,
+            nr_pages: r.len / PAGE,
+        }))?;
+    }
+    w.finish()?;
+
+    let written = h.dump_pages(pid, &runs, &pages)?;
+    if written != total {
+        return Err(Error::Unsupported(format!(
+            "pid {pid}: {written} bytes of memory copied, {total} expected"
+        )));
+    }
+    pages.sync_all().map_err(|e| Error::file(&pages_path, e))?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_selection() {
+        let file = VmaKind::File(FileId {
+            path: "/x".into(),
+            size: 0,
+            dev: 0,
+            ino: 0,
+            mtime_ns: 0,
+        });
+        let zero = Some(77);
+        assert!(wants_page(&VmaKind::Anon, PM_PRESENT | 5, zero));
+        assert!(!wants_page(&VmaKind::Anon, PM_PRESENT | 77, zero));
+        assert!(wants_page(&VmaKind::Anon, PM_SWAPPED, zero));
+        assert!(!wants_page(&VmaKind::Anon, 0, zero));
+        assert!(wants_page(&file, PM_PRESENT | 5, zero));
+        assert!(!wants_page(&file, PM_PRESENT | PM_FILE | 5, zero));
+        assert!(!wants_page(&VmaKind::Vdso, PM_PRESENT | 5, zero));
+    }
+}
