@@ -112,7 +112,14 @@ mod tests {
         assert_eq!(d.common.level(), 4);
         assert_eq!(d.common.log_path().unwrap(), PathBuf::from("/tmp/x/d.log"));
         let c = Cli::try_parse_from([
-            "criu", "restore", "-D", "/tmp/x", "-d", "--pidfile", "/tmp/p", "-v",
+            "criu",
+            "restore",
+            "-D",
+            "/tmp/x",
+            "-d",
+            "--pidfile",
+            "/tmp/p",
+            "-v",
         ])
         .unwrap();
         let Command::Restore(r) = c.command else {

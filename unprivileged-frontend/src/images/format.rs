@@ -59,7 +59,9 @@ pub enum ImageError {
         expected: &'static str,
     },
     /// The format version is not one this build reads.
-    #[error("{path}: image format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "{path}: image format version {found} is not supported (this build reads {FORMAT_VERSION})"
+    )]
     Version {
         /// The image file.
         path: PathBuf,
@@ -297,11 +299,12 @@ pub fn decode_image<T: DeserializeOwned>(
     let mut out = Vec::new();
     for rec in raw_records(path, data)? {
         let (offset, payload) = rec;
-        let (v, rest) = postcard::take_from_bytes::<T>(payload).map_err(|e| ImageError::Corrupt {
-            path: path.to_path_buf(),
-            offset,
-            detail: e.to_string(),
-        })?;
+        let (v, rest) =
+            postcard::take_from_bytes::<T>(payload).map_err(|e| ImageError::Corrupt {
+                path: path.to_path_buf(),
+                offset,
+                detail: e.to_string(),
+            })?;
         if !rest.is_empty() {
             return Err(ImageError::Corrupt {
                 path: path.to_path_buf(),
