@@ -1,0 +1,152 @@
+//! Copying page runs of a traced task to an image descriptor in large
+//! batches: process_vm_readv(2) with many remote iovecs into one reused
+//! buffer, then one write to the image. A run the call cannot read (e.g.
+//! `PROT_NONE`) is read with pread(2) on `/proc/PID/mem` instead.
+
+use crate::ptrace::{on, Fail};
+use nix::errno::Errno;
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::unistd::Pid;
+use shared_ipc::{ErrorKind, PageRun};
+use std::fs::File;
+use std::io::{IoSliceMut, Write};
+use std::os::unix::fs::FileExt;
+
+/// Size of the one copy buffer, allocated on first use and kept.
+pub const BUF_SIZE: usize = 8 << 20;
+
+/// Most remote iovecs per process_vm_readv(2) call (`IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// A piece of a run, at most [`BUF_SIZE`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    addr: u64,
+    len: usize,
+}
+
+/// Split runs into pieces that each fit the buffer, in order.
+fn pieces(runs: &[PageRun]) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let mut addr = r.addr;
+        let mut left = r.len;
+        while left > 0 {
+            let len = left.min(BUF_SIZE as u64);
+            out.push(Piece {
+                addr,
+                len: len as usize,
+            });
+            addr += len;
+            left -= len;
+        }
+    }
+    out
+}
+
+/// Copy `runs` of task `pid` to `image` at its current offset; returns the
+/// number of bytes written, always the sum of the run lengths.
+pub fn dump(
+    pid: Pid,
+    mem: &File,
+    runs: &[PageRun],
+    image: &mut File,
+    buf: &mut [u8],
+) -> Result<u64, Fail> {
+    let pieces = pieces(runs);
+    let mut total: u64 = 0;
+    let mut i = 0;
+    while i < pieces.len() {
+        // Gather as many pieces as fit the buffer and the iovec limit.
+        let mut fill = 0;
+        let mut remote = Vec::new();
+        for p in &pieces[i..] {
+            if remote.len() == IOV_MAX || fill + p.len > buf.len() {
+                break;
+            }
+            remote.push(RemoteIoVec {
+                base: p.addr as usize,
+                len: p.len,
+            });
+            fill += p.len;
+        }
+        let got = match process_vm_readv(pid, &mut [IoSliceMut::new(&mut buf[..fill])], &remote) {
+            Ok(n) => n.min(fill),
+            Err(Errno::ESRCH) => return Err(Fail::bare(ErrorKind::Gone)),
+            Err(_) => 0,
+        };
+        write_image(image, &buf[..got])?;
+        total += got as u64;
+        if got == fill {
+            i += remote.len();
+            continue;
+        }
+        // Find the piece the copy stopped in and read its rest with pread.
+        let mut off = got;
+        let mut j = i;
+        while off >= pieces[j].len {
+            off -= pieces[j].len;
+            j += 1;
+        }
+        let p = pieces[j];
+        let rest = &mut buf[..p.len - off];
+        mem.read_exact_at(rest, p.addr + off as u64)
+            .map_err(|e| io_fail(ErrorKind::MemRead, &e))?;
+        write_image(image, rest)?;
+        total += rest.len() as u64;
+        i = j + 1;
+    }
+    let want: u64 = runs.iter().map(|r| r.len).sum();
+    if total != want {
+        return Err(Fail {
+            kind: ErrorKind::MemRead,
+            errno: Errno::EIO as i32,
+        });
+    }
+    Ok(total)
+}
+
+fn write_image(image: &mut File, data: &[u8]) -> Result<(), Fail> {
+    image
+        .write_all(data)
+        .map_err(|e| io_fail(ErrorKind::ImageWrite, &e))
+}
+
+/// An I/O error as a failure of step `kind`; a short transfer is `EIO`.
+pub fn io_fail(kind: ErrorKind, e: &std::io::Error) -> Fail {
+    match e.raw_os_error() {
+        Some(errno) => on(kind)(Errno::from_raw(errno)),
+        None => Fail {
+            kind,
+            errno: Errno::EIO as i32,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_split_to_fit_the_buffer() {
+        let runs = [
+            PageRun {
+                addr: 0x1000,
+                len: 4096,
+            },
+            PageRun {
+                addr: 0x10_0000,
+                len: BUF_SIZE as u64 * 2 + 4096,
+            },
+        ];
+        let p = pieces(&runs);
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[1].addr, 0x10_0000);
+        assert_eq!(p[2].addr, 0x10_0000 + BUF_SIZE as u64);
+        assert_eq!(p[3].len, 4096);
+        assert_eq!(
+            p.iter().map(|p| p.len as u64).sum::<u64>(),
+            4096 + runs[1].len
+        );
+    }
+}

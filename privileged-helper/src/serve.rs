@@ -1,0 +1,426 @@
+//! The request loop: one `Request` in, one `Response` out, and the table of
+//! tasks this helper traces. Every request is bounds-checked before it is
+//! looked at; every failure is a `Response::Error`.
+
+use crate::pages;
+use crate::ptrace::{self as pt, on, Fail, Kind, LastStop, Tracee};
+use crate::spawner::Spawner;
+use crate::sys;
+use nix::errno::Errno;
+use nix::sys::ptrace::{self as nixptrace, Options};
+use nix::unistd::{getpid, getppid, getuid, Pid};
+use shared_ipc::{
+    Channel, ChannelError, ErrorKind, ExitStatus, PageRun, ReleaseMode, Request, Response,
+    RseqConfig, UserRegs, HELLO_MAGIC, MAX_XSTATE, PROTOCOL_VERSION, SIGINFO_SIZE,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+/// Exit status when the frontend closed the channel.
+pub const EXIT_OK: i32 = 0;
+/// Exit status after a malformed frame, a failed handshake or a channel error.
+pub const EXIT_PROTOCOL: i32 = 1;
+
+/// The helper's state while serving one frontend.
+pub struct Server {
+    chan: Channel<Response, Request>,
+    spawner: Option<Spawner>,
+    tracees: BTreeMap<i32, Tracee>,
+    released_children: BTreeSet<i32>,
+    page_buf: Vec<u8>,
+    greeted: bool,
+    /// Pids the frontend may never seize: the helper, its parent, the spawner.
+    forbidden: [Pid; 3],
+}
+
+/// What the loop does after answering.
+enum Next {
+    Go,
+    Exit,
+}
+
+impl Server {
+    /// A server on `chan` with its spawner.
+    pub fn new(chan: Channel<Response, Request>, spawner: Spawner) -> Server {
+        let forbidden = [getpid(), getppid(), spawner.pid()];
+        Server {
+            chan,
+            spawner: Some(spawner),
+            tracees: BTreeMap::new(),
+            released_children: BTreeSet::new(),
+            page_buf: Vec::new(),
+            greeted: false,
+            forbidden,
+        }
+    }
+
+    /// Serve until end of stream (exit status 0) or a protocol error (1).
+    pub fn run(mut self) -> i32 {
+        let code = loop {
+            let (req, fds) = match self.chan.recv() {
+                Ok(x) => x,
+                Err(ChannelError::Closed) => break EXIT_OK,
+                Err(_) => break EXIT_PROTOCOL,
+            };
+            let (resp, next) = self.handle(req, fds);
+            if self.chan.send(&resp, &[]).is_err() {
+                break EXIT_PROTOCOL;
+            }
+            if let Next::Exit = next {
+                break EXIT_PROTOCOL;
+            }
+        };
+        self.cleanup();
+        code
+    }
+
+    /// Leave nothing behind: targets resumed as they were, stubs killed,
+    /// the spawner told to exit.
+    fn cleanup(&mut self) {
+        for (_, t) in std::mem::take(&mut self.tracees) {
+            let _ = match t.kind {
+                Kind::Target => pt::release(&t, ReleaseMode::Resume),
+                Kind::Stub => pt::kill_and_wait(&t),
+            };
+        }
+        if let Some(s) = self.spawner.take() {
+            s.shutdown();
+        }
+    }
+
+    fn handle(&mut self, req: Request, fds: Vec<OwnedFd>) -> (Response, Next) {
+        if !self.greeted {
+            return match req {
+                Request::Hello { magic, version }
+                    if magic == HELLO_MAGIC && version == PROTOCOL_VERSION && fds.is_empty() =>
+                {
+                    self.greeted = true;
+                    let hello = Response::Hello {
+                        version: PROTOCOL_VERSION,
+                        caller_uid: getuid().as_raw(),
+                    };
+                    (hello, Next::Go)
+                }
+                Request::Hello { .. } => (error(Fail::bare(ErrorKind::Version)), Next::Exit),
+                _ => (error(Fail::bare(ErrorKind::BadRequest)), Next::Exit),
+            };
+        }
+        let resp = match self.dispatch(req, fds) {
+            Ok(r) => r,
+            Err(f) => error(f),
+        };
+        (resp, Next::Go)
+    }
+
+    fn dispatch(&mut self, req: Request, fds: Vec<OwnedFd>) -> Result<Response, Fail> {
+        let bad = Fail::bare(ErrorKind::BadRequest);
+        req.check_bounds().map_err(|_| bad)?;
+        let fds_wanted = match &req {
+            Request::CreateStub { fds, .. } => fds.len(),
+            Request::DumpPages { .. } => 1,
+            _ => 0,
+        };
+        if fds.len() != fds_wanted {
+            return Err(bad);
+        }
+        match req {
+            Request::Hello { .. } => Err(bad),
+            Request::Seize { pid } => self.seize(Pid::from_raw(pid)),
+            Request::CreateStub { pid, fds: targets } => {
+                self.create_stub(Pid::from_raw(pid), &targets, fds)
+            }
+            Request::WaitExit { pid } => self.wait_exit(pid),
+            Request::Release { pid, how } => {
+                let t = self.tracees.remove(&pid).ok_or(not_traced())?;
+                let r = pt::release(&t, how);
+                if t.kind == Kind::Stub && how != ReleaseMode::Kill {
+                    self.released_children.insert(pid);
+                }
+                r.map(|()| Response::Ok)
+            }
+            Request::DumpPages { pid, runs } => {
+                let image = fds.into_iter().next().ok_or(bad)?;
+                self.dump_pages(pid, &runs, image)
+            }
+            other => {
+                let pid = other.pid().ok_or(bad)?;
+                let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
+                let r = on_tracee(t, other);
+                if r == Err(Fail::bare(ErrorKind::Gone)) {
+                    self.tracees.remove(&pid);
+                }
+                r
+            }
+        }
+    }
+
+    /// `Request::Seize`: see ptrace(2), `PTRACE_SEIZE` and `PTRACE_INTERRUPT`.
+    fn seize(&mut self, pid: Pid) -> Result<Response, Fail> {
+        if self.tracees.contains_key(&pid.as_raw()) {
+            return Err(Fail::bare(ErrorKind::AlreadyTraced));
+        }
+        if self.forbidden.contains(&pid) {
+            return Err(Fail::bare(ErrorKind::BadRequest));
+        }
+        let pidfd = sys::pidfd_open(pid).map_err(on(ErrorKind::PidfdOpen))?;
+        if threads(pid)? != 1 {
+            return Err(Fail::bare(ErrorKind::BadRequest));
+        }
+        let mem = open_mem(pid)?;
+        pt::seize(pid, Options::PTRACE_O_TRACESYSGOOD)?;
+        let saved = nixptrace::getregs(pid)
+            .map_err(on(ErrorKind::Regs))
+            .and_then(|r| Ok((r, sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?)));
+        let (saved_regs, saved_sigmask) = match saved {
+            Ok(s) => s,
+            Err(f) => {
+                let _ = nixptrace::detach(pid, None);
+                return Err(f);
+            }
+        };
+        let t = Tracee {
+            pid,
+            pidfd,
+            mem,
+            kind: Kind::Target,
+            saved_regs,
+            saved_sigmask,
+            gadget: None,
+            last_stop: LastStop::Interrupt,
+            pending_signal: None,
+        };
+        self.tracees.insert(pid.as_raw(), t);
+        Ok(Response::Ok)
+    }
+
+    /// `Request::CreateStub`: clone3(2) with `set_tid` in the spawner, then
+    /// `PTRACE_SEIZE` with `PTRACE_O_EXITKILL` here (we are its parent).
+    fn create_stub(
+        &mut self,
+        pid: Pid,
+        targets: &[i32],
+        fds: Vec<OwnedFd>,
+    ) -> Result<Response, Fail> {
+        if self.tracees.contains_key(&pid.as_raw()) {
+            return Err(Fail::bare(ErrorKind::AlreadyTraced));
+        }
+        let spawner = self.spawner.as_mut().ok_or(Fail::bare(ErrorKind::Clone))?;
+        spawner
+            .create(pid, targets, &fds)
+            .map_err(on(ErrorKind::Clone))?;
+        drop(fds);
+        // It is our unreaped child from here on: its PID cannot be reused.
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = sys::waitpid_all(pid);
+                return Err(on(ErrorKind::PidfdOpen)(e));
+            }
+        };
+        let gadget = sys::gadget_addr();
+        let r = seize_stub(pid).and_then(|regs| {
+            let mask = sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?;
+            Ok((regs, mask, open_mem(pid)?))
+        });
+        let (saved_regs, saved_sigmask, mem) = match r {
+            Ok(x) => x,
+            Err(f) => {
+                let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
+                let _ = sys::waitpid_all(pid);
+                return Err(f);
+            }
+        };
+        let t = Tracee {
+            pid,
+            pidfd,
+            mem,
+            kind: Kind::Stub,
+            saved_regs,
+            saved_sigmask,
+            gadget: Some(gadget),
+            last_stop: LastStop::Interrupt,
+            pending_signal: None,
+        };
+        self.tracees.insert(pid.as_raw(), t);
+        Ok(Response::Stub { gadget })
+    }
+
+    /// `Request::WaitExit`: waitpid(2) on a released stub (our child).
+    fn wait_exit(&mut self, pid: i32) -> Result<Response, Fail> {
+        if !self.released_children.remove(&pid) {
+            return Err(not_traced());
+        }
+        loop {
+            match sys::waitpid_all(Pid::from_raw(pid)).map(pt::classify) {
+                Ok(pt::Stop::Exited(c)) => return Ok(Response::Exit(ExitStatus::Code(c))),
+                Ok(pt::Stop::Killed(s)) => return Ok(Response::Exit(ExitStatus::Signal(s))),
+                Ok(_) => continue,
+                Err(e) => return Err(on(ErrorKind::Wait)(e)),
+            }
+        }
+    }
+
+    /// `Request::DumpPages`: see process_vm_readv(2).
+    fn dump_pages(&mut self, pid: i32, runs: &[PageRun], image: OwnedFd) -> Result<Response, Fail> {
+        let t = self.tracees.get(&pid).ok_or(not_traced())?;
+        if self.page_buf.is_empty() {
+            self.page_buf = vec![0u8; pages::BUF_SIZE];
+        }
+        let mut image = File::from(image);
+        let n = pages::dump(t.pid, &t.mem, runs, &mut image, &mut self.page_buf)?;
+        Ok(Response::PagesWritten(n))
+    }
+}
+
+/// The requests that act on one traced task and need nothing else.
+fn on_tracee(t: &mut Tracee, req: Request) -> Result<Response, Fail> {
+    let pid = t.pid;
+    match req {
+        Request::GetRegs { .. } => {
+            let regs = nixptrace::getregs(pid).map_err(on(ErrorKind::Regs))?;
+            let mut xstate = vec![0u8; MAX_XSTATE];
+            let n = sys::get_xstate(pid, &mut xstate).map_err(on(ErrorKind::Regs))?;
+            xstate.truncate(n);
+            Ok(Response::Regs {
+                regs: pt::regs_to_wire(&regs),
+                xstate,
+            })
+        }
+        Request::SetRegs { regs, xstate, .. } => {
+            set_regs(pid, &regs)?;
+            if let Some(x) = xstate {
+                sys::set_xstate(pid, &x).map_err(on(ErrorKind::Regs))?;
+            }
+            Ok(Response::Ok)
+        }
+        Request::GetSigmask { .. } => sys::get_sigmask(pid)
+            .map(Response::Sigmask)
+            .map_err(on(ErrorKind::Sigmask)),
+        Request::SetSigmask { mask, .. } => sys::set_sigmask(pid, mask)
+            .map(|()| Response::Ok)
+            .map_err(on(ErrorKind::Sigmask)),
+        Request::PeekSiginfo {
+            shared,
+            offset,
+            count,
+            ..
+        } => {
+            if count == 0 {
+                return Ok(Response::Siginfo(Vec::new()));
+            }
+            let mut buf = vec![0u8; count as usize * SIGINFO_SIZE];
+            let n =
+                sys::peek_siginfo(pid, shared, offset, &mut buf).map_err(on(ErrorKind::Siginfo))?;
+            let records = buf
+                .chunks_exact(SIGINFO_SIZE)
+                .take(n)
+                .map(<[u8]>::to_vec)
+                .collect();
+            Ok(Response::Siginfo(records))
+        }
+        Request::GetRseq { .. } => {
+            let c = sys::get_rseq(pid).map_err(on(ErrorKind::Rseq))?;
+            Ok(Response::Rseq(RseqConfig {
+                rseq_abi_pointer: c.rseq_abi_pointer,
+                rseq_abi_size: c.rseq_abi_size,
+                signature: c.signature,
+                flags: c.flags,
+            }))
+        }
+        Request::SetGadget { addr, .. } => {
+            let mut insn = [0u8; 2];
+            t.mem
+                .read_exact_at(&mut insn, addr)
+                .map_err(|e| pages::io_fail(ErrorKind::BadGadget, &e))?;
+            if insn != [0x0f, 0x05] {
+                return Err(Fail::bare(ErrorKind::BadGadget));
+            }
+            t.gadget = Some(addr);
+            Ok(Response::Ok)
+        }
+        Request::Syscall { nr, args, .. } => {
+            pt::inject_syscall(t, nr, args).map(Response::SyscallResult)
+        }
+        Request::ReadMemory { addr, len, .. } => {
+            let mut data = vec![0u8; len as usize];
+            t.mem
+                .read_exact_at(&mut data, addr)
+                .map_err(|e| pages::io_fail(ErrorKind::MemRead, &e))?;
+            Ok(Response::Memory(data))
+        }
+        Request::WriteMemory { addr, data, .. } => {
+            t.mem
+                .write_all_at(&data, addr)
+                .map_err(|e| pages::io_fail(ErrorKind::MemWrite, &e))?;
+            Ok(Response::Ok)
+        }
+        _ => Err(Fail::bare(ErrorKind::BadRequest)),
+    }
+}
+
+fn set_regs(pid: Pid, regs: &UserRegs) -> Result<(), Fail> {
+    nixptrace::setregs(pid, pt::regs_from_wire(regs)).map_err(on(ErrorKind::Regs))
+}
+
+/// Seize a fresh stub and wait until it sits in pause(2), i.e. has finished
+/// placing its descriptors. Returns its registers there.
+fn seize_stub(pid: Pid) -> Result<libc::user_regs_struct, Fail> {
+    pt::seize(
+        pid,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL,
+    )?;
+    // Up to ~5 s for a stub to reach pause(2); normally it is there at once.
+    for _ in 0..5000 {
+        let regs = nixptrace::getregs(pid).map_err(on(ErrorKind::Regs))?;
+        if regs.orig_rax == libc::SYS_pause as u64 {
+            return Ok(regs);
+        }
+        sys::ptrace_cont(pid, 0).map_err(on(ErrorKind::Interrupt))?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        nixptrace::interrupt(pid).map_err(on(ErrorKind::Interrupt))?;
+        match pt::wait(pid, ErrorKind::Interrupt)? {
+            pt::Stop::Event => {}
+            pt::Stop::Exited(_) | pt::Stop::Killed(_) => return Err(Fail::bare(ErrorKind::Gone)),
+            _ => return Err(Fail::bare(ErrorKind::UnexpectedStop)),
+        }
+    }
+    Err(Fail {
+        kind: ErrorKind::Clone,
+        errno: Errno::ETIMEDOUT as i32,
+    })
+}
+
+/// The `Threads:` count of /proc/PID/status (proc(5)).
+fn threads(pid: Pid) -> Result<u32, Fail> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| pages::io_fail(ErrorKind::Gone, &e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(Fail::bare(ErrorKind::Gone))
+}
+
+/// Open /proc/PID/mem read-write (proc(5)).
+fn open_mem(pid: Pid) -> Result<File, Fail> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/{pid}/mem"))
+        .map_err(|e| pages::io_fail(ErrorKind::MemRead, &e))
+}
+
+fn not_traced() -> Fail {
+    Fail::bare(ErrorKind::NotTraced)
+}
+
+fn error(f: Fail) -> Response {
+    Response::Error {
+        kind: f.kind,
+        errno: f.errno,
+    }
+}
