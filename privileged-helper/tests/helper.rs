@@ -1,0 +1,449 @@
+//! End-to-end tests of `criu-helper` on real processes. They need root
+//! (ptrace of a sibling, clone3 with set_tid) and skip with a message
+//! otherwise.
+
+use shared_ipc::{
+    seqpacket_pair, Channel, ErrorKind, PageRun, ReleaseMode, Request, Response, HELLO_MAGIC,
+    PROTOCOL_VERSION,
+};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+struct Helper {
+    child: Child,
+    chan: Channel<Request, Response>,
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root (ptrace and clone3 set_tid)");
+    false
+}
+
+impl Helper {
+    fn start() -> Helper {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_criu-helper"));
+        // SAFETY: the closure only makes async-signal-safe calls (dup2,
+        // fcntl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(theirs);
+        Helper {
+            child,
+            chan: Channel::new(ours),
+        }
+    }
+
+    fn call(&mut self, req: Request) -> Response {
+        self.call_fds(req, &[])
+    }
+
+    fn call_fds(&mut self, req: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Response {
+        self.chan.send(&req, fds).unwrap();
+        self.chan.recv().unwrap().0
+    }
+
+    fn hello(&mut self) {
+        let r = self.call(Request::Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        });
+        assert!(
+            matches!(
+                r,
+                Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    caller_uid: 0
+                }
+            ),
+            "{r:?}"
+        );
+    }
+
+    fn wait_exit(mut self) -> ExitStatus {
+        drop(self.chan);
+        self.child.wait().unwrap()
+    }
+}
+
+fn sleeper() -> Child {
+    let c = Command::new("sleep").arg("100").spawn().unwrap();
+    // Let it reach nanosleep.
+    wait_for(|| proc_state(c.id() as i32) == Some('S'));
+    c
+}
+
+fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .and_then(|v| v.trim().chars().next())
+}
+
+fn status_field(pid: i32, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A `syscall` instruction in the target's vdso, and the vdso's start.
+fn vdso_gadget(h: &mut Helper, pid: i32) -> (u64, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
+    let range = line.split_whitespace().next().unwrap();
+    let (a, b) = range.split_once('-').unwrap();
+    let start = u64::from_str_radix(a, 16).unwrap();
+    let end = u64::from_str_radix(b, 16).unwrap();
+    let mut bytes = Vec::new();
+    let mut addr = start;
+    while addr < end {
+        let len = (end - addr).min(shared_ipc::MAX_MEM_IO as u64) as u32;
+        match h.call(Request::ReadMemory { pid, addr, len }) {
+            Response::Memory(m) => bytes.extend_from_slice(&m),
+            r => panic!("reading the vdso: {r:?}"),
+        }
+        addr += u64::from(len);
+    }
+    let off = bytes.windows(2).position(|w| w == [0x0f, 0x05]).unwrap();
+    (start + off as u64, start)
+}
+
+fn syscall(h: &mut Helper, pid: i32, nr: u64, args: [u64; 6]) -> i64 {
+    match h.call(Request::Syscall { pid, nr, args }) {
+        Response::SyscallResult(r) => r,
+        r => panic!("syscall {nr}: {r:?}"),
+    }
+}
+
+#[test]
+fn seize_inject_dump_and_resume() {
+    if !is_root() {
+        return;
+    }
+    let mut sleep = sleeper();
+    let pid = sleep.id() as i32;
+    let mut h = Helper::start();
+    h.hello();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    assert_eq!(proc_state(pid), Some('t'));
+    assert_eq!(
+        h.call(Request::Seize { pid }),
+        Response::Error {
+            kind: ErrorKind::AlreadyTraced,
+            errno: 0
+        }
+    );
+    let Response::Regs { regs, xstate } = h.call(Request::GetRegs { pid }) else {
+        panic!("no regs")
+    };
+    assert!(regs.rip != 0 && !xstate.is_empty());
+    let Response::Sigmask(mask) = h.call(Request::GetSigmask { pid }) else {
+        panic!("no mask")
+    };
+    // No gadget yet.
+    assert!(matches!(
+        h.call(Request::Syscall {
+            pid,
+            nr: 39,
+            args: [0; 6]
+        }),
+        Response::Error {
+            kind: ErrorKind::BadGadget,
+            ..
+        }
+    ));
+    let (gadget, vdso) = vdso_gadget(&mut h, pid);
+    // The vdso starts with "\x7fELF", not a syscall instruction.
+    assert!(matches!(
+        h.call(Request::SetGadget { pid, addr: vdso }),
+        Response::Error {
+            kind: ErrorKind::BadGadget,
+            ..
+        }
+    ));
+    assert_eq!(
+        h.call(Request::SetGadget { pid, addr: gadget }),
+        Response::Ok
+    );
+    assert_eq!(
+        h.call(Request::SetSigmask {
+            pid,
+            mask: u64::MAX
+        }),
+        Response::Ok
+    );
+
+    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
+    let addr = syscall(&mut h, pid, 9, [0, 4096, 3, 0x22, u64::MAX, 0]);
+    assert!(addr > 0 && addr % 4096 == 0, "mmap returned {addr}");
+    let addr = addr as u64;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    assert_eq!(
+        h.call(Request::WriteMemory {
+            pid,
+            addr,
+            data: data.clone()
+        }),
+        Response::Ok
+    );
+    assert_eq!(
+        h.call(Request::ReadMemory {
+            pid,
+            addr,
+            len: 4096
+        }),
+        Response::Memory(data.clone())
+    );
+    let mut image = tempfile::tempfile().unwrap();
+    let runs = vec![PageRun { addr, len: 4096 }];
+    assert_eq!(
+        h.call_fds(
+            Request::DumpPages {
+                pid,
+                runs: runs.clone()
+            },
+            &[image.as_fd()]
+        ),
+        Response::PagesWritten(4096)
+    );
+    // A PROT_NONE page still dumps (through /proc/PID/mem).
+    assert_eq!(syscall(&mut h, pid, 10, [addr, 4096, 0, 0, 0, 0]), 0);
+    assert_eq!(
+        h.call_fds(Request::DumpPages { pid, runs }, &[image.as_fd()]),
+        Response::PagesWritten(4096)
+    );
+    let mut got = Vec::new();
+    image.seek(SeekFrom::Start(0)).unwrap();
+    image.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 8192);
+    assert_eq!(&got[..4096], &data[..]);
+    assert_eq!(&got[4096..], &data[..]);
+    // DumpPages needs exactly one descriptor.
+    assert!(matches!(
+        h.call(Request::DumpPages {
+            pid,
+            runs: vec![PageRun { addr, len: 4096 }]
+        }),
+        Response::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        }
+    ));
+    assert_eq!(syscall(&mut h, pid, 11, [addr, 4096, 0, 0, 0, 0]), 0);
+
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Resume
+        }),
+        Response::Ok
+    );
+    assert_eq!(
+        h.call(Request::GetRegs { pid }),
+        Response::Error {
+            kind: ErrorKind::NotTraced,
+            errno: 0
+        }
+    );
+    assert!(h.wait_exit().success());
+
+    assert!(
+        wait_for(|| proc_state(pid) == Some('S')),
+        "sleep not sleeping"
+    );
+    let sigblk = status_field(pid, "SigBlk:").unwrap();
+    assert_eq!(u64::from_str_radix(&sigblk, 16).unwrap(), mask);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleep.wait().unwrap().signal(), Some(libc::SIGTERM));
+}
+
+#[test]
+fn interrupted_sleep_finishes_normally() {
+    if !is_root() {
+        return;
+    }
+    // Seized inside clock_nanosleep, then a syscall injected: on release the
+    // helper must restart the sleep (restart_syscall), not make it fail.
+    let mut sleep = Command::new("sleep").arg("1").spawn().unwrap();
+    let pid = sleep.id() as i32;
+    let started = Instant::now();
+    assert!(wait_for(|| proc_state(pid) == Some('S')));
+    let mut h = Helper::start();
+    h.hello();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    let (gadget, _) = vdso_gadget(&mut h, pid);
+    assert_eq!(
+        h.call(Request::SetGadget { pid, addr: gadget }),
+        Response::Ok
+    );
+    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Resume
+        }),
+        Response::Ok
+    );
+    assert!(h.wait_exit().success());
+    assert!(sleep.wait().unwrap().success());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(950), "slept only {took:?}");
+}
+
+#[test]
+fn create_stub_with_chosen_pid() {
+    if !is_root() {
+        return;
+    }
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let first = (pid_max / 4 * 3).max(300);
+    let pid = (first..pid_max)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let mut h = Helper::start();
+    h.hello();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // Descriptor count must match.
+    assert!(matches!(
+        h.call(Request::CreateStub { pid, fds: vec![0] }),
+        Response::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        }
+    ));
+    let r = h.call_fds(Request::CreateStub { pid, fds: vec![0] }, &[null.as_fd()]);
+    let Response::Stub { gadget } = r else {
+        panic!("{r:?}")
+    };
+    assert!(gadget != 0);
+    assert_eq!(
+        status_field(pid, "PPid:").unwrap(),
+        h.child.id().to_string()
+    );
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(fds, vec!["0".to_string()]);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        std::path::PathBuf::from("/dev/null")
+    );
+    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
+    // The same PID again is taken.
+    let null2 = std::fs::File::open("/dev/null").unwrap();
+    assert!(matches!(
+        h.call_fds(Request::CreateStub { pid, fds: vec![0] }, &[null2.as_fd()]),
+        Response::Error {
+            kind: ErrorKind::AlreadyTraced,
+            ..
+        }
+    ));
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Kill
+        }),
+        Response::Ok
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(h.wait_exit().success());
+}
+
+#[test]
+fn hostile_frame_ends_helper_and_frees_target() {
+    if !is_root() {
+        return;
+    }
+    let mut sleep = sleeper();
+    let pid = sleep.id() as i32;
+    let mut h = Helper::start();
+    h.hello();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    assert_eq!(proc_state(pid), Some('t'));
+    h.chan
+        .send_raw_for_test(&[3, 0, 0, 0, 0xff, 0xff, 0xff])
+        .unwrap();
+    let status = h.wait_exit();
+    assert!(!status.success(), "helper exited with {status:?}");
+    let st = proc_state(pid).unwrap();
+    assert!(st != 't' && st != 'T', "target left in state {st}");
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+}
+
+#[test]
+fn requests_before_hello_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Helper::start();
+    assert_eq!(
+        h.call(Request::GetRegs { pid: 1 }),
+        Response::Error {
+            kind: ErrorKind::BadRequest,
+            errno: 0
+        }
+    );
+    assert!(!h.wait_exit().success());
+    let mut h = Helper::start();
+    assert_eq!(
+        h.call(Request::Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION + 1
+        }),
+        Response::Error {
+            kind: ErrorKind::Version,
+            errno: 0
+        }
+    );
+    assert!(!h.wait_exit().success());
+}
+
+#[test]
+fn refuses_to_start_without_a_channel() {
+    let out = Command::new(env!("CARGO_BIN_EXE_criu-helper"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
