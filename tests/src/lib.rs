@@ -1,1 +1,776 @@
+//! Harness for criu's end-to-end tests.
+//!
+//! Every test builds a [`Test`]: a private temporary directory (`images/`
+//! for `-D`, `work/` for the target's files), a record of every criu run
+//! (printed when the test fails), and a guard that kills every process the
+//! test tracked when it ends, passing or failing.
+//!
+//! The test process makes itself a child subreaper so that processes restored
+//! with `-d` (whose parent, the helper, exits) become its children and can be
+//! reaped with `waitpid(pid)`. The harness never calls `waitpid(-1)`: tests
+//! run in parallel threads and must not steal each other's children.
 
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a criu command may run before the harness kills it.
+pub const CRIU_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binaries under test.
+#[derive(Debug)]
+pub struct Bins {
+    /// The frontend, `criu`.
+    pub criu: PathBuf,
+    /// The privileged helper, `criu-helper`.
+    pub helper: PathBuf,
+    /// The test workload, `criu-workload`.
+    pub workload: PathBuf,
+}
+
+/// Finds the binaries: `$CRIU_TEST_BIN_DIR` if set, else the cargo target
+/// directory this test runs from (`target/debug/deps/x` gives `target/debug`).
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let dir = match std::env::var_os("CRIU_TEST_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let exe = std::env::current_exe().expect("current_exe");
+                let mut dir = exe.parent().expect("test binary has a directory").to_path_buf();
+                if dir.file_name().is_some_and(|n| n == "deps") {
+                    dir.pop();
+                }
+                dir
+            }
+        };
+        let find = |name: &str| {
+            let p = dir.join(name);
+            assert!(
+                p.is_file(),
+                "{} not found: run `cargo build --workspace` first (the README's test command does)",
+                p.display()
+            );
+            p
+        };
+        Bins { criu: find("criu"), helper: find("criu-helper"), workload: find("criu-workload") }
+    })
+}
+
+/// Makes this process a child subreaper (once per test binary).
+pub fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+    });
+}
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        true
+    } else {
+        eprintln!("{test}: skipped: needs root");
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc helpers
+
+/// The fields of /proc/PID/stat after the command name.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The one-letter state of a process (`R`, `S`, `T`, `Z`, ...), `None` if gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// The parent pid.
+pub fn ppid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// The process group id.
+pub fn pgid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
+/// The session id.
+pub fn sid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(3)?.parse().ok()
+}
+
+/// The command name (/proc/PID/comm).
+pub fn comm(pid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
+}
+
+/// The `TracerPid:` of /proc/PID/status.
+pub fn tracer_pid(pid: i32) -> Option<i32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// True if a process (not a zombie) has this pid.
+pub fn is_alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some(c) if c != 'Z' && c != 'X')
+}
+
+/// Where each descriptor of `pid` numbered 3 or more points (stdio is
+/// replaced by criu's own at restore).
+pub fn fd_links(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let e = e.ok()?;
+                let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+                let target = fs::read_link(e.path()).ok()?;
+                (fd >= 3).then(|| (fd, target.display().to_string()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The memory layout of `pid`: `start-end perms path` per mapping.
+pub fn maps(pid: i32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f.get(5..).map(|p| p.join(" ")).unwrap_or_default();
+            format!("{} {} {}", f.first().unwrap_or(&""), f.get(1).unwrap_or(&""), path)
+        })
+        .collect()
+}
+
+/// A short description of a process for failure messages.
+pub fn describe(pid: i32) -> String {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => format!(
+            "pid {pid}: stat: {} | TracerPid {:?}",
+            stat.trim_end(),
+            tracer_pid(pid)
+        ),
+        Err(_) => format!("pid {pid}: no such process"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting and killing
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: `Ok(Some(status))` when reaped, `Ok(None)` when
+/// still running, `Err` when `pid` is not our child (ECHILD).
+fn try_reap(pid: i32) -> Result<Option<ExitStatus>, std::io::Error> {
+    let mut status = 0;
+    // SAFETY: waits for one specific pid; `status` is a valid out-parameter.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r == pid => Ok(Some(ExitStatus::from_raw(status))),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Waits up to `timeout` for `pid` (our child) to exit and reaps it.
+/// `Err` if it is not our child or did not exit in time.
+pub fn reap(pid: i32, timeout: Duration) -> Result<ExitStatus, String> {
+    let end = Instant::now() + timeout;
+    loop {
+        match try_reap(pid) {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => return Err(format!("pid {pid} did not exit within {timeout:?}: {}", describe(pid))),
+            Err(e) => return Err(format!("waitpid({pid}): {e}")),
+        }
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Kills `pid` with SIGKILL and makes sure it is gone: reaps it if it is our
+/// child (a subreaper adopts restored processes), else polls until
+/// /proc/PID disappears (another parent reaps it).
+pub fn kill_and_reap(pid: i32) {
+    if pid <= 1 || proc_state(pid).is_none() {
+        return;
+    }
+    let _ = signal(pid, libc::SIGKILL);
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        match try_reap(pid) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(_) if proc_state(pid).is_none() => return,
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("warning: pid {pid} still present after SIGKILL: {}", describe(pid));
+}
+
+/// Reads a whole file; `None` if missing.
+pub fn read(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+/// Reads a file holding one integer (e.g. a pidfile or a counter).
+pub fn read_number(path: &Path) -> Option<u64> {
+    read(path)?.trim().parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Running criu
+
+/// The outcome of one criu command.
+#[derive(Debug, Clone)]
+pub struct CriuRun {
+    /// The arguments after `criu`.
+    pub args: Vec<String>,
+    /// The exit status (`None` if it was killed after the timeout).
+    pub status: Option<ExitStatus>,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+    /// The log file named by `-o`, resolved against `-D`.
+    pub log_file: Option<PathBuf>,
+    /// The `-D` directory.
+    pub images_dir: Option<PathBuf>,
+}
+
+fn arg_value(args: &[String], short: &str, long: &str) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == short || a == long {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+            return Some(v.to_owned());
+        }
+        if a.len() > short.len() && a.starts_with(short) && !a.starts_with("--") {
+            return Some(a[short.len()..].to_owned());
+        }
+    }
+    None
+}
+
+impl CriuRun {
+    /// The exit code, or 128+signal if criu was killed, or -1 on timeout.
+    pub fn code(&self) -> i32 {
+        match self.status {
+            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            None => -1,
+        }
+    }
+
+    /// Everything known about this run, for failure messages.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let status = match self.status {
+            Some(st) => format!("{st}"),
+            None => format!("KILLED after timeout {CRIU_TIMEOUT:?}"),
+        };
+        let _ = writeln!(s, "$ criu {}", self.args.join(" "));
+        let _ = writeln!(s, "  status: {status} after {:.2?}", self.elapsed);
+        let _ = writeln!(s, "  stdout: {}", indent(&self.stdout));
+        let _ = writeln!(s, "  stderr: {}", indent(&self.stderr));
+        if let Some(log) = &self.log_file {
+            match fs::read_to_string(log) {
+                Ok(text) => {
+                    let _ = writeln!(s, "  log {}:\n{}", log.display(), tail(&text, 200));
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  log {}: cannot read: {e}", log.display());
+                }
+            }
+        }
+        s
+    }
+}
+
+fn indent(text: &str) -> String {
+    if text.trim().is_empty() {
+        return "(empty)".into();
+    }
+    format!("\n{}", text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n"))
+}
+
+/// The last `n` lines of `text`, indented.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut s = String::new();
+    if skip > 0 {
+        let _ = writeln!(s, "    | ... ({skip} earlier lines)");
+    }
+    for l in &lines[skip..] {
+        let _ = writeln!(s, "    | {l}");
+    }
+    s
+}
+
+/// A criu command running in the background (e.g. a restore without `-d`).
+pub struct CriuChild {
+    child: Child,
+    args: Vec<String>,
+    started: Instant,
+    out: PathBuf,
+    err: PathBuf,
+    log_file: Option<PathBuf>,
+    images_dir: Option<PathBuf>,
+}
+
+impl CriuChild {
+    /// The pid of the criu process.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// True once criu has exited (it is then reaped by `wait`).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits up to `timeout`; kills criu if it takes longer.
+    pub fn wait(mut self, timeout: Duration) -> CriuRun {
+        let end = self.started + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        CriuRun {
+            args: self.args,
+            status,
+            elapsed: self.started.elapsed(),
+            stdout: read(&self.out).unwrap_or_default(),
+            stderr: read(&self.err).unwrap_or_default(),
+            log_file: self.log_file,
+            images_dir: self.images_dir,
+        }
+    }
+}
+
+/// Marks every inherited descriptor above 2 close-on-exec in a child about to
+/// exec, so targets start with only what the test gives them.
+fn cloexec_inherited(cmd: &mut Command) {
+    // SAFETY: the closure only calls close_range, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child a session and process-group leader before it execs.
+pub fn in_new_session(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure only calls setsid, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+// ---------------------------------------------------------------------------
+// The per-test fixture
+
+/// One end-to-end test: its directories, its criu runs and its processes.
+pub struct Test {
+    name: String,
+    tmp: Option<tempfile::TempDir>,
+    runs: Mutex<Vec<CriuRun>>,
+    pids: Mutex<Vec<i32>>,
+    seq: Mutex<u32>,
+}
+
+impl Test {
+    /// Sets up a test, or returns `None` (after printing "skipped: needs
+    /// root") when not running as root.
+    pub fn new(name: &str) -> Option<Test> {
+        if !is_root(name) {
+            return None;
+        }
+        Some(Self::unprivileged(name))
+    }
+
+    /// Sets up a test that does not need root.
+    pub fn unprivileged(name: &str) -> Test {
+        become_subreaper();
+        let _ = bins();
+        let tmp = tempfile::Builder::new().prefix(&format!("criu-test-{name}-")).tempdir().expect("tempdir");
+        fs::create_dir(tmp.path().join("images")).expect("mkdir images");
+        fs::create_dir(tmp.path().join("work")).expect("mkdir work");
+        Test {
+            name: name.to_owned(),
+            tmp: Some(tmp),
+            runs: Mutex::new(Vec::new()),
+            pids: Mutex::new(Vec::new()),
+            seq: Mutex::new(0),
+        }
+    }
+
+    /// The test's temporary directory.
+    pub fn root(&self) -> &Path {
+        self.tmp.as_ref().expect("tempdir").path()
+    }
+
+    /// The default images directory (`-D`).
+    pub fn images(&self) -> PathBuf {
+        self.root().join("images")
+    }
+
+    /// A directory for the target's own files.
+    pub fn work(&self) -> PathBuf {
+        self.root().join("work")
+    }
+
+    /// Kills (and reaps) `pid` when the test ends, whatever happens.
+    pub fn track(&self, pid: i32) {
+        let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+
+    /// Starts a target program in its own session with stdin, stdout and
+    /// stderr on /dev/null, and tracks it.
+    pub fn spawn_target(&self, cmd: &mut Command) -> Child {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cloexec_inherited(cmd);
+        in_new_session(cmd);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: cannot start {cmd:?}: {e}", self.name));
+        self.track(child.id() as i32);
+        child
+    }
+
+    fn prepare(&self, args: &[&str]) -> (Command, Vec<String>, PathBuf, PathBuf, Option<PathBuf>, Option<PathBuf>) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let n = {
+            let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+            *seq += 1;
+            *seq
+        };
+        let out = self.root().join(format!("criu-{n}.stdout"));
+        let err = self.root().join(format!("criu-{n}.stderr"));
+        let images_dir = arg_value(&args, "-D", "--images-dir").map(PathBuf::from);
+        let log_file = arg_value(&args, "-o", "--log-file").map(|l| match &images_dir {
+            Some(d) => d.join(l),
+            None => PathBuf::from(l),
+        });
+        let mut cmd = Command::new(&bins().criu);
+        // Files, not pipes: a process restored with -d inherits criu's
+        // stdio, and a pipe would never see EOF while it lives.
+        cmd.args(&args)
+            .current_dir(self.root())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("criu stdout file"))
+            .stderr(fs::File::create(&err).expect("criu stderr file"));
+        cloexec_inherited(&mut cmd);
+        (cmd, args, out, err, log_file, images_dir)
+    }
+
+    /// Starts criu in the background.
+    pub fn spawn_criu(&self, args: &[&str]) -> CriuChild {
+        self.spawn_criu_with(args, |_| {})
+    }
+
+    /// Starts criu in the background after letting `adjust` change the
+    /// command (e.g. to run it through `setpriv`).
+    pub fn spawn_criu_with(&self, args: &[&str], adjust: impl FnOnce(&mut Command)) -> CriuChild {
+        let (mut cmd, args, out, err, log_file, images_dir) = self.prepare(args);
+        adjust(&mut cmd);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bins().criu.display()));
+        CriuChild { child, args, started: Instant::now(), out, err, log_file, images_dir }
+    }
+
+    /// Runs criu to completion (killed after [`CRIU_TIMEOUT`]) and records it.
+    pub fn criu(&self, args: &[&str]) -> CriuRun {
+        let run = self.spawn_criu(args).wait(CRIU_TIMEOUT);
+        self.record(run.clone());
+        run
+    }
+
+    /// Waits for a background criu (killing it after `timeout`) and records
+    /// the run for failure reports.
+    pub fn wait_criu(&self, child: CriuChild, timeout: Duration) -> CriuRun {
+        let run = child.wait(timeout);
+        self.record(run.clone());
+        run
+    }
+
+    /// Records a run of a background criu for failure reports.
+    pub fn record(&self, run: CriuRun) {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).push(run);
+    }
+
+    /// Runs criu and fails the test unless it exits 0.
+    pub fn criu_ok(&self, args: &[&str]) -> CriuRun {
+        let run = self.criu(args);
+        if run.code() != 0 {
+            self.fail(&format!("criu {} failed (exit {})", args.join(" "), run.code()));
+        }
+        run
+    }
+
+    /// Runs criu and fails the test unless it exits non-zero with an error
+    /// mentioning every string of `needles` (case-insensitive).
+    pub fn criu_err(&self, args: &[&str], needles: &[&str]) -> CriuRun {
+        let run = self.criu(args);
+        self.check_err(&run, needles);
+        run
+    }
+
+    /// Checks that a finished run failed with all of `needles` in its stderr.
+    pub fn check_err(&self, run: &CriuRun, needles: &[&str]) {
+        if run.code() == 0 {
+            self.fail(&format!("criu {} succeeded but should have failed", run.args.join(" ")));
+        }
+        if run.status.is_none() {
+            self.fail(&format!("criu {} hung (killed after the timeout)", run.args.join(" ")));
+        }
+        let err = run.stderr.to_lowercase();
+        let missing: Vec<&&str> = needles.iter().filter(|n| !err.contains(&n.to_lowercase())).collect();
+        if !missing.is_empty() {
+            self.fail(&format!(
+                "criu {} failed as expected, but its stderr lacks {missing:?}",
+                run.args.join(" ")
+            ));
+        }
+    }
+
+    /// `criu dump -t PID -D images -o dump.log -v4` plus `extra`; must succeed.
+    pub fn dump(&self, pid: i32, extra: &[&str]) -> CriuRun {
+        let images = self.images();
+        let pid = pid.to_string();
+        let mut args = vec!["dump", "-t", &pid, "-D", images.to_str().expect("utf-8 path"), "-o", "dump.log", "-v4"];
+        args.extend_from_slice(extra);
+        self.criu_ok(&args)
+    }
+
+    /// `criu restore -d -D images -o restore.log -v4` plus `extra`; must
+    /// succeed. Waits until `pid` runs, tracks it and returns.
+    pub fn restore_detached(&self, pid: i32, extra: &[&str]) -> CriuRun {
+        let images = self.images();
+        let mut args = vec!["restore", "-d", "-D", images.to_str().expect("utf-8 path"), "-o", "restore.log", "-v4"];
+        args.extend_from_slice(extra);
+        let run = self.criu_ok(&args);
+        self.track(pid);
+        if !wait_for(Duration::from_secs(5), || is_alive(pid)) {
+            self.fail(&format!("criu restore -d exited 0 but pid {pid} is not running"));
+        }
+        run
+    }
+
+    /// Checks that no live process has `pid` (after a refused restore).
+    /// A zombie left behind is reaped here if it is ours, and reported.
+    pub fn assert_no_process(&self, pid: i32) {
+        let gone = wait_for(Duration::from_secs(3), || !is_alive(pid));
+        if !gone {
+            self.fail(&format!("a process with pid {pid} is running after a failed restore"));
+        }
+        if proc_state(pid) == Some('Z') {
+            eprintln!("note: failed restore left a zombie with pid {pid} (parent {:?}); reaping it", ppid(pid));
+            if reap(pid, Duration::from_secs(2)).is_err() {
+                wait_for(Duration::from_secs(10), || proc_state(pid).is_none());
+            }
+        }
+    }
+
+    /// Panics with `msg` and everything that helps to debug it: every criu
+    /// run of this test with its stdout, stderr and log file, the other log
+    /// files in the images directory, and the images directory listing.
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!("\n\n=== {}: {msg}\n\n{}", self.name, self.diagnostics());
+    }
+
+    /// The diagnostics printed by [`Test::fail`].
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut shown: Vec<PathBuf> = Vec::new();
+        for (i, run) in runs.iter().enumerate() {
+            let _ = writeln!(s, "--- criu run {} of {}:\n{}", i + 1, runs.len(), run.report());
+            shown.extend(run.log_file.clone());
+        }
+        let mut dirs: Vec<PathBuf> = runs.iter().filter_map(|r| r.images_dir.clone()).collect();
+        dirs.push(self.images());
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
+            entries.sort_by_key(|e| e.file_name());
+            let _ = writeln!(s, "--- {}:", dir.display());
+            for e in &entries {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = writeln!(s, "    {:>10}  {}", len, e.file_name().to_string_lossy());
+            }
+            for e in entries {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") && !shown.contains(&p) {
+                    let text = read(&p).unwrap_or_default();
+                    let _ = writeln!(s, "--- log {}:\n{}", p.display(), tail(&text, 200));
+                }
+            }
+        }
+        for name in ["report", "progress", "ready"] {
+            if let Some(text) = read(&self.work().join(name)) {
+                let _ = writeln!(s, "--- work/{name}: {}", text.trim_end());
+            }
+        }
+        for &pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(s, "--- {}", describe(pid));
+        }
+        s
+    }
+
+    /// Starts `criu-workload` on `work/` and waits until it is ready and
+    /// counting. Its stdio is /dev/null, so no file it has open changes size
+    /// between a dump and a restore (the workload reports through files).
+    pub fn start_workload(&self) -> Workload {
+        let dir = self.work();
+        let mut cmd = Command::new(&bins().workload);
+        cmd.arg(&dir);
+        let pid = self.spawn_target(&mut cmd).id() as i32;
+        let w = Workload { pid, dir };
+        let ready = wait_for(Duration::from_secs(10), || {
+            read_number(&w.dir.join("ready")) == Some(pid as u64) && w.progress().is_some_and(|n| n >= 3)
+        });
+        if !ready {
+            self.fail(&format!("criu-workload (pid {pid}) did not become ready"));
+        }
+        w
+    }
+
+    /// Asks the workload to check itself (SIGUSR2) and fails the test unless
+    /// it reports `OK`. Returns the counter it reported.
+    pub fn workload_check(&self, w: &Workload, when: &str) -> u64 {
+        let report = w.dir.join("report");
+        let _ = fs::remove_file(&report);
+        if let Err(e) = signal(w.pid, libc::SIGUSR2) {
+            self.fail(&format!("{when}: cannot send SIGUSR2 to the workload: {e}"));
+        }
+        if !wait_for(Duration::from_secs(10), || report.exists()) {
+            self.fail(&format!("{when}: the workload wrote no report within 10 s after SIGUSR2"));
+        }
+        let text = read(&report).unwrap_or_default();
+        match text.trim().strip_prefix("OK counter=") {
+            Some(n) => n.parse().unwrap_or(0),
+            None => self.fail(&format!("{when}: the workload's self-check failed:\n    {}", text.trim())),
+        }
+    }
+
+    /// Fails unless the workload's counter increases within a few seconds.
+    pub fn assert_progressing(&self, w: &Workload, when: &str) -> u64 {
+        let start = w.progress().unwrap_or(0);
+        let mut now = start;
+        if !wait_for(Duration::from_secs(5), || {
+            now = w.progress().unwrap_or(0);
+            now > start + 2
+        }) {
+            self.fail(&format!("{when}: the workload's counter is stuck at {now} ({})", describe(w.pid)));
+        }
+        now
+    }
+
+    /// Fails unless `pid` is running: not stopped, not traced, not a zombie.
+    pub fn assert_running_untouched(&self, pid: i32, when: &str) {
+        let ok = wait_for(Duration::from_secs(3), || {
+            matches!(proc_state(pid), Some('R' | 'S' | 'D')) && tracer_pid(pid) == Some(0)
+        });
+        if !ok {
+            self.fail(&format!("{when}: pid {pid} should be running, untraced: {}", describe(pid)));
+        }
+    }
+}
+
+impl Drop for Test {
+    fn drop(&mut self) {
+        let pids = std::mem::take(&mut *self.pids.lock().unwrap_or_else(|e| e.into_inner()));
+        for pid in pids {
+            kill_and_reap(pid);
+        }
+        if std::thread::panicking() && std::env::var_os("CRIU_TEST_KEEP").is_some() {
+            if let Some(tmp) = self.tmp.take() {
+                eprintln!("{}: keeping {}", self.name, tmp.keep().display());
+            }
+        }
+    }
+}
+
+/// A running `criu-workload`.
+pub struct Workload {
+    /// Its pid (kept across dump and restore).
+    pub pid: i32,
+    /// Its directory (`ready`, `progress`, `report`, data files).
+    pub dir: PathBuf,
+}
+
+impl Workload {
+    /// The counter it last wrote.
+    pub fn progress(&self) -> Option<u64> {
+        read_number(&self.dir.join("progress"))
+    }
+}
+
+/// Reaps the original process after a dump, failing the test unless the
+/// dump killed it.
+pub fn reap_dumped(t: &Test, pid: i32) {
+    match reap(pid, Duration::from_secs(10)) {
+        Ok(st) if st.signal().is_some() => {}
+        Ok(st) => t.fail(&format!("after dump, pid {pid} exited by itself ({st}) instead of being killed")),
+        Err(e) => t.fail(&format!("criu dump (without -R/-s) should kill pid {pid}: {e}")),
+    }
+}
