@@ -495,7 +495,11 @@ impl Test {
         child
     }
 
-    fn prepare(&self, args: &[&str]) -> (Command, Vec<String>, PathBuf, PathBuf, Option<PathBuf>, Option<PathBuf>) {
+    fn prepare(
+        &self,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> (Command, Vec<String>, PathBuf, PathBuf, Option<PathBuf>, Option<PathBuf>) {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let n = {
             let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
@@ -509,7 +513,14 @@ impl Test {
             Some(d) => d.join(l),
             None => PathBuf::from(l),
         });
-        let mut cmd = Command::new(&bins().criu);
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&bins().criu);
+                c
+            }
+            None => Command::new(&bins().criu),
+        };
         // Files, not pipes: a process restored with -d inherits criu's
         // stdio, and a pipe would never see EOF while it lives.
         cmd.args(&args)
@@ -523,15 +534,14 @@ impl Test {
 
     /// Starts criu in the background.
     pub fn spawn_criu(&self, args: &[&str]) -> CriuChild {
-        self.spawn_criu_with(args, |_| {})
+        self.spawn_criu_wrapped(&[], args)
     }
 
-    /// Starts criu in the background after letting `adjust` change the
-    /// command (e.g. to run it through `setpriv`).
-    pub fn spawn_criu_with(&self, args: &[&str], adjust: impl FnOnce(&mut Command)) -> CriuChild {
-        let (mut cmd, args, out, err, log_file, images_dir) = self.prepare(args);
-        adjust(&mut cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bins().criu.display()));
+    /// Starts `wrapper... criu args...` in the background, e.g. with
+    /// `wrapper = ["setpriv", ..., "--"]` to run criu with fewer capabilities.
+    pub fn spawn_criu_wrapped(&self, wrapper: &[&str], args: &[&str]) -> CriuChild {
+        let (mut cmd, args, out, err, log_file, images_dir) = self.prepare(wrapper, args);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         CriuChild { child, args, started: Instant::now(), out, err, log_file, images_dir }
     }
 
