@@ -98,6 +98,15 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
         "close",
         "drop received descriptors, pidfds, /proc files",
     ),
+    Allowed {
+        nr: libc::SYS_fcntl,
+        name: "fcntl",
+        why: "debug builds of std check that a descriptor is open before closing it",
+        args: Args::OneOf {
+            index: 1,
+            values: &[(libc::F_GETFD as u64, "F_GETFD")],
+        },
+    },
     // Tracing.
     Allowed {
         nr: libc::SYS_ptrace,
