@@ -424,3 +424,134 @@ fn error(f: Fail) -> Response {
         errno: f.errno,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_ipc::{seqpacket_pair, MAX_MEM_IO};
+
+    /// A server with no spawner and no peer: only `handle` is exercised.
+    fn server() -> Server {
+        let (a, _b) = seqpacket_pair().unwrap();
+        Server {
+            chan: Channel::new(a),
+            spawner: None,
+            tracees: BTreeMap::new(),
+            released_children: BTreeSet::new(),
+            page_buf: Vec::new(),
+            greeted: false,
+            forbidden: [getpid(), getppid(), getpid()],
+        }
+    }
+
+    fn hello() -> Request {
+        Request::Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    fn err(kind: ErrorKind) -> Response {
+        Response::Error { kind, errno: 0 }
+    }
+
+    fn dev_null() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn hello_must_come_first_and_match() {
+        let (r, next) = server().handle(Request::GetRegs { pid: 1 }, vec![]);
+        assert_eq!(r, err(ErrorKind::BadRequest));
+        assert!(matches!(next, Next::Exit));
+        let bad = Request::Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION + 1,
+        };
+        let (r, next) = server().handle(bad, vec![]);
+        assert_eq!(r, err(ErrorKind::Version));
+        assert!(matches!(next, Next::Exit));
+        let mut s = server();
+        let (r, next) = s.handle(hello(), vec![]);
+        assert!(matches!(
+            r,
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                ..
+            }
+        ));
+        assert!(matches!(next, Next::Go));
+        assert_eq!(s.handle(hello(), vec![]).0, err(ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn bounds_descriptors_and_tracing_are_checked() {
+        let mut s = server();
+        s.handle(hello(), vec![]);
+        let cases = [
+            (Request::GetRegs { pid: 0 }, vec![], ErrorKind::BadRequest),
+            (
+                Request::ReadMemory {
+                    pid: 5,
+                    addr: 0,
+                    len: MAX_MEM_IO + 1,
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::GetRegs { pid: 5 },
+                vec![dev_null()],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::DumpPages {
+                    pid: 5,
+                    runs: vec![PageRun { addr: 0, len: 4096 }],
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::CreateStub {
+                    pid: 5,
+                    fds: vec![0, 1],
+                },
+                vec![dev_null()],
+                ErrorKind::BadRequest,
+            ),
+            (Request::GetRegs { pid: 5 }, vec![], ErrorKind::NotTraced),
+            (
+                Request::Syscall {
+                    pid: 5,
+                    nr: 39,
+                    args: [0; 6],
+                },
+                vec![],
+                ErrorKind::NotTraced,
+            ),
+            (
+                Request::Release {
+                    pid: 5,
+                    how: ReleaseMode::Kill,
+                },
+                vec![],
+                ErrorKind::NotTraced,
+            ),
+            (Request::WaitExit { pid: 5 }, vec![], ErrorKind::NotTraced),
+            (
+                Request::Seize {
+                    pid: getpid().as_raw(),
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+        ];
+        for (req, fds, kind) in cases {
+            let name = req.name();
+            let (r, next) = s.handle(req, fds);
+            assert_eq!(r, err(kind), "{name}");
+            assert!(matches!(next, Next::Go), "{name}");
+        }
+    }
+}
