@@ -1,0 +1,665 @@
+//! Rebuilding the address space of a stub with injected system calls: the
+//! trampoline, clearing the stub's own mappings, moving the vDSO, mapping
+//! every dumped VMA, filling pages with large `pread64`s, and the
+//! `PR_SET_MM_MAP` fields.
+
+use super::layout::{self, Range};
+use super::validate::{fillable, PAGE};
+use crate::error::{Error, Result};
+use crate::helper::Helper;
+use crate::images::types::{MmEntry, PagemapEntry, Vma, VmaKind};
+use crate::proc::SmapsVma;
+use crate::remote::{errno_of, Remote};
+use crate::{debug, info, warn};
+use shared_ipc::TASK_SIZE;
+use std::path::Path;
+
+/// Pages of the trampoline area: the first holds the `syscall` gadget
+/// (R-X), the rest is the scratch area (R-W).
+pub const TRAMPOLINE_PAGES: u64 = 16;
+
+/// Lowest address we place anything at (the usual `vm.mmap_min_addr`).
+const MIN_ADDR: u64 = 0x10000;
+
+/// `sizeof(struct prctl_mm_map)`.
+pub const MM_MAP_SIZE: usize = 104;
+
+/// The three kernel-provided areas that move with the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// `[vdso]`.
+    Vdso,
+    /// `[vvar]`.
+    Vvar,
+    /// `[vvar_vclock]`.
+    VvarVclock,
+}
+
+impl Special {
+    const ALL: [Special; 3] = [Special::Vvar, Special::VvarVclock, Special::Vdso];
+
+    fn name(self) -> &'static str {
+        match self {
+            Special::Vdso => "[vdso]",
+            Special::Vvar => "[vvar]",
+            Special::VvarVclock => "[vvar_vclock]",
+        }
+    }
+
+    fn of_kind(k: &VmaKind) -> Option<Special> {
+        match k {
+            VmaKind::Vdso => Some(Special::Vdso),
+            VmaKind::Vvar => Some(Special::Vvar),
+            VmaKind::VvarVclock => Some(Special::VvarVclock),
+            _ => None,
+        }
+    }
+
+    fn of_name(n: &str) -> Option<Special> {
+        Special::ALL.into_iter().find(|s| s.name() == n)
+    }
+}
+
+/// Where each special area is in a live layout (`/proc/PID/maps`).
+pub fn live_specials(maps: &[SmapsVma]) -> Vec<(Special, Range)> {
+    maps.iter()
+        .filter_map(|m| Special::of_name(&m.name).map(|s| (s, (m.start, m.end))))
+        .collect()
+}
+
+/// Where each special area was in the dumped layout.
+pub fn image_specials(vmas: &[Vma]) -> Vec<(Special, Range)> {
+    vmas.iter()
+        .filter_map(|v| Special::of_kind(&v.kind).map(|s| (s, (v.start, v.end))))
+        .collect()
+}
+
+fn find(list: &[(Special, Range)], s: Special) -> Option<Range> {
+    list.iter().find(|x| x.0 == s).map(|x| x.1)
+}
+
+/// The dumped vDSO areas must have the sizes this kernel gives (`current`
+/// is `/proc/self/maps`), since the kernel's vDSO code finds its data at
+/// fixed offsets.
+///
+/// Errors: [`Error::Refused`] naming the area and both sizes.
+pub fn check_vdso_layout(vmas: &[Vma], current: &[SmapsVma]) -> Result<()> {
+    let cur = live_specials(current);
+    for (s, (a, b)) in image_specials(vmas) {
+        let now = find(&cur, s).map(|(x, y)| y - x);
+        if now != Some(b - a) {
+            let now = now.map_or("none".to_string(), |n| format!("{n} bytes"));
+            return Err(Error::Refused(format!(
+                "the images come from a different kernel vDSO layout: {} was {} bytes, this kernel's is {now}; restore on the kernel that made the dump",
+                s.name(),
+                b - a
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Ranges used by the dumped layout (without `[vsyscall]`).
+fn dumped_ranges(vmas: &[Vma]) -> Vec<Range> {
+    vmas.iter()
+        .filter(|v| v.kind != VmaKind::Vsyscall)
+        .map(|v| (v.start, v.end))
+        .collect()
+}
+
+/// Ranges used by a live layout below `TASK_SIZE`.
+fn live_ranges(maps: &[SmapsVma]) -> Vec<Range> {
+    maps.iter()
+        .filter(|m| m.end <= TASK_SIZE)
+        .map(|m| (m.start, m.end))
+        .collect()
+}
+
+/// Pick the trampoline area: free in both the dumped and the stub's layout.
+pub fn plan_trampoline(vmas: &[Vma], stub: &[SmapsVma]) -> Option<Range> {
+    let mut occ = dumped_ranges(vmas);
+    occ.extend(live_ranges(stub));
+    let len = TRAMPOLINE_PAGES * PAGE;
+    layout::find_hole(occ, len, MIN_ADDR, TASK_SIZE).map(|a| (a, a + len))
+}
+
+/// Map the trampoline in the stub (through the stub's current gadget), put
+/// the `syscall` instruction at its start and switch to it.
+///
+/// Errors: no hole, or an injected call failed.
+pub fn setup_trampoline(
+    h: &mut Helper,
+    pid: i32,
+    vmas: &[Vma],
+    stub: &[SmapsVma],
+) -> Result<(Remote, Range)> {
+    let (t, end) = plan_trampoline(vmas, stub).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "pid {pid}: no free area for the trampoline in both the dumped and the current layout"
+        ))
+    })?;
+    let boot = Remote::new(pid);
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    let got = boot.call(
+        h,
+        &format!("mmap(trampoline {t:#x})"),
+        libc::SYS_mmap,
+        [
+            t,
+            end - t,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            flags as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    if got != t {
+        return Err(Error::Unsupported(format!(
+            "pid {pid}: trampoline mapped at {got:#x} instead of {t:#x}"
+        )));
+    }
+    h.write_memory(pid, t, &[0x0f, 0x05])?;
+    boot.call(
+        h,
+        "mprotect(trampoline gadget page)",
+        libc::SYS_mprotect,
+        [t, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0],
+    )?;
+    h.set_gadget(pid, t)?;
+    info!("pid {pid}: trampoline at {t:#x}-{end:#x}");
+    Ok((
+        Remote {
+            pid,
+            scratch: t + PAGE,
+            scratch_len: end - t - PAGE,
+        },
+        (t, end),
+    ))
+}
+
+/// Unmap every mapping of the stub but the trampoline and the vDSO areas.
+///
+/// Errors: an injected munmap failed.
+pub fn unmap_stub(h: &mut Helper, r: &Remote, tramp: Range, stub: &[SmapsVma]) -> Result<()> {
+    let mut keep: Vec<Range> = live_specials(stub).into_iter().map(|x| x.1).collect();
+    keep.push(tramp);
+    let mapped = live_ranges(stub);
+    for (s, e) in layout::complement(keep, 0, TASK_SIZE) {
+        if !layout::overlaps(&mapped, s, e) {
+            continue;
+        }
+        r.call(
+            h,
+            &format!("munmap({s:#x}-{e:#x})"),
+            libc::SYS_munmap,
+            [s, e - s, 0, 0, 0, 0],
+        )?;
+    }
+    info!("pid {}: the stub's own mappings are gone", r.pid);
+    Ok(())
+}
+
+fn mremap(h: &mut Helper, r: &Remote, from: u64, len: u64, to: u64, what: &str) -> Result<()> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let got = r.call(
+        h,
+        &format!("mremap({what} {from:#x} -> {to:#x})"),
+        libc::SYS_mremap,
+        [from, len, len, flags, to, 0],
+    )?;
+    if got != to {
+        return Err(Error::Unsupported(format!(
+            "pid {}: {what} moved to {got:#x} instead of {to:#x}",
+            r.pid
+        )));
+    }
+    Ok(())
+}
+
+/// Move the stub's vDSO areas to their dumped addresses (through a free
+/// temporary area, since mremap refuses overlapping moves), and unmap the
+/// ones the dumped task did not have.
+///
+/// Errors: no temporary hole, or an injected call failed.
+pub fn move_specials(
+    h: &mut Helper,
+    r: &Remote,
+    vmas: &[Vma],
+    tramp: Range,
+    stub: &[SmapsVma],
+) -> Result<()> {
+    let live = live_specials(stub);
+    let want = image_specials(vmas);
+    let mut moves = Vec::new();
+    for &(s, (a, b)) in &live {
+        match find(&want, s) {
+            Some((x, _)) => moves.push((s, a, b - a, x)),
+            None => {
+                info!(
+                    "pid {}: the dumped task had no {}; unmapping it",
+                    r.pid,
+                    s.name()
+                );
+                r.call(
+                    h,
+                    &format!("munmap({})", s.name()),
+                    libc::SYS_munmap,
+                    [a, b - a, 0, 0, 0, 0],
+                )?;
+            }
+        }
+    }
+    if moves.iter().all(|&(_, from, _, to)| from == to) {
+        return Ok(());
+    }
+    let total: u64 = moves.iter().map(|m| m.2).sum();
+    let mut occ = dumped_ranges(vmas);
+    occ.extend(live.iter().map(|x| x.1));
+    occ.push(tramp);
+    let tmp = layout::find_hole(occ, total, MIN_ADDR, TASK_SIZE).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "pid {}: no free area to move the vDSO through",
+            r.pid
+        ))
+    })?;
+    let mut off = 0;
+    for &(s, from, len, _) in &moves {
+        mremap(h, r, from, len, tmp + off, s.name())?;
+        off += len;
+    }
+    let mut off = 0;
+    for &(s, _, len, to) in &moves {
+        mremap(h, r, tmp + off, len, to, s.name())?;
+        off += len;
+        debug!("pid {}: {} now at {to:#x}", r.pid, s.name());
+    }
+    info!("pid {}: vDSO areas moved to their dumped addresses", r.pid);
+    Ok(())
+}
+
+/// Open `path` in the task; returns the new descriptor.
+///
+/// Errors: the injected openat failed (naming the path and errno).
+pub fn open_in(h: &mut Helper, r: &Remote, path: &str, flags: i32) -> Result<i32> {
+    let p = r.put_cstr(h, 0, path)?;
+    let fd = r.call(
+        h,
+        &format!("openat({path})"),
+        libc::SYS_openat,
+        [libc::AT_FDCWD as i64 as u64, p, flags as u64, 0, 0, 0],
+    )?;
+    Ok(fd as i32)
+}
+
+/// Close a descriptor in the task.
+///
+/// Errors: the injected close failed.
+pub fn close_in(h: &mut Helper, r: &Remote, fd: i32) -> Result<()> {
+    r.call(
+        h,
+        &format!("close({fd})"),
+        libc::SYS_close,
+        [fd as u64, 0, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+/// Open `path` in the task and move it to a close-on-exec descriptor at
+/// `min` or above, out of the way of the descriptors to restore.
+///
+/// Errors: an injected call failed.
+pub fn open_high(h: &mut Helper, r: &Remote, path: &str, flags: i32, min: i32) -> Result<i32> {
+    let fd = open_in(h, r, path, flags | libc::O_CLOEXEC)?;
+    if fd >= min {
+        return Ok(fd);
+    }
+    let high = r.call(
+        h,
+        &format!("fcntl({fd}, F_DUPFD_CLOEXEC, {min})"),
+        libc::SYS_fcntl,
+        [fd as u64, libc::F_DUPFD_CLOEXEC as u64, min as u64, 0, 0, 0],
+    )?;
+    close_in(h, r, fd)?;
+    Ok(high as i32)
+}
+
+/// For each VMA, whether stored pages fall in it.
+pub fn vmas_with_pages(vmas: &[Vma], runs: &[PagemapEntry]) -> Vec<bool> {
+    let ranges: Vec<Range> = runs
+        .iter()
+        .map(|r| (r.vaddr, r.vaddr + r.nr_pages * PAGE))
+        .collect();
+    vmas.iter()
+        .map(|v| fillable(v) && layout::overlaps(&ranges, v.start, v.end))
+        .collect()
+}
+
+/// The protection a VMA is first mapped with: writable if pages are to be
+/// written into it.
+pub fn map_prot(v: &Vma, has_pages: bool) -> u32 {
+    if has_pages {
+        v.prot | libc::PROT_WRITE as u32
+    } else {
+        v.prot
+    }
+}
+
+/// The flags a VMA is mapped with (always `MAP_FIXED`).
+pub fn map_flags(v: &Vma) -> u32 {
+    let keep =
+        (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_GROWSDOWN | libc::MAP_NORESERVE) as u32;
+    let base = v.flags & keep | libc::MAP_FIXED as u32;
+    match v.kind {
+        VmaKind::Anon | VmaKind::SharedAnon => base | libc::MAP_ANONYMOUS as u32,
+        _ => base,
+    }
+}
+
+/// Map every dumped VMA but the vDSO areas and `[vsyscall]`, then re-apply
+/// madvise and mlock. Returns, per VMA, whether its protection was widened.
+///
+/// Errors: an injected call failed (opening a mapped file names the path).
+pub fn map_vmas(
+    h: &mut Helper,
+    r: &Remote,
+    mm: &MmEntry,
+    runs: &[PagemapEntry],
+) -> Result<Vec<bool>> {
+    let pages = vmas_with_pages(&mm.vmas, runs);
+    let mut widened = vec![false; mm.vmas.len()];
+    for (i, v) in mm.vmas.iter().enumerate() {
+        if !matches!(
+            v.kind,
+            VmaKind::Anon | VmaKind::SharedAnon | VmaKind::File(_)
+        ) {
+            continue;
+        }
+        let prot = map_prot(v, pages[i]);
+        widened[i] = prot != v.prot;
+        let flags = map_flags(v);
+        let what = format!("mmap({:#x}-{:#x} {})", v.start, v.end, v.name);
+        let got = match &v.kind {
+            VmaKind::File(f) => {
+                let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+                let writable = v.prot & libc::PROT_WRITE as u32 != 0;
+                let mode = if shared && writable {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                let fd = open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?;
+                let res = r.call(
+                    h,
+                    &what,
+                    libc::SYS_mmap,
+                    [
+                        v.start,
+                        v.end - v.start,
+                        prot as u64,
+                        flags as u64,
+                        fd as u64,
+                        v.pgoff,
+                    ],
+                );
+                close_in(h, r, fd)?;
+                res?
+            }
+            _ => r.call(
+                h,
+                &what,
+                libc::SYS_mmap,
+                [
+                    v.start,
+                    v.end - v.start,
+                    prot as u64,
+                    flags as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )?,
+        };
+        if got != v.start {
+            return Err(Error::Unsupported(format!(
+                "pid {}: {what} landed at {got:#x}",
+                r.pid
+            )));
+        }
+        apply_advice(h, r, v)?;
+    }
+    info!("pid {}: {} mappings in place", r.pid, mm.vmas.len());
+    Ok(widened)
+}
+
+fn apply_advice(h: &mut Helper, r: &Remote, v: &Vma) -> Result<()> {
+    let len = v.end - v.start;
+    for &a in &v.madvise {
+        let ret = r.raw(h, libc::SYS_madvise, [v.start, len, a as u64, 0, 0, 0])?;
+        if let Some(e) = errno_of(ret) {
+            warn!(
+                "pid {}: madvise({:#x}-{:#x}, {a}) failed: {e}; going on without it",
+                r.pid, v.start, v.end
+            );
+        }
+    }
+    if v.locked {
+        let ret = r.raw(h, libc::SYS_mlock, [v.start, len, 0, 0, 0, 0])?;
+        match errno_of(ret) {
+            None => {}
+            Some(e @ (nix::errno::Errno::EPERM | nix::errno::Errno::ENOMEM)) => warn!(
+                "pid {}: mlock({:#x}-{:#x}) failed: {e}; the mapping stays unlocked",
+                r.pid, v.start, v.end
+            ),
+            Some(errno) => {
+                return Err(Error::Injected {
+                    pid: r.pid,
+                    call: format!("mlock({:#x}-{:#x})", v.start, v.end),
+                    errno,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read every run from the pages file (open in the task as `fd`) straight
+/// into place: one `pread64` per run, looping only on short reads.
+///
+/// Errors: an injected call failed, or the file ended early.
+pub fn fill_pages(
+    h: &mut Helper,
+    r: &Remote,
+    fd: i32,
+    runs: &[PagemapEntry],
+    pages: &Path,
+) -> Result<()> {
+    let mut off = 0u64;
+    let mut total = 0u64;
+    for run in runs {
+        let len = run.nr_pages * PAGE;
+        let mut done = 0;
+        while done < len {
+            let what = format!(
+                "pread64({}, {:#x}, {}, {})",
+                pages.display(),
+                run.vaddr + done,
+                len - done,
+                off + done
+            );
+            let n = r.call(
+                h,
+                &what,
+                libc::SYS_pread64,
+                [fd as u64, run.vaddr + done, len - done, off + done, 0, 0],
+            )?;
+            if n == 0 {
+                return Err(Error::Image(crate::images::ImageError::invalid(
+                    pages,
+                    format!(
+                        "ends at {} bytes, before the pages of {:#x}",
+                        off + done,
+                        run.vaddr + done
+                    ),
+                )));
+            }
+            done += n;
+        }
+        off += len;
+        total += len;
+    }
+    info!(
+        "pid {}: {} runs, {total} bytes of pages restored",
+        r.pid,
+        runs.len()
+    );
+    Ok(())
+}
+
+/// Put back the dumped protection of every VMA widened for page filling.
+///
+/// Errors: an injected mprotect failed.
+pub fn restore_prots(h: &mut Helper, r: &Remote, vmas: &[Vma], widened: &[bool]) -> Result<()> {
+    for (v, _) in vmas.iter().zip(widened).filter(|x| *x.1) {
+        r.call(
+            h,
+            &format!("mprotect({:#x}-{:#x}, {:#x})", v.start, v.end, v.prot),
+            libc::SYS_mprotect,
+            [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// `struct prctl_mm_map` (see prctl(2), `PR_SET_MM_MAP`).
+pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(MM_MAP_SIZE);
+    for w in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+    ] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    b.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    b
+}
+
+/// Set code/data/brk/stack/args/env, auxv and the executable with
+/// `PR_SET_MM_MAP`.
+///
+/// Errors: opening the executable or the prctl failed.
+pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
+    let exe_fd = open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let auxv_addr = r.put(h, 256, &auxv)?;
+    let map = r.put(h, 0, &encode_mm_map(mm, auxv_addr, exe_fd))?;
+    let res = r.call(
+        h,
+        "prctl(PR_SET_MM, PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            map,
+            MM_MAP_SIZE as u64,
+            0,
+            0,
+        ],
+    );
+    close_in(h, r, exe_fd)?;
+    res?;
+    info!("pid {}: mm fields, auxv and exe ({}) set", r.pid, mm.exe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::validate::tests::{sample_mm, vma};
+    use super::*;
+
+    fn maps(list: &[(u64, u64, &str)]) -> Vec<SmapsVma> {
+        list.iter()
+            .map(|&(s, e, n)| SmapsVma {
+                start: s,
+                end: e,
+                perms: "r-xp".into(),
+                name: n.into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mm_map_layout() {
+        let mm = sample_mm();
+        let b = encode_mm_map(&mm, 0x1234, 5);
+        assert_eq!(b.len(), MM_MAP_SIZE);
+        assert_eq!(&b[0..8], &0x400000u64.to_le_bytes());
+        assert_eq!(&b[80..88], &mm.env_end.to_le_bytes());
+        assert_eq!(&b[88..96], &0x1234u64.to_le_bytes());
+        assert_eq!(&b[96..100], &32u32.to_le_bytes());
+        assert_eq!(&b[100..104], &5u32.to_le_bytes());
+    }
+
+    #[test]
+    fn trampoline_avoids_both_layouts() {
+        let mm = sample_mm();
+        let stub = maps(&[(0x7ffffff00000, 0x7ffffffff000, "[stack]")]);
+        let (s, e) = plan_trampoline(&mm.vmas, &stub).unwrap();
+        assert_eq!(e - s, TRAMPOLINE_PAGES * PAGE);
+        assert!(e <= 0x7ffffff00000 && s >= MIN_ADDR);
+        for v in &mm.vmas {
+            assert!(e <= v.start || s >= v.end || v.kind == VmaKind::Vsyscall);
+        }
+    }
+
+    #[test]
+    fn vdso_layout_compare() {
+        let mm = sample_mm();
+        let same = maps(&[(0x10000, 0x30000, "[vvar]"), (0x30000, 0x32000, "[vdso]")]);
+        check_vdso_layout(&mm.vmas, &same).unwrap();
+        let other = maps(&[(0x10000, 0x30000, "[vvar]"), (0x30000, 0x33000, "[vdso]")]);
+        let e = check_vdso_layout(&mm.vmas, &other).unwrap_err().to_string();
+        assert!(e.contains("different kernel vDSO layout"), "{e}");
+        let none = maps(&[(0x30000, 0x32000, "[vdso]")]);
+        assert!(check_vdso_layout(&mm.vmas, &none).is_err());
+    }
+
+    #[test]
+    fn prot_and_flags() {
+        let v = vma(
+            0x1000,
+            0x2000,
+            VmaKind::Anon,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN,
+        );
+        let mut ro = v.clone();
+        ro.prot = libc::PROT_READ as u32;
+        assert_eq!(
+            map_prot(&ro, true),
+            (libc::PROT_READ | libc::PROT_WRITE) as u32
+        );
+        assert_eq!(map_prot(&ro, false), libc::PROT_READ as u32);
+        let f = map_flags(&v);
+        assert_eq!(
+            f,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_FIXED)
+                as u32
+        );
+        let runs = [PagemapEntry {
+            vaddr: 0x1000,
+            nr_pages: 1,
+        }];
+        assert_eq!(vmas_with_pages(&[v.clone()], &runs), vec![true]);
+        assert_eq!(vmas_with_pages(&[v], &[]), vec![false]);
+    }
+}

@@ -1,0 +1,759 @@
+//! Reading every image of a checkpoint and cross-checking them before
+//! anything is created: a hand-edited or damaged image gives an error naming
+//! the file and what is wrong, never a panic and never a half-restored task.
+
+use crate::error::{Error, Result};
+use crate::images::format::FORMAT_VERSION;
+use crate::images::types::{
+    CoreEntry, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
+    PstreeEntry, Vma, VmaKind,
+};
+use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
+use shared_ipc::{MAX_XSTATE, SIGINFO_SIZE, TASK_SIZE};
+use std::path::{Path, PathBuf};
+
+/// Page size the images and this tool use.
+pub const PAGE: u64 = 4096;
+
+/// Number of resource limits the kernel knows (`RLIM_NLIMITS`).
+const RLIM_NLIMITS: u32 = 16;
+
+/// Highest descriptor number accepted in `files-PID.img` (the kernel's
+/// default `fs.nr_open`).
+pub const MAX_FD: i32 = 1 << 20;
+
+/// `MAP_*` bits an image VMA may carry.
+const VMA_FLAGS_OK: u32 = (libc::MAP_SHARED
+    | libc::MAP_PRIVATE
+    | libc::MAP_ANONYMOUS
+    | libc::MAP_GROWSDOWN
+    | libc::MAP_NORESERVE) as u32;
+
+/// Everything read from an image directory, checked.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// The image directory, absolute.
+    pub dir: PathBuf,
+    /// `inventory.img`.
+    pub inventory: Inventory,
+    /// The one process of `pstree.img`.
+    pub pstree: PstreeEntry,
+    /// `core-PID.img`.
+    pub core: CoreEntry,
+    /// `mm-PID.img`.
+    pub mm: MmEntry,
+    /// `fs-PID.img`.
+    pub fs: FsEntry,
+    /// `files-PID.img`, in fd order.
+    pub files: Vec<FdEntry>,
+    /// Absolute path of `pages-PID.img`.
+    pub pages: PathBuf,
+    /// Page runs in address order; their bytes follow each other in the
+    /// pages file from offset 0.
+    pub runs: Vec<PagemapEntry>,
+}
+
+fn invalid(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Image(ImageError::invalid(path, detail))
+}
+
+/// Read and check every image in `dir`.
+///
+/// Errors: an image is missing, corrupt or inconsistent (naming the file), or
+/// the checkpoint holds something this restore cannot do (several processes
+/// or threads).
+pub fn load(dir: &Path) -> Result<Images> {
+    let abs = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
+    let d = ImageDir::new(&abs);
+    let inventory: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
+    check_inventory(&d.inventory(), &inventory)?;
+    let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
+    let pstree = check_pstree(&d.pstree(), &tree, inventory.root_pid)?;
+    let pid = pstree.pid;
+    let core: CoreEntry = read_single(&d.core(pid), Kind::Core)?;
+    check_core(&d.core(pid), &core, pid)?;
+    let mm: MmEntry = read_single(&d.mm(pid), Kind::Mm)?;
+    check_mm(&d.mm(pid), &mm)?;
+    let fs: FsEntry = read_single(&d.fs(pid), Kind::Fs)?;
+    check_fs(&d.fs(pid), &fs)?;
+    let files: Vec<FdEntry> = read_image(&d.files(pid), Kind::Files)?;
+    check_files(&d.files(pid), &files)?;
+    let recs: Vec<PagemapRecord> = read_image(&d.pagemap(pid), Kind::Pagemap)?;
+    let pages = d.file(&ImageDir::pages_name(pid));
+    let pages_size = std::fs::metadata(&pages)
+        .map_err(|e| Error::file(&pages, e))?
+        .len();
+    let runs = check_pagemap(&d.pagemap(pid), &recs, pid, &mm.vmas, pages_size)?;
+    Ok(Images {
+        dir: abs,
+        inventory,
+        pstree,
+        core,
+        mm,
+        fs,
+        files,
+        pages,
+        runs,
+    })
+}
+
+/// Format, architecture and page size must be ours.
+pub fn check_inventory(path: &Path, inv: &Inventory) -> Result<()> {
+    if inv.format_version != FORMAT_VERSION {
+        return Err(invalid(
+            path,
+            format!(
+                "image format version {} (this criu reads {FORMAT_VERSION})",
+                inv.format_version
+            ),
+        ));
+    }
+    if inv.arch != "x86_64" {
+        return Err(invalid(
+            path,
+            format!("architecture {:?}, not x86_64", inv.arch),
+        ));
+    }
+    if inv.page_size != PAGE {
+        return Err(invalid(
+            path,
+            format!("page size {}, not {PAGE}", inv.page_size),
+        ));
+    }
+    Ok(())
+}
+
+/// Exactly one single-threaded process, the inventory's root.
+pub fn check_pstree(path: &Path, tree: &[PstreeEntry], root: i32) -> Result<PstreeEntry> {
+    let Some(p) = tree.first() else {
+        return Err(invalid(path, "no process"));
+    };
+    if tree.len() > 1 {
+        return Err(Error::Unsupported(format!(
+            "{}: the checkpoint holds {} processes; restoring a process tree is not supported yet (only one process)",
+            path.display(),
+            tree.len()
+        )));
+    }
+    if p.pid <= 0 || p.pid != root {
+        return Err(invalid(
+            path,
+            format!(
+                "pid {} does not match the inventory's root pid {root}",
+                p.pid
+            ),
+        ));
+    }
+    if p.pgid <= 0 || p.sid < 0 {
+        return Err(invalid(
+            path,
+            format!("bad pgid {} or sid {}", p.pgid, p.sid),
+        ));
+    }
+    if p.threads.len() != 1 {
+        return Err(Error::Unsupported(format!(
+            "{}: pid {} has {} threads; restoring multi-threaded processes is not supported yet",
+            path.display(),
+            p.pid,
+            p.threads.len()
+        )));
+    }
+    if p.threads[0] != p.pid {
+        return Err(invalid(
+            path,
+            format!("thread {} is not the leader {}", p.threads[0], p.pid),
+        ));
+    }
+    Ok(p.clone())
+}
+
+/// Registers, signals, timers and limits must be in range.
+pub fn check_core(path: &Path, c: &CoreEntry, pid: i32) -> Result<()> {
+    if c.tid != pid {
+        return Err(invalid(path, format!("tid {} is not pid {pid}", c.tid)));
+    }
+    if c.xstate.is_empty() || c.xstate.len() > MAX_XSTATE {
+        return Err(invalid(
+            path,
+            format!(
+                "XSAVE area of {} bytes (expected 1..={MAX_XSTATE})",
+                c.xstate.len()
+            ),
+        ));
+    }
+    if c.regs.rip >= TASK_SIZE || c.regs.rsp >= TASK_SIZE {
+        return Err(invalid(
+            path,
+            format!(
+                "rip {:#x} or rsp {:#x} outside user space",
+                c.regs.rip, c.regs.rsp
+            ),
+        ));
+    }
+    for p in &c.pending {
+        if p.siginfo.len() != SIGINFO_SIZE {
+            return Err(invalid(
+                path,
+                format!(
+                    "pending siginfo of {} bytes, not {SIGINFO_SIZE}",
+                    p.siginfo.len()
+                ),
+            ));
+        }
+        let signo = i32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]);
+        if !(1..=64).contains(&signo) {
+            return Err(invalid(path, format!("pending signal number {signo}")));
+        }
+    }
+    let mut seen = [false; 65];
+    for a in &c.sigactions {
+        let s = a.sig as usize;
+        if !(1..=64).contains(&s) || s == libc::SIGKILL as usize || s == libc::SIGSTOP as usize {
+            return Err(invalid(path, format!("signal action for signal {}", a.sig)));
+        }
+        if std::mem::replace(&mut seen[s], true) {
+            return Err(invalid(path, format!("signal {} has two actions", a.sig)));
+        }
+    }
+    let mut ids: Vec<i32> = c.posix_timers.iter().map(|t| t.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) || ids.first().is_some_and(|&i| i < 0) {
+        return Err(invalid(path, "POSIX timer ids negative or repeated"));
+    }
+    for t in &c.posix_timers {
+        if !(0..=64).contains(&t.signo) || !(0..=4).contains(&t.notify) {
+            return Err(invalid(
+                path,
+                format!(
+                    "POSIX timer {}: signal {} notify {}",
+                    t.id, t.signo, t.notify
+                ),
+            ));
+        }
+    }
+    for r in &c.rlimits {
+        if r.resource >= RLIM_NLIMITS || r.cur > r.max {
+            return Err(invalid(
+                path,
+                format!(
+                    "rlimit {}: soft {} above hard {} or unknown resource",
+                    r.resource, r.cur, r.max
+                ),
+            ));
+        }
+    }
+    if let Some(r) = c.rseq {
+        if r.ptr == 0 || r.ptr >= TASK_SIZE || r.len < 32 || r.ptr % 32 != 0 {
+            return Err(invalid(
+                path,
+                format!("rseq area {:#x} len {}", r.ptr, r.len),
+            ));
+        }
+    }
+    if !(0..=64).contains(&c.pdeath_sig) {
+        return Err(invalid(
+            path,
+            format!("parent-death signal {}", c.pdeath_sig),
+        ));
+    }
+    if c.comm.len() > 64 {
+        return Err(invalid(path, "task name too long"));
+    }
+    Ok(())
+}
+
+fn special(kind: &VmaKind) -> bool {
+    matches!(kind, VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock)
+}
+
+/// VMAs sorted, disjoint, aligned, inside user space, with sane bits; the
+/// vDSO areas at most once each; auxv in pairs.
+pub fn check_mm(path: &Path, mm: &MmEntry) -> Result<()> {
+    let mut prev_end = 0u64;
+    let mut specials = [0u32; 3];
+    for v in &mm.vmas {
+        let what = format!("mapping {:#x}-{:#x} ({})", v.start, v.end, v.name);
+        if v.kind == VmaKind::Vsyscall {
+            continue;
+        }
+        if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end {
+            return Err(invalid(
+                path,
+                format!("{what} is empty or not page aligned"),
+            ));
+        }
+        if v.end > TASK_SIZE || v.start < 0x1000 {
+            return Err(invalid(path, format!("{what} is outside user space")));
+        }
+        if v.start < prev_end {
+            return Err(invalid(path, format!("{what} overlaps or is out of order")));
+        }
+        prev_end = v.end;
+        if v.prot & !7 != 0 {
+            return Err(invalid(
+                path,
+                format!("{what} has protection bits {:#x}", v.prot),
+            ));
+        }
+        if v.flags & !VMA_FLAGS_OK != 0 {
+            return Err(invalid(
+                path,
+                format!("{what} has mmap flags {:#x}", v.flags),
+            ));
+        }
+        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        let private = v.flags & libc::MAP_PRIVATE as u32 != 0;
+        if shared == private && !special(&v.kind) {
+            return Err(invalid(
+                path,
+                format!(
+                    "{what} must be exactly one of shared or private (flags {:#x})",
+                    v.flags
+                ),
+            ));
+        }
+        match &v.kind {
+            VmaKind::SharedAnon if !shared => {
+                return Err(invalid(
+                    path,
+                    format!("{what}: shared anonymous but not MAP_SHARED"),
+                ))
+            }
+            VmaKind::File(f) => {
+                if !f.path.starts_with('/') {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: file path {:?} not absolute", f.path),
+                    ));
+                }
+                if v.pgoff % PAGE != 0 {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: file offset {:#x} not page aligned", v.pgoff),
+                    ));
+                }
+            }
+            VmaKind::Vdso => specials[0] += 1,
+            VmaKind::Vvar => specials[1] += 1,
+            VmaKind::VvarVclock => specials[2] += 1,
+            _ => {}
+        }
+        for &a in &v.madvise {
+            if !(0..=100).contains(&a) {
+                return Err(invalid(path, format!("{what}: madvise advice {a}")));
+            }
+        }
+    }
+    if specials.iter().any(|&n| n > 1) {
+        return Err(invalid(
+            path,
+            "a vDSO area ([vdso], [vvar], [vvar_vclock]) appears twice",
+        ));
+    }
+    if mm.auxv.len() % 2 != 0 || mm.auxv.len() > 128 {
+        return Err(invalid(
+            path,
+            format!(
+                "auxiliary vector of {} words (must be pairs, at most 128)",
+                mm.auxv.len()
+            ),
+        ));
+    }
+    if !mm.exe.starts_with('/') {
+        return Err(invalid(
+            path,
+            format!("executable path {:?} not absolute", mm.exe),
+        ));
+    }
+    let fields = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+    ];
+    if fields.iter().any(|&f| f >= TASK_SIZE) {
+        return Err(invalid(
+            path,
+            "an mm field (code, data, brk, stack, args, env) is outside user space",
+        ));
+    }
+    Ok(())
+}
+
+/// Absolute paths and a umask of permission bits.
+pub fn check_fs(path: &Path, fs: &FsEntry) -> Result<()> {
+    if !fs.cwd.starts_with('/') || !fs.root.starts_with('/') {
+        return Err(invalid(
+            path,
+            format!("cwd {:?} and root {:?} must be absolute", fs.cwd, fs.root),
+        ));
+    }
+    if fs.umask & !0o777 != 0 {
+        return Err(invalid(path, format!("umask {:o}", fs.umask)));
+    }
+    Ok(())
+}
+
+/// Descriptors strictly increasing, in range; dups point at lower existing
+/// ones; inherited ones are 0, 1 or 2; paths absolute.
+pub fn check_files(path: &Path, files: &[FdEntry]) -> Result<()> {
+    let mut prev = -1;
+    for f in files {
+        if f.fd <= prev || f.fd >= MAX_FD {
+            return Err(invalid(
+                path,
+                format!("fd {} out of order or out of range", f.fd),
+            ));
+        }
+        prev = f.fd;
+        match &f.kind {
+            FdKind::Reg { file, .. } if !file.path.starts_with('/') => {
+                return Err(invalid(
+                    path,
+                    format!("fd {}: path {:?} not absolute", f.fd, file.path),
+                ))
+            }
+            FdKind::Device { path: p, .. } if !p.starts_with('/') => {
+                return Err(invalid(
+                    path,
+                    format!("fd {}: path {p:?} not absolute", f.fd),
+                ))
+            }
+            FdKind::Inherited { .. } if f.fd > 2 => {
+                return Err(invalid(
+                    path,
+                    format!("fd {} is marked inherited; only 0, 1 and 2 can be", f.fd),
+                ))
+            }
+            FdKind::Dup { of } => {
+                let ok = files
+                    .iter()
+                    .any(|g| g.fd == *of && *of < f.fd && !matches!(g.kind, FdKind::Dup { .. }));
+                if !ok {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "fd {} duplicates fd {of}, which is not a lower non-dup descriptor",
+                            f.fd
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether pages may be stored for a mapping of this kind and flags.
+pub fn fillable(v: &Vma) -> bool {
+    match v.kind {
+        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::File(_) => v.flags & libc::MAP_SHARED as u32 == 0,
+        _ => false,
+    }
+}
+
+/// Head first naming this pid's pages file, then runs in address order,
+/// each inside fillable mappings, adding up to the pages file's size.
+pub fn check_pagemap(
+    path: &Path,
+    recs: &[PagemapRecord],
+    pid: i32,
+    vmas: &[Vma],
+    pages_size: u64,
+) -> Result<Vec<PagemapEntry>> {
+    let Some(PagemapRecord::Head(head)) = recs.first() else {
+        return Err(invalid(path, "the first record is not the head"));
+    };
+    if head.pages_file != ImageDir::pages_name(pid) {
+        return Err(invalid(
+            path,
+            format!(
+                "names pages file {:?}, expected {:?}",
+                head.pages_file,
+                ImageDir::pages_name(pid)
+            ),
+        ));
+    }
+    let mut runs = Vec::with_capacity(recs.len() - 1);
+    let mut total: u64 = 0;
+    let mut prev_end = 0u64;
+    for r in &recs[1..] {
+        let PagemapRecord::Run(run) = r else {
+            return Err(invalid(path, "a second head record"));
+        };
+        let len = run
+            .nr_pages
+            .checked_mul(PAGE)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| {
+                invalid(
+                    path,
+                    format!("run at {:#x} of {} pages", run.vaddr, run.nr_pages),
+                )
+            })?;
+        let end = run.vaddr.checked_add(len).filter(|&e| e <= TASK_SIZE);
+        let Some(end) = end.filter(|_| run.vaddr % PAGE == 0) else {
+            return Err(invalid(
+                path,
+                format!(
+                    "run at {:#x} of {} pages is unaligned or outside user space",
+                    run.vaddr, run.nr_pages
+                ),
+            ));
+        };
+        if run.vaddr < prev_end {
+            return Err(invalid(
+                path,
+                format!("run at {:#x} overlaps or is out of order", run.vaddr),
+            ));
+        }
+        prev_end = end;
+        check_run_covered(path, vmas, run.vaddr, end)?;
+        total += len;
+        runs.push(*run);
+    }
+    if total != head.total_bytes || total != pages_size {
+        return Err(invalid(
+            path,
+            format!(
+                "runs add up to {total} bytes, the head says {} and {} holds {pages_size}",
+                head.total_bytes, head.pages_file
+            ),
+        ));
+    }
+    Ok(runs)
+}
+
+/// `[s, e)` must be covered, without gaps, by mappings that can hold pages.
+fn check_run_covered(path: &Path, vmas: &[Vma], s: u64, e: u64) -> Result<()> {
+    let mut cur = s;
+    while cur < e {
+        let i = vmas.partition_point(|v| v.end <= cur);
+        let Some(v) = vmas.get(i).filter(|v| v.start <= cur) else {
+            return Err(invalid(
+                path,
+                format!("pages at {cur:#x} (run {s:#x}-{e:#x}) are outside every mapping"),
+            ));
+        };
+        if !fillable(v) {
+            return Err(invalid(
+                path,
+                format!(
+                    "pages at {cur:#x} fall in mapping {:#x}-{:#x} ({}), which cannot hold stored pages",
+                    v.start, v.end, v.name
+                ),
+            ));
+        }
+        cur = v.end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::images::types::*;
+
+    pub fn vma(start: u64, end: u64, kind: VmaKind, flags: i32) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            flags: flags as u32,
+            pgoff: 0,
+            kind,
+            madvise: vec![],
+            locked: false,
+            name: String::new(),
+        }
+    }
+
+    pub fn sample_mm() -> MmEntry {
+        let fid = FileId {
+            path: "/bin/true".into(),
+            size: 10,
+            dev: 1,
+            ino: 2,
+            mtime_ns: 0,
+        };
+        MmEntry {
+            start_code: 0x400000,
+            end_code: 0x401000,
+            start_data: 0x402000,
+            end_data: 0x403000,
+            start_brk: 0x500000,
+            brk: 0x500000,
+            start_stack: 0x7ffd0000,
+            arg_start: 0x7ffd0000,
+            arg_end: 0x7ffd0010,
+            env_start: 0x7ffd0010,
+            env_end: 0x7ffd0020,
+            auxv: vec![6, 4096, 0, 0],
+            exe: "/bin/true".into(),
+            vmas: vec![
+                vma(0x400000, 0x402000, VmaKind::File(fid), libc::MAP_PRIVATE),
+                vma(
+                    0x500000,
+                    0x510000,
+                    VmaKind::Anon,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                ),
+                vma(
+                    0x600000,
+                    0x601000,
+                    VmaKind::SharedAnon,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                ),
+                vma(0x7ffc0000, 0x7ffe0000, VmaKind::Vvar, libc::MAP_PRIVATE),
+                vma(0x7ffe0000, 0x7ffe2000, VmaKind::Vdso, libc::MAP_PRIVATE),
+                vma(
+                    0xffffffffff600000,
+                    0xffffffffff601000,
+                    VmaKind::Vsyscall,
+                    libc::MAP_PRIVATE,
+                ),
+            ],
+        }
+    }
+
+    fn p() -> PathBuf {
+        PathBuf::from("/imgs/x.img")
+    }
+
+    fn msg(r: Result<impl std::fmt::Debug>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_mm_passes() {
+        check_mm(&p(), &sample_mm()).unwrap();
+    }
+
+    #[test]
+    fn bad_mm_rejected() {
+        let mut m = sample_mm();
+        m.vmas.swap(0, 1);
+        assert!(msg(check_mm(&p(), &m)).contains("overlaps or is out of order"));
+        let mut m = sample_mm();
+        m.vmas[1].end = 0x510001;
+        assert!(msg(check_mm(&p(), &m)).contains("not page aligned"));
+        let mut m = sample_mm();
+        m.vmas[1].end = TASK_SIZE + 0x1000;
+        m.vmas.truncate(2);
+        assert!(msg(check_mm(&p(), &m)).contains("outside user space"));
+        let mut m = sample_mm();
+        m.vmas[1].prot = 0x10;
+        assert!(msg(check_mm(&p(), &m)).contains("protection"));
+        let mut m = sample_mm();
+        m.vmas[2].flags = libc::MAP_PRIVATE as u32;
+        assert!(msg(check_mm(&p(), &m)).contains("shared anonymous"));
+        let mut m = sample_mm();
+        m.auxv.push(1);
+        assert!(msg(check_mm(&p(), &m)).contains("auxiliary"));
+    }
+
+    fn head(total: u64) -> PagemapRecord {
+        PagemapRecord::Head(PagemapHead {
+            pages_file: "pages-7.img".into(),
+            total_bytes: total,
+        })
+    }
+
+    fn run(vaddr: u64, nr_pages: u64) -> PagemapRecord {
+        PagemapRecord::Run(PagemapEntry { vaddr, nr_pages })
+    }
+
+    #[test]
+    fn pagemap_checks() {
+        let m = sample_mm();
+        let ok = vec![head(3 * PAGE), run(0x400000, 1), run(0x500000, 2)];
+        assert_eq!(
+            check_pagemap(&p(), &ok, 7, &m.vmas, 3 * PAGE)
+                .unwrap()
+                .len(),
+            2
+        );
+        // Size mismatch with the pages file.
+        assert!(msg(check_pagemap(&p(), &ok, 7, &m.vmas, 4 * PAGE)).contains("add up"));
+        // Pages in the vDSO.
+        let bad = vec![head(PAGE), run(0x7ffe0000, 1)];
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE)).contains("cannot hold"));
+        // Pages in a hole.
+        let bad = vec![head(PAGE), run(0x450000, 1)];
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE)).contains("outside every"));
+        // Run sticking out of its mapping into a hole.
+        let bad = vec![head(PAGE * 0x11), run(0x500000, 0x11)];
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE * 0x11)).contains("outside every"));
+        // Out of order.
+        let bad = vec![head(2 * PAGE), run(0x500000, 1), run(0x400000, 1)];
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, 2 * PAGE)).contains("out of order"));
+        // Wrong pages file, missing head, zero pages, overflow.
+        let bad = vec![PagemapRecord::Head(PagemapHead {
+            pages_file: "../../etc/passwd".into(),
+            total_bytes: 0,
+        })];
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, 0)).contains("expected"));
+        assert!(msg(check_pagemap(&p(), &[run(0x400000, 1)], 7, &m.vmas, 0)).contains("head"));
+        let bad = vec![head(0), run(0x400000, 0)];
+        assert!(check_pagemap(&p(), &bad, 7, &m.vmas, 0).is_err());
+        let bad = vec![head(0), run(0x400000, u64::MAX / 2)];
+        assert!(check_pagemap(&p(), &bad, 7, &m.vmas, 0).is_err());
+    }
+
+    #[test]
+    fn files_checks() {
+        let e = |fd, kind| FdEntry {
+            fd,
+            cloexec: false,
+            kind,
+        };
+        let inh = || FdKind::Inherited { was: "x".into() };
+        check_files(
+            &p(),
+            &[e(0, inh()), e(1, inh()), e(3, FdKind::Dup { of: 1 })],
+        )
+        .unwrap();
+        assert!(check_files(&p(), &[e(1, inh()), e(0, inh())]).is_err());
+        assert!(check_files(&p(), &[e(4, inh())]).is_err());
+        assert!(check_files(&p(), &[e(0, inh()), e(3, FdKind::Dup { of: 5 })]).is_err());
+        assert!(check_files(&p(), &[e(3, FdKind::Dup { of: 3 })]).is_err());
+        let dev = FdKind::Device {
+            path: "dev/null".into(),
+            flags: 0,
+        };
+        assert!(check_files(&p(), &[e(3, dev)]).is_err());
+    }
+
+    #[test]
+    fn pstree_checks() {
+        let e = PstreeEntry {
+            pid: 7,
+            ppid: 1,
+            pgid: 7,
+            sid: 7,
+            threads: vec![7],
+        };
+        check_pstree(&p(), &[e.clone()], 7).unwrap();
+        assert!(check_pstree(&p(), &[e.clone(), e.clone()], 7)
+            .unwrap_err()
+            .to_string()
+            .contains("2 processes"));
+        assert!(check_pstree(&p(), &[e.clone()], 8).is_err());
+        let mut t = e;
+        t.threads = vec![7, 8];
+        assert!(check_pstree(&p(), &[t], 7)
+            .unwrap_err()
+            .to_string()
+            .contains("2 threads"));
+        assert!(check_pstree(&p(), &[], 7).is_err());
+    }
+}
