@@ -378,6 +378,21 @@ fn create_stub_with_chosen_pid() {
             ..
         }
     ));
+    // A PID in use by someone else: clone3 says EEXIST.
+    let busy = std::process::id() as i32;
+    assert_eq!(
+        h.call_fds(
+            Request::CreateStub {
+                pid: busy,
+                fds: vec![0]
+            },
+            &[null2.as_fd()]
+        ),
+        Response::Error {
+            kind: ErrorKind::Clone,
+            errno: libc::EEXIST
+        }
+    );
     assert_eq!(
         h.call(Request::Release {
             pid,
