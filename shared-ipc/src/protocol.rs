@@ -134,6 +134,7 @@ pub enum ExitStatus {
 /// Every request that names a `pid` acts on a task the helper traces on this
 /// channel (made by [`Request::Seize`] or [`Request::CreateStub`]); any other
 /// pid is answered with [`ErrorKind::NotTraced`].
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// First frame on a channel.
@@ -319,6 +320,9 @@ pub enum ErrorKind {
 }
 
 /// A response from the helper.
+// Responses live for one round trip; boxing the registers would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Answer to [`Request::Hello`].
