@@ -67,7 +67,12 @@ pub fn become_subreaper() {
     ONCE.call_once(|| {
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
         let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
     });
 }
 
@@ -114,13 +119,17 @@ pub fn sid(pid: i32) -> Option<i32> {
 
 /// The command name (/proc/PID/comm).
 pub fn comm(pid: i32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
 }
 
 /// The `TracerPid:` of /proc/PID/status.
 pub fn tracer_pid(pid: i32) -> Option<i32> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// True if a process (not a zombie) has this pid.
@@ -154,7 +163,12 @@ pub fn maps(pid: i32) -> Vec<String> {
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let path = f.get(5..).map(|p| p.join(" ")).unwrap_or_default();
-            format!("{} {} {}", f.first().unwrap_or(&""), f.get(1).unwrap_or(&""), path)
+            format!(
+                "{} {} {}",
+                f.first().unwrap_or(&""),
+                f.get(1).unwrap_or(&""),
+                path
+            )
         })
         .collect()
 }
@@ -209,7 +223,12 @@ pub fn reap(pid: i32, timeout: Duration) -> Result<ExitStatus, String> {
         match try_reap(pid) {
             Ok(Some(st)) => return Ok(st),
             Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => return Err(format!("pid {pid} did not exit within {timeout:?}: {}", describe(pid))),
+            Ok(None) => {
+                return Err(format!(
+                    "pid {pid} did not exit within {timeout:?}: {}",
+                    describe(pid)
+                ))
+            }
             Err(e) => return Err(format!("waitpid({pid}): {e}")),
         }
     }
@@ -243,7 +262,10 @@ pub fn kill_and_reap(pid: i32) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("warning: pid {pid} still present after SIGKILL: {}", describe(pid));
+    eprintln!(
+        "warning: pid {pid} still present after SIGKILL: {}",
+        describe(pid)
+    );
 }
 
 /// Reads a whole file; `None` if missing.
@@ -308,7 +330,7 @@ impl CriuRun {
         let mut s = String::new();
         let status = match self.status {
             Some(st) => format!("{st}"),
-            None => format!("KILLED after timeout {CRIU_TIMEOUT:?}"),
+            None => "KILLED by the test harness: it did not finish in time".to_owned(),
         };
         let _ = writeln!(s, "$ criu {}", self.args.join(" "));
         let _ = writeln!(s, "  status: {status} after {:.2?}", self.elapsed);
@@ -332,7 +354,13 @@ fn indent(text: &str) -> String {
     if text.trim().is_empty() {
         return "(empty)".into();
     }
-    format!("\n{}", text.lines().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n"))
+    format!(
+        "\n{}",
+        text.lines()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 /// The last `n` lines of `text`, indented.
@@ -354,6 +382,7 @@ pub struct CriuChild {
     child: Child,
     args: Vec<String>,
     started: Instant,
+    exited: Option<(ExitStatus, Duration)>,
     out: PathBuf,
     err: PathBuf,
     log_file: Option<PathBuf>,
@@ -366,29 +395,43 @@ impl CriuChild {
         self.child.id() as i32
     }
 
-    /// True once criu has exited (it is then reaped by `wait`).
+    /// True once criu has exited.
     pub fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        if self.exited.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.exited = Some((st, self.started.elapsed()));
+            }
+        }
+        self.exited.is_some()
+    }
+
+    /// Polls `cond` like [`wait_for`] but gives up as soon as criu exits.
+    pub fn wait_while_running(
+        &mut self,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> bool {
+        wait_for(timeout, || cond() || self.has_exited()) && cond()
     }
 
     /// Waits up to `timeout`; kills criu if it takes longer.
     pub fn wait(mut self, timeout: Duration) -> CriuRun {
-        let end = self.started + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
+        let end = Instant::now() + timeout;
+        while !self.has_exited() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (status, elapsed) = match self.exited {
+            Some((st, elapsed)) => (Some(st), elapsed),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                (None, self.started.elapsed())
             }
         };
         CriuRun {
             args: self.args,
             status,
-            elapsed: self.started.elapsed(),
+            elapsed,
             stdout: read(&self.out).unwrap_or_default(),
             stderr: read(&self.err).unwrap_or_default(),
             log_file: self.log_file,
@@ -403,7 +446,12 @@ fn cloexec_inherited(cmd: &mut Command) {
     // SAFETY: the closure only calls close_range, which is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
@@ -449,7 +497,10 @@ impl Test {
     pub fn unprivileged(name: &str) -> Test {
         become_subreaper();
         let _ = bins();
-        let tmp = tempfile::Builder::new().prefix(&format!("criu-test-{name}-")).tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("criu-test-{name}-"))
+            .tempdir()
+            .expect("tempdir");
         fs::create_dir(tmp.path().join("images")).expect("mkdir images");
         fs::create_dir(tmp.path().join("work")).expect("mkdir work");
         Test {
@@ -487,10 +538,14 @@ impl Test {
     /// Starts a target program in its own session with stdin, stdout and
     /// stderr on /dev/null, and tracks it.
     pub fn spawn_target(&self, cmd: &mut Command) -> Child {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cloexec_inherited(cmd);
         in_new_session(cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("{}: cannot start {cmd:?}: {e}", self.name));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: cannot start {cmd:?}: {e}", self.name));
         self.track(child.id() as i32);
         child
     }
@@ -499,7 +554,14 @@ impl Test {
         &self,
         wrapper: &[&str],
         args: &[&str],
-    ) -> (Command, Vec<String>, PathBuf, PathBuf, Option<PathBuf>, Option<PathBuf>) {
+    ) -> (
+        Command,
+        Vec<String>,
+        PathBuf,
+        PathBuf,
+        Option<PathBuf>,
+        Option<PathBuf>,
+    ) {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let n = {
             let mut seq = self.seq.lock().unwrap_or_else(|e| e.into_inner());
@@ -541,8 +603,19 @@ impl Test {
     /// `wrapper = ["setpriv", ..., "--"]` to run criu with fewer capabilities.
     pub fn spawn_criu_wrapped(&self, wrapper: &[&str], args: &[&str]) -> CriuChild {
         let (mut cmd, args, out, err, log_file, images_dir) = self.prepare(wrapper, args);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        CriuChild { child, args, started: Instant::now(), out, err, log_file, images_dir }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        CriuChild {
+            child,
+            args,
+            started: Instant::now(),
+            exited: None,
+            out,
+            err,
+            log_file,
+            images_dir,
+        }
     }
 
     /// Runs criu to completion (killed after [`CRIU_TIMEOUT`]) and records it.
@@ -562,14 +635,21 @@ impl Test {
 
     /// Records a run of a background criu for failure reports.
     pub fn record(&self, run: CriuRun) {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).push(run);
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(run);
     }
 
     /// Runs criu and fails the test unless it exits 0.
     pub fn criu_ok(&self, args: &[&str]) -> CriuRun {
         let run = self.criu(args);
         if run.code() != 0 {
-            self.fail(&format!("criu {} failed (exit {})", args.join(" "), run.code()));
+            self.fail(&format!(
+                "criu {} failed (exit {})",
+                args.join(" "),
+                run.code()
+            ));
         }
         run
     }
@@ -585,13 +665,22 @@ impl Test {
     /// Checks that a finished run failed with all of `needles` in its stderr.
     pub fn check_err(&self, run: &CriuRun, needles: &[&str]) {
         if run.code() == 0 {
-            self.fail(&format!("criu {} succeeded but should have failed", run.args.join(" ")));
+            self.fail(&format!(
+                "criu {} succeeded but should have failed",
+                run.args.join(" ")
+            ));
         }
         if run.status.is_none() {
-            self.fail(&format!("criu {} hung (killed after the timeout)", run.args.join(" ")));
+            self.fail(&format!(
+                "criu {} hung (killed after the timeout)",
+                run.args.join(" ")
+            ));
         }
         let err = run.stderr.to_lowercase();
-        let missing: Vec<&&str> = needles.iter().filter(|n| !err.contains(&n.to_lowercase())).collect();
+        let missing: Vec<&&str> = needles
+            .iter()
+            .filter(|n| !err.contains(&n.to_lowercase()))
+            .collect();
         if !missing.is_empty() {
             self.fail(&format!(
                 "criu {} failed as expected, but its stderr lacks {missing:?}",
@@ -604,7 +693,16 @@ impl Test {
     pub fn dump(&self, pid: i32, extra: &[&str]) -> CriuRun {
         let images = self.images();
         let pid = pid.to_string();
-        let mut args = vec!["dump", "-t", &pid, "-D", images.to_str().expect("utf-8 path"), "-o", "dump.log", "-v4"];
+        let mut args = vec![
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            images.to_str().expect("utf-8 path"),
+            "-o",
+            "dump.log",
+            "-v4",
+        ];
         args.extend_from_slice(extra);
         self.criu_ok(&args)
     }
@@ -613,12 +711,22 @@ impl Test {
     /// succeed. Waits until `pid` runs, tracks it and returns.
     pub fn restore_detached(&self, pid: i32, extra: &[&str]) -> CriuRun {
         let images = self.images();
-        let mut args = vec!["restore", "-d", "-D", images.to_str().expect("utf-8 path"), "-o", "restore.log", "-v4"];
+        let mut args = vec![
+            "restore",
+            "-d",
+            "-D",
+            images.to_str().expect("utf-8 path"),
+            "-o",
+            "restore.log",
+            "-v4",
+        ];
         args.extend_from_slice(extra);
         let run = self.criu_ok(&args);
         self.track(pid);
         if !wait_for(Duration::from_secs(5), || is_alive(pid)) {
-            self.fail(&format!("criu restore -d exited 0 but pid {pid} is not running"));
+            self.fail(&format!(
+                "criu restore -d exited 0 but pid {pid} is not running"
+            ));
         }
         run
     }
@@ -628,10 +736,15 @@ impl Test {
     pub fn assert_no_process(&self, pid: i32) {
         let gone = wait_for(Duration::from_secs(3), || !is_alive(pid));
         if !gone {
-            self.fail(&format!("a process with pid {pid} is running after a failed restore"));
+            self.fail(&format!(
+                "a process with pid {pid} is running after a failed restore"
+            ));
         }
         if proc_state(pid) == Some('Z') {
-            eprintln!("note: failed restore left a zombie with pid {pid} (parent {:?}); reaping it", ppid(pid));
+            eprintln!(
+                "note: failed restore left a zombie with pid {pid} (parent {:?}); reaping it",
+                ppid(pid)
+            );
             if reap(pid, Duration::from_secs(2)).is_err() {
                 wait_for(Duration::from_secs(10), || proc_state(pid).is_none());
             }
@@ -651,7 +764,13 @@ impl Test {
         let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut shown: Vec<PathBuf> = Vec::new();
         for (i, run) in runs.iter().enumerate() {
-            let _ = writeln!(s, "--- criu run {} of {}:\n{}", i + 1, runs.len(), run.report());
+            let _ = writeln!(
+                s,
+                "--- criu run {} of {}:\n{}",
+                i + 1,
+                runs.len(),
+                run.report()
+            );
             shown.extend(run.log_file.clone());
         }
         let mut dirs: Vec<PathBuf> = runs.iter().filter_map(|r| r.images_dir.clone()).collect();
@@ -696,7 +815,8 @@ impl Test {
         let pid = self.spawn_target(&mut cmd).id() as i32;
         let w = Workload { pid, dir };
         let ready = wait_for(Duration::from_secs(10), || {
-            read_number(&w.dir.join("ready")) == Some(pid as u64) && w.progress().is_some_and(|n| n >= 3)
+            read_number(&w.dir.join("ready")) == Some(pid as u64)
+                && w.progress().is_some_and(|n| n >= 3)
         });
         if !ready {
             self.fail(&format!("criu-workload (pid {pid}) did not become ready"));
@@ -713,12 +833,17 @@ impl Test {
             self.fail(&format!("{when}: cannot send SIGUSR2 to the workload: {e}"));
         }
         if !wait_for(Duration::from_secs(10), || report.exists()) {
-            self.fail(&format!("{when}: the workload wrote no report within 10 s after SIGUSR2"));
+            self.fail(&format!(
+                "{when}: the workload wrote no report within 10 s after SIGUSR2"
+            ));
         }
         let text = read(&report).unwrap_or_default();
         match text.trim().strip_prefix("OK counter=") {
             Some(n) => n.parse().unwrap_or(0),
-            None => self.fail(&format!("{when}: the workload's self-check failed:\n    {}", text.trim())),
+            None => self.fail(&format!(
+                "{when}: the workload's self-check failed:\n    {}",
+                text.trim()
+            )),
         }
     }
 
@@ -730,7 +855,10 @@ impl Test {
             now = w.progress().unwrap_or(0);
             now > start + 2
         }) {
-            self.fail(&format!("{when}: the workload's counter is stuck at {now} ({})", describe(w.pid)));
+            self.fail(&format!(
+                "{when}: the workload's counter is stuck at {now} ({})",
+                describe(w.pid)
+            ));
         }
         now
     }
@@ -741,7 +869,10 @@ impl Test {
             matches!(proc_state(pid), Some('R' | 'S' | 'D')) && tracer_pid(pid) == Some(0)
         });
         if !ok {
-            self.fail(&format!("{when}: pid {pid} should be running, untraced: {}", describe(pid)));
+            self.fail(&format!(
+                "{when}: pid {pid} should be running, untraced: {}",
+                describe(pid)
+            ));
         }
     }
 }
@@ -780,7 +911,11 @@ impl Workload {
 pub fn reap_dumped(t: &Test, pid: i32) {
     match reap(pid, Duration::from_secs(10)) {
         Ok(st) if st.signal().is_some() => {}
-        Ok(st) => t.fail(&format!("after dump, pid {pid} exited by itself ({st}) instead of being killed")),
-        Err(e) => t.fail(&format!("criu dump (without -R/-s) should kill pid {pid}: {e}")),
+        Ok(st) => t.fail(&format!(
+            "after dump, pid {pid} exited by itself ({st}) instead of being killed"
+        )),
+        Err(e) => t.fail(&format!(
+            "criu dump (without -R/-s) should kill pid {pid}: {e}"
+        )),
     }
 }

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const SCRIPT: &str =
-    r#"i=0; while :; do i=$((i+1)); echo $i >> "$1"; x=0; while ((x<3000)); do ((x++)); done; done"#;
+const SCRIPT: &str = r#"i=0; while :; do i=$((i+1)); echo $i >> "$1"; x=0; while ((x<3000)); do ((x++)); done; done"#;
 
 /// The complete lines of the file as numbers.
 fn numbers(path: &Path) -> Vec<u64> {
@@ -16,7 +15,10 @@ fn numbers(path: &Path) -> Vec<u64> {
         Some(i) => &text[..=i],
         None => "",
     };
-    complete.lines().map(|l| l.trim().parse().unwrap_or(0)).collect()
+    complete
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
 }
 
 fn check_sequence(t: &Test, nums: &[u64], what: &str) {
@@ -35,7 +37,9 @@ fn check_sequence(t: &Test, nums: &[u64], what: &str) {
 
 #[test]
 fn bash_loop_continues_counting_after_restore() {
-    let Some(t) = Test::new("bash_loop") else { return };
+    let Some(t) = Test::new("bash_loop") else {
+        return;
+    };
     let file = t.work().join("count.txt");
     let pid = t
         .spawn_target(Command::new("bash").args(["-c", SCRIPT, "bash"]).arg(&file))
@@ -53,10 +57,18 @@ fn bash_loop_continues_counting_after_restore() {
     let pidfile = t.work().join("restored.pid");
     t.restore_detached(pid, &["--pidfile", pidfile.to_str().unwrap()]);
     if comm(pid).as_deref() != Some("bash") {
-        t.fail(&format!("pid {pid} after restore is not bash: {}", describe(pid)));
+        t.fail(&format!(
+            "pid {pid} after restore is not bash: {}",
+            describe(pid)
+        ));
     }
-    if !wait_for(Duration::from_secs(20), || numbers(&file).len() as u64 >= n + 5) {
-        t.fail(&format!("restored bash does not append (stuck at {} lines, {n} at dump)", numbers(&file).len()));
+    if !wait_for(Duration::from_secs(20), || {
+        numbers(&file).len() as u64 >= n + 5
+    }) {
+        t.fail(&format!(
+            "restored bash does not append (stuck at {} lines, {n} at dump)",
+            numbers(&file).len()
+        ));
     }
     let after = numbers(&file);
     check_sequence(&t, &after, &format!("after restore (dumped at {n})"));

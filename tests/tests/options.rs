@@ -5,7 +5,9 @@ use std::fs;
 
 #[test]
 fn pidfile_and_log_file_inside_images_dir() {
-    let Some(t) = Test::new("pidfile_and_log") else { return };
+    let Some(t) = Test::new("pidfile_and_log") else {
+        return;
+    };
     let w = t.start_workload();
     t.dump(w.pid, &[]);
     reap_dumped(&t, w.pid);
@@ -15,7 +17,10 @@ fn pidfile_and_log_file_inside_images_dir() {
     }
     let log = t.images().join("dump.log");
     if read(&log).unwrap_or_default().trim().is_empty() {
-        t.fail(&format!("-o dump.log -v4 left {} missing or empty", log.display()));
+        t.fail(&format!(
+            "-o dump.log -v4 left {} missing or empty",
+            log.display()
+        ));
     }
     for img in [
         "inventory.img".to_owned(),
@@ -38,7 +43,11 @@ fn pidfile_and_log_file_inside_images_dir() {
     if written.as_deref().map(str::trim) != Some(w.pid.to_string().as_str()) {
         t.fail(&format!("--pidfile holds {written:?}, expected {}", w.pid));
     }
-    if read(&t.images().join("restore.log")).unwrap_or_default().trim().is_empty() {
+    if read(&t.images().join("restore.log"))
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
         t.fail("-o restore.log -v4 left images/restore.log missing or empty");
     }
     t.workload_check(&w, "after restore");
@@ -47,19 +56,34 @@ fn pidfile_and_log_file_inside_images_dir() {
 
 #[test]
 fn verbosity_changes_log_detail() {
-    let Some(t) = Test::new("verbosity") else { return };
+    let Some(t) = Test::new("verbosity") else {
+        return;
+    };
     let w = t.start_workload();
     let pid = w.pid.to_string();
     let mut lines = Vec::new();
     for level in ["-v1", "-v4"] {
         let dir = t.root().join(format!("images{level}"));
         fs::create_dir(&dir).expect("mkdir");
-        t.criu_ok(&["dump", "-t", &pid, "-D", dir.to_str().unwrap(), "-R", "-o", "dump.log", level]);
+        t.criu_ok(&[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            dir.to_str().unwrap(),
+            "-R",
+            "-o",
+            "dump.log",
+            level,
+        ]);
         let text = read(&dir.join("dump.log")).unwrap_or_default();
         lines.push(text.lines().count());
     }
     if lines[1] <= lines[0] {
-        t.fail(&format!("-v4 wrote {} log lines, not more than -v1 ({})", lines[1], lines[0]));
+        t.fail(&format!(
+            "-v4 wrote {} log lines, not more than -v1 ({})",
+            lines[1], lines[0]
+        ));
     }
     t.assert_running_untouched(w.pid, "after two dumps with -R");
     t.workload_check(&w, "after two dumps with -R");

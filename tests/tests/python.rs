@@ -31,14 +31,23 @@ fn state(path: &Path) -> Option<(String, u64)> {
 fn python_keeps_token_and_counter() {
     let Some(t) = Test::new("python") else { return };
     let file = t.work().join("state.txt");
-    let pid = t.spawn_target(Command::new("python3").arg("-c").arg(PROGRAM).arg(&file)).id() as i32;
-    if !wait_for(Duration::from_secs(20), || state(&file).is_some_and(|(_, c)| c >= 5)) {
-        t.fail(&format!("python3 did not start counting: {}", describe(pid)));
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(PROGRAM).arg(&file))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        state(&file).is_some_and(|(_, c)| c >= 5)
+    }) {
+        t.fail(&format!(
+            "python3 did not start counting: {}",
+            describe(pid)
+        ));
     }
 
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
-    let Some((token, at_dump)) = state(&file) else { t.fail("no state file after the dump") };
+    let Some((token, at_dump)) = state(&file) else {
+        t.fail("no state file after the dump")
+    };
 
     t.restore_detached(pid, &[]);
     let mut seen = None;
@@ -46,14 +55,21 @@ fn python_keeps_token_and_counter() {
         seen = state(&file);
         seen.as_ref().is_some_and(|(_, c)| *c != at_dump)
     }) {
-        t.fail(&format!("restored python3 does not write (still {token} {at_dump}): {}", describe(pid)));
+        t.fail(&format!(
+            "restored python3 does not write (still {token} {at_dump}): {}",
+            describe(pid)
+        ));
     }
     let (new_token, next) = seen.unwrap();
     if new_token != token {
-        t.fail(&format!("token changed across restore: {token} -> {new_token} (process restarted?)"));
+        t.fail(&format!(
+            "token changed across restore: {token} -> {new_token} (process restarted?)"
+        ));
     }
     if next <= at_dump || next > at_dump + 40 {
-        t.fail(&format!("counter went {at_dump} -> {next} across restore; it should continue"));
+        t.fail(&format!(
+            "counter went {at_dump} -> {next} across restore; it should continue"
+        ));
     }
     kill_and_reap(pid);
 }

@@ -11,25 +11,46 @@ use std::time::Duration;
 
 #[test]
 fn dump_of_nonexistent_pid() {
-    let Some(t) = Test::new("dump_nonexistent") else { return };
+    let Some(t) = Test::new("dump_nonexistent") else {
+        return;
+    };
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id() as i32;
     child.wait().expect("wait true");
     let images = t.images();
     t.criu_err(
-        &["dump", "-t", &pid.to_string(), "-D", images.to_str().unwrap(), "-o", "dump.log", "-v4"],
+        &[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "dump.log",
+            "-v4",
+        ],
         &[&format!("pid {pid} does not exist")],
     );
 }
 
 #[test]
 fn restore_while_original_runs() {
-    let Some(t) = Test::new("restore_pid_in_use") else { return };
+    let Some(t) = Test::new("restore_pid_in_use") else {
+        return;
+    };
     let w = t.start_workload();
     t.dump(w.pid, &["-R"]);
     let images = t.images();
     t.criu_err(
-        &["restore", "-d", "-D", images.to_str().unwrap(), "-o", "restore.log", "-v4"],
+        &[
+            "restore",
+            "-d",
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
         &[&format!("pid {} is already in use", w.pid)],
     );
     t.assert_running_untouched(w.pid, "after the refused restore");
@@ -43,7 +64,9 @@ fn restore_while_original_runs() {
 
 #[test]
 fn restore_over_zombie() {
-    let Some(t) = Test::new("restore_over_zombie") else { return };
+    let Some(t) = Test::new("restore_over_zombie") else {
+        return;
+    };
     let w = t.start_workload();
     t.dump(w.pid, &[]);
     // Not reaped yet: the dumped process is our zombie and holds its pid.
@@ -52,11 +75,22 @@ fn restore_over_zombie() {
     }
     let images = t.images();
     t.criu_err(
-        &["restore", "-d", "-D", images.to_str().unwrap(), "-o", "restore.log", "-v4"],
+        &[
+            "restore",
+            "-d",
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
         &["held by a zombie"],
     );
     if proc_state(w.pid) != Some('Z') || ppid(w.pid) != Some(std::process::id() as i32) {
-        t.fail(&format!("the zombie should be left as it was: {}", describe(w.pid)));
+        t.fail(&format!(
+            "the zombie should be left as it was: {}",
+            describe(w.pid)
+        ));
     }
     reap_dumped(&t, w.pid);
     t.restore_detached(w.pid, &[]);
@@ -80,7 +114,18 @@ fn refused_then_repaired(
     let needles = damage(&t, &w);
     let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
     let images = t.images();
-    t.criu_err(&["restore", "-d", "-D", images.to_str().unwrap(), "-o", "restore.log", "-v4"], &needles);
+    t.criu_err(
+        &[
+            "restore",
+            "-d",
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
+        &needles,
+    );
     t.assert_no_process(w.pid);
 
     repair(&t, &w);
@@ -126,7 +171,11 @@ fn truncated_core_image() {
             let core = core_img(t, w);
             backup(&core);
             let len = fs::metadata(&core).expect("stat core image").len();
-            fs::OpenOptions::new().write(true).open(&core).and_then(|f| f.set_len(len / 2)).expect("truncate");
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&core)
+                .and_then(|f| f.set_len(len / 2))
+                .expect("truncate");
             vec![format!("core-{}.img", w.pid), "truncated".into()]
         },
         |t, w| put_back(&core_img(t, w)),
@@ -145,7 +194,10 @@ fn restore_with_open_file_removed() {
         |_, w| {
             let input = w.dir.join("input.dat");
             fs::remove_file(&input).expect("rm input.dat");
-            vec![input.display().to_string(), "No such file or directory".into()]
+            vec![
+                input.display().to_string(),
+                "No such file or directory".into(),
+            ]
         },
         |_, w| recreate(&w.dir.join("input.dat"), 4096),
     );
@@ -158,7 +210,10 @@ fn restore_with_mapped_file_removed() {
         |_, w| {
             let mapped = w.dir.join("mapped.dat");
             fs::remove_file(&mapped).expect("rm mapped.dat");
-            vec![mapped.display().to_string(), "No such file or directory".into()]
+            vec![
+                mapped.display().to_string(),
+                "No such file or directory".into(),
+            ]
         },
         |_, w| recreate(&w.dir.join("mapped.dat"), 64 * 1024),
     );
@@ -171,12 +226,21 @@ fn restore_with_open_file_resized() {
         |_, w| {
             let input = w.dir.join("input.dat");
             use std::io::Write as _;
-            let mut f = fs::OpenOptions::new().append(true).open(&input).expect("open input.dat");
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&input)
+                .expect("open input.dat");
             f.write_all(b"more").expect("append");
-            vec![input.display().to_string(), "changed size since dump".into()]
+            vec![
+                input.display().to_string(),
+                "changed size since dump".into(),
+            ]
         },
         |_, w| {
-            let f = fs::OpenOptions::new().write(true).open(w.dir.join("input.dat")).expect("open");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(w.dir.join("input.dat"))
+                .expect("open");
             f.set_len(4096).expect("truncate back");
         },
     );

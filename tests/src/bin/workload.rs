@@ -87,7 +87,11 @@ fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     }
 }
 
-fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int), flags: libc::c_int) -> io::Result<()> {
+fn install_handler(
+    sig: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+    flags: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = handler as usize;
@@ -95,7 +99,8 @@ fn install_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int), flags:
     // SAFETY: sa_mask is a valid sigset_t owned by `sa`.
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
     // SAFETY: `sa` is fully initialised; the old action is not requested.
-    check(unsafe { libc::sigaction(sig, &sa, ptr::null_mut()) }, "sigaction")?;
+    let r = unsafe { libc::sigaction(sig, &sa, ptr::null_mut()) };
+    check(r, "sigaction")?;
     Ok(())
 }
 
@@ -113,7 +118,10 @@ fn map_anon(len: usize) -> io::Result<*mut u8> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(io::Error::new(io::ErrorKind::Other, format!("mmap anon: {}", io::Error::last_os_error())));
+        return Err(io::Error::other(format!(
+            "mmap anon: {}",
+            io::Error::last_os_error()
+        )));
     }
     Ok(p.cast())
 }
@@ -168,7 +176,10 @@ fn setup(dir: &Path) -> io::Result<State> {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(io::Error::new(io::ErrorKind::Other, format!("mmap mapped.dat: {}", io::Error::last_os_error())));
+            return Err(io::Error::other(format!(
+                "mmap mapped.dat: {}",
+                io::Error::last_os_error()
+            )));
         }
         p.cast::<u8>()
     };
@@ -181,11 +192,17 @@ fn setup(dir: &Path) -> io::Result<State> {
 
     // Descriptors.
     let input_path = dir.join("input.dat");
-    fs::write(&input_path, (0..INPUT_LEN).map(file_pattern).collect::<Vec<u8>>())?;
+    fs::write(
+        &input_path,
+        (0..INPUT_LEN).map(file_pattern).collect::<Vec<u8>>(),
+    )?;
     let input_fd = open(&input_path, libc::O_RDONLY, 0)?;
     // SAFETY: plain lseek on a descriptor we own.
     if unsafe { libc::lseek(input_fd, INPUT_OFFSET, libc::SEEK_SET) } != INPUT_OFFSET {
-        return Err(io::Error::new(io::ErrorKind::Other, format!("lseek input.dat: {}", io::Error::last_os_error())));
+        return Err(io::Error::other(format!(
+            "lseek input.dat: {}",
+            io::Error::last_os_error()
+        )));
     }
     let log_fd = open(
         &dir.join("log.txt"),
@@ -216,22 +233,32 @@ fn setup(dir: &Path) -> io::Result<State> {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGWINCH);
     }
     // SAFETY: `set` was initialised above.
-    check(
-        unsafe { libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut()) },
-        "sigprocmask",
-    )?;
+    let r = unsafe { libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), ptr::null_mut()) };
+    check(r, "sigprocmask")?;
 
     // Alternate signal stack.
     let stack = map_anon(ALTSTACK_LEN)?;
-    let altstack = libc::stack_t { ss_sp: stack.cast(), ss_flags: 0, ss_size: ALTSTACK_LEN };
+    let altstack = libc::stack_t {
+        ss_sp: stack.cast(),
+        ss_flags: 0,
+        ss_size: ALTSTACK_LEN,
+    };
     // SAFETY: the stack memory is a mapping that lives for the whole run.
-    check(unsafe { libc::sigaltstack(&altstack, ptr::null_mut()) }, "sigaltstack")?;
+    let r = unsafe { libc::sigaltstack(&altstack, ptr::null_mut()) };
+    check(r, "sigaltstack")?;
 
     // Interval timer.
-    let interval = libc::timeval { tv_sec: 0, tv_usec: ITIMER_INTERVAL_US };
-    let it = libc::itimerval { it_interval: interval, it_value: interval };
+    let interval = libc::timeval {
+        tv_sec: 0,
+        tv_usec: ITIMER_INTERVAL_US,
+    };
+    let it = libc::itimerval {
+        it_interval: interval,
+        it_value: interval,
+    };
     // SAFETY: `it` is a valid itimerval; the old value is not requested.
-    check(unsafe { libc::setitimer(libc::ITIMER_REAL, &it, ptr::null_mut()) }, "setitimer")?;
+    let r = unsafe { libc::setitimer(libc::ITIMER_REAL, &it, ptr::null_mut()) };
+    check(r, "setitimer")?;
 
     // POSIX timer.
     // SAFETY: an all-zero sigevent is valid; the fields used are set below.
@@ -240,11 +267,19 @@ fn setup(dir: &Path) -> io::Result<State> {
     sev.sigev_signo = libc::SIGRTMIN();
     let mut timer: libc::timer_t = ptr::null_mut();
     // SAFETY: `sev` is initialised and `timer` is a valid out-parameter.
-    check(unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) }, "timer_create")?;
-    let ts = libc::timespec { tv_sec: 0, tv_nsec: POSIX_TIMER_INTERVAL_NS };
-    let spec = libc::itimerspec { it_interval: ts, it_value: ts };
+    let r = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) };
+    check(r, "timer_create")?;
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: POSIX_TIMER_INTERVAL_NS,
+    };
+    let spec = libc::itimerspec {
+        it_interval: ts,
+        it_value: ts,
+    };
     // SAFETY: `timer` was created above; `spec` is valid.
-    check(unsafe { libc::timer_settime(timer, 0, &spec, ptr::null_mut()) }, "timer_settime")?;
+    let r = unsafe { libc::timer_settime(timer, 0, &spec, ptr::null_mut()) };
+    check(r, "timer_settime")?;
 
     Ok(State {
         dir: dir.to_path_buf(),
@@ -265,7 +300,8 @@ fn open(path: &Path, flags: libc::c_int, mode: libc::c_uint) -> io::Result<i32> 
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))?;
     // SAFETY: `c` is a valid NUL-terminated path.
-    check(unsafe { libc::open(c.as_ptr(), flags, mode) }, &format!("open {}", path.display()))
+    let r = unsafe { libc::open(c.as_ptr(), flags, mode) };
+    check(r, &format!("open {}", path.display()))
 }
 
 /// Sleeps `d` even when signal handlers interrupt the sleep.
@@ -281,14 +317,22 @@ fn sleep_through_signals(d: Duration) {
 
 /// Sleeps about 10 ms; a signal may cut it short, which is fine.
 fn nap() {
-    let ts = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
     // SAFETY: `ts` is valid; the remaining time is not requested.
     unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
 }
 
 fn fd_flags(fd: i32) -> (i32, i32) {
     // SAFETY: fcntl queries on a descriptor number; -1 on error is reported.
-    unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) }
+    unsafe {
+        (
+            libc::fcntl(fd, libc::F_GETFL),
+            libc::fcntl(fd, libc::F_GETFD),
+        )
+    }
 }
 
 fn verify(st: &State, counter: u64) -> Vec<String> {
@@ -312,18 +356,28 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
             anon_pattern(i)
         ));
     }
-    for (name, p, len) in [("zeroed", st.zeros, ZERO_LEN), ("untouched", st.untouched, UNTOUCHED_LEN)] {
+    for (name, p, len) in [
+        ("zeroed", st.zeros, ZERO_LEN),
+        ("untouched", st.untouched, UNTOUCHED_LEN),
+    ] {
         // SAFETY: p..p+len is one of our mappings.
         let s = unsafe { std::slice::from_raw_parts(p, len) };
         if let Some(off) = s.iter().position(|&b| b != 0) {
-            fails.push(format!("{name} 1MiB region: non-zero byte {:#x} at offset {off:#x}", s[off]));
+            fails.push(format!(
+                "{name} 1MiB region: non-zero byte {:#x} at offset {off:#x}",
+                s[off]
+            ));
         }
     }
     if st.heap.len() != HEAP_LEN {
         fails.push(format!("heap vec: length {} != {HEAP_LEN}", st.heap.len()));
     }
     if let Some(i) = (0..st.heap.len()).find(|&i| st.heap[i] != heap_pattern(i)) {
-        fails.push(format!("heap vec: element {i} is {:#x}, expected {:#x}", st.heap[i], heap_pattern(i)));
+        fails.push(format!(
+            "heap vec: element {i} is {:#x}, expected {:#x}",
+            st.heap[i],
+            heap_pattern(i)
+        ));
     }
 
     // The private file mapping.
@@ -334,15 +388,24 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
         let range = page * PAGE..(page + 1) * PAGE;
         let dirty = DIRTY_PAGES.contains(&page);
         let diff = range.clone().find(|&off| {
-            let want = if dirty { dirty_pattern(off) } else { file_pattern(off) };
+            let want = if dirty {
+                dirty_pattern(off)
+            } else {
+                file_pattern(off)
+            };
             m[off] != want
         });
         if let Some(off) = diff {
             let kind = if dirty { "dirty" } else { "clean" };
-            fails.push(format!("mapped.dat {kind} page {page}: byte at {off:#x} is {:#x}", m[off]));
+            fails.push(format!(
+                "mapped.dat {kind} page {page}: byte at {off:#x} is {:#x}",
+                m[off]
+            ));
         }
         if !dirty && file.get(range.clone()) != Some(&m[range]) {
-            fails.push(format!("mapped.dat clean page {page} differs from the file"));
+            fails.push(format!(
+                "mapped.dat clean page {page} differs from the file"
+            ));
         }
     }
 
@@ -350,14 +413,24 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
     // SAFETY: lseek query on a descriptor number.
     let pos = unsafe { libc::lseek(st.input_fd, 0, libc::SEEK_CUR) };
     if pos != INPUT_OFFSET {
-        fails.push(format!("input.dat fd {}: offset {pos} != {INPUT_OFFSET}", st.input_fd));
+        fails.push(format!(
+            "input.dat fd {}: offset {pos} != {INPUT_OFFSET}",
+            st.input_fd
+        ));
     }
     let (fl, fd) = fd_flags(st.input_fd);
     if fl == -1 || fl & libc::O_ACCMODE != libc::O_RDONLY || fd & libc::FD_CLOEXEC != 0 {
-        fails.push(format!("input.dat fd {}: flags {fl:#o} fd flags {fd} (want O_RDONLY, no cloexec)", st.input_fd));
+        fails.push(format!(
+            "input.dat fd {}: flags {fl:#o} fd flags {fd} (want O_RDONLY, no cloexec)",
+            st.input_fd
+        ));
     }
     let (fl, fd) = fd_flags(st.log_fd);
-    if fl == -1 || fl & libc::O_ACCMODE != libc::O_WRONLY || fl & libc::O_APPEND == 0 || fd & libc::FD_CLOEXEC == 0 {
+    if fl == -1
+        || fl & libc::O_ACCMODE != libc::O_WRONLY
+        || fl & libc::O_APPEND == 0
+        || fd & libc::FD_CLOEXEC == 0
+    {
         fails.push(format!(
             "log.txt fd {}: flags {fl:#o} fd flags {fd} (want O_WRONLY|O_APPEND, cloexec)",
             st.log_fd
@@ -371,7 +444,11 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
         (DEVNULL_FD, PathBuf::from("/dev/null")),
     ] {
         if link(fd).as_deref() != Some(want.as_path()) {
-            fails.push(format!("fd {fd} points to {:?}, expected {}", link(fd), want.display()));
+            fails.push(format!(
+                "fd {fd} points to {:?}, expected {}",
+                link(fd),
+                want.display()
+            ));
         }
     }
     let (fl, _) = fd_flags(DEVNULL_FD);
@@ -384,7 +461,9 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: see above.
     unsafe { libc::sigaction(libc::SIGUSR1, ptr::null(), &mut old) };
-    if old.sa_sigaction != on_usr1 as extern "C" fn(libc::c_int) as usize || old.sa_flags & libc::SA_RESTART == 0 {
+    if old.sa_sigaction != on_usr1 as extern "C" fn(libc::c_int) as usize
+        || old.sa_flags & libc::SA_RESTART == 0
+    {
         fails.push(format!(
             "SIGUSR1 action: handler {:#x} flags {:#x} (want {:#x} with SA_RESTART)",
             old.sa_sigaction, old.sa_flags, on_usr1 as extern "C" fn(libc::c_int) as usize
@@ -395,7 +474,9 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
     unsafe { libc::raise(libc::SIGUSR1) };
     let after = USR1_COUNT.load(Ordering::SeqCst);
     if after != before + 1 {
-        fails.push(format!("raise(SIGUSR1): handler count went {before} -> {after}"));
+        fails.push(format!(
+            "raise(SIGUSR1): handler count went {before} -> {after}"
+        ));
     }
     let mut mask = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: query only; sigprocmask fills `mask`.
@@ -450,22 +531,36 @@ fn verify(st: &State, counter: u64) -> Vec<String> {
             ));
         }
     }
-    let (alarm0, posix0) = (ALARM_TICKS.load(Ordering::SeqCst), POSIX_TICKS.load(Ordering::SeqCst));
+    let (alarm0, posix0) = (
+        ALARM_TICKS.load(Ordering::SeqCst),
+        POSIX_TICKS.load(Ordering::SeqCst),
+    );
     sleep_through_signals(Duration::from_millis(300));
-    let (alarm1, posix1) = (ALARM_TICKS.load(Ordering::SeqCst), POSIX_TICKS.load(Ordering::SeqCst));
+    let (alarm1, posix1) = (
+        ALARM_TICKS.load(Ordering::SeqCst),
+        POSIX_TICKS.load(Ordering::SeqCst),
+    );
     if alarm1 < alarm0 + 2 {
-        fails.push(format!("SIGALRM ticks over 300 ms: {alarm0} -> {alarm1} (itimer not firing)"));
+        fails.push(format!(
+            "SIGALRM ticks over 300 ms: {alarm0} -> {alarm1} (itimer not firing)"
+        ));
     }
     if posix1 < posix0 + 1 {
-        fails.push(format!("POSIX timer ticks over 300 ms: {posix0} -> {posix1} (timer not firing)"));
+        fails.push(format!(
+            "POSIX timer ticks over 300 ms: {posix0} -> {posix1} (timer not firing)"
+        ));
     }
 
     // The counter: the in-memory value matches the last one written.
     let mut buf = [0u8; 32];
     let n = st.progress.read_at(&mut buf, 0).unwrap_or(0);
-    let on_disk = std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let on_disk = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     if counter == 0 || on_disk != Some(counter) {
-        fails.push(format!("counter {counter} but progress file holds {on_disk:?}"));
+        fails.push(format!(
+            "counter {counter} but progress file holds {on_disk:?}"
+        ));
     }
     fails
 }
@@ -506,7 +601,10 @@ fn main() {
     };
     if let Err(e) = run(Path::new(&dir)) {
         eprintln!("criu-workload: {e}");
-        let _ = fs::write(Path::new(&dir).join("report"), format!("FAIL: workload error: {e}\n"));
+        let _ = fs::write(
+            Path::new(&dir).join("report"),
+            format!("FAIL: workload error: {e}\n"),
+        );
         std::process::exit(1);
     }
 }
