@@ -41,6 +41,22 @@ pub fn encode_itimerval(t: &ITimer) -> Vec<u8> {
     ])
 }
 
+/// The interval timer to set for a dumped one. An interval timer that had
+/// just fired shows value 0 (the kernel re-arms `ITIMER_REAL` only when the
+/// task dequeues its SIGALRM, which is then pending and restored from the
+/// image); setting value 0 would disarm it, so it is armed one interval
+/// ahead instead.
+pub fn itimer_to_set(t: &ITimer) -> ITimer {
+    if t.value_us == 0 && t.interval_us != 0 {
+        ITimer {
+            interval_us: t.interval_us,
+            value_us: t.interval_us,
+        }
+    } else {
+        *t
+    }
+}
+
 /// `struct itimerspec` (interval then value, each `timespec`).
 pub fn encode_itimerspec(interval_ns: u64, value_ns: u64) -> Vec<u8> {
     const NS: u64 = 1_000_000_000;
@@ -121,8 +137,12 @@ pub fn restore_state(
     tree: &PstreeEntry,
 ) -> Result<()> {
     restore_sigactions(h, r, &core.sigactions)?;
-    for (which, t) in core.itimers.iter().enumerate() {
-        let a = r.put(h, 0, &encode_itimerval(t))?;
+    for (which, t) in core.itimers.iter().map(itimer_to_set).enumerate() {
+        debug!(
+            "pid {}: itimer {which}: value {} us, interval {} us",
+            r.pid, t.value_us, t.interval_us
+        );
+        let a = r.put(h, 0, &encode_itimerval(&t))?;
         r.call(
             h,
             &format!("setitimer({which})"),
@@ -308,8 +328,15 @@ fn restore_posix_timers(h: &mut Helper, r: &Remote, timers: &[PosixTimer]) -> Re
                 r.pid, t.id
             )));
         }
-        if t.value_ns != 0 {
-            let a = r.put(h, 128, &encode_itimerspec(t.interval_ns, t.value_ns))?;
+        // As for itimers: a periodic timer seen between expiry and re-arm
+        // is armed one interval ahead.
+        let value = if t.value_ns == 0 {
+            t.interval_ns
+        } else {
+            t.value_ns
+        };
+        if value != 0 {
+            let a = r.put(h, 128, &encode_itimerspec(t.interval_ns, value))?;
             r.call(
                 h,
                 &format!("timer_settime({})", t.id),
@@ -611,6 +638,22 @@ mod tests {
         assert_eq!(&data[4..8], &3u32.to_le_bytes());
         assert_eq!(&data[12..16], &2u32.to_le_bytes());
         assert_eq!(&data[20..24], &(1u32 << 8).to_le_bytes());
+    }
+
+    #[test]
+    fn fired_interval_timer_is_rearmed() {
+        let fired = ITimer {
+            interval_us: 50_000,
+            value_us: 0,
+        };
+        assert_eq!(itimer_to_set(&fired).value_us, 50_000);
+        let off = ITimer::default();
+        assert_eq!(itimer_to_set(&off), off);
+        let armed = ITimer {
+            interval_us: 50_000,
+            value_us: 7,
+        };
+        assert_eq!(itimer_to_set(&armed), armed);
     }
 
     #[test]
