@@ -659,7 +659,7 @@ mod tests {
             vaddr: 0x1000,
             nr_pages: 1,
         }];
-        assert_eq!(vmas_with_pages(&[v.clone()], &runs), vec![true]);
+        assert_eq!(vmas_with_pages(std::slice::from_ref(&v), &runs), vec![true]);
         assert_eq!(vmas_with_pages(&[v], &[]), vec![false]);
     }
 }

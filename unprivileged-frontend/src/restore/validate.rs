@@ -350,7 +350,7 @@ pub fn check_mm(path: &Path, mm: &MmEntry) -> Result<()> {
             "a vDSO area ([vdso], [vvar], [vvar_vclock]) appears twice",
         ));
     }
-    if mm.auxv.len() % 2 != 0 || mm.auxv.len() > 128 {
+    if mm.auxv.len() & 1 != 0 || mm.auxv.len() > 128 {
         return Err(invalid(
             path,
             format!(
@@ -742,12 +742,12 @@ pub(crate) mod tests {
             sid: 7,
             threads: vec![7],
         };
-        check_pstree(&p(), &[e.clone()], 7).unwrap();
+        check_pstree(&p(), std::slice::from_ref(&e), 7).unwrap();
         assert!(check_pstree(&p(), &[e.clone(), e.clone()], 7)
             .unwrap_err()
             .to_string()
             .contains("2 processes"));
-        assert!(check_pstree(&p(), &[e.clone()], 8).is_err());
+        assert!(check_pstree(&p(), std::slice::from_ref(&e), 8).is_err());
         let mut t = e;
         t.threads = vec![7, 8];
         assert!(check_pstree(&p(), &[t], 7)
