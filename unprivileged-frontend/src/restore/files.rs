@@ -138,25 +138,12 @@ pub fn restore_fds(h: &mut Helper, r: &Remote, files: &[FdEntry]) -> Result<()> 
     Ok(())
 }
 
-/// Working directory, root and umask.
+/// Working directory, root and umask. The dumped cwd is a path as seen from
+/// criu's root (`/proc/PID/cwd`), so it is entered before chroot, which
+/// leaves the working directory as it is.
 ///
 /// Errors: an injected call failed (naming the directory).
 pub fn restore_fs(h: &mut Helper, r: &Remote, fs: &FsEntry) -> Result<()> {
-    if fs.root != "/" {
-        let p = r.put_cstr(h, 0, &fs.root)?;
-        r.call(
-            h,
-            &format!("chdir({})", fs.root),
-            libc::SYS_chdir,
-            [p, 0, 0, 0, 0, 0],
-        )?;
-        r.call(
-            h,
-            &format!("chroot({})", fs.root),
-            libc::SYS_chroot,
-            [p, 0, 0, 0, 0, 0],
-        )?;
-    }
     let p = r.put_cstr(h, 0, &fs.cwd)?;
     r.call(
         h,
@@ -164,6 +151,15 @@ pub fn restore_fs(h: &mut Helper, r: &Remote, fs: &FsEntry) -> Result<()> {
         libc::SYS_chdir,
         [p, 0, 0, 0, 0, 0],
     )?;
+    if fs.root != "/" {
+        let p = r.put_cstr(h, 0, &fs.root)?;
+        r.call(
+            h,
+            &format!("chroot({})", fs.root),
+            libc::SYS_chroot,
+            [p, 0, 0, 0, 0, 0],
+        )?;
+    }
     r.call(
         h,
         "umask",

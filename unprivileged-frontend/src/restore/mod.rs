@@ -47,7 +47,7 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
     let mut h = Helper::spawn()?;
     create_stub(&mut h, &img)?;
     if let Err(e) = restore_stub(&mut h, &img) {
-        crate::error!("restore of pid {pid} failed, killing the stub: {e}");
+        warn!("restore of pid {pid} failed, killing the stub");
         if let Err(e2) = h.release(pid, ReleaseMode::Kill) {
             warn!("killing stub {pid} also failed: {e2}");
         }
