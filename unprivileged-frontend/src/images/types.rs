@@ -243,6 +243,26 @@ pub struct MmEntry {
     pub vmas: Vec<Vma>,
 }
 
+impl MmEntry {
+    /// The eleven address fields of `struct prctl_mm_map`, in its order
+    /// (code, data, brk, stack, args, env; see prctl(2), `PR_SET_MM_MAP`).
+    pub fn prctl_fields(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+}
+
 /// What backs a mapping.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum VmaKind {

@@ -532,20 +532,7 @@ pub fn restore_prots(h: &mut Helper, r: &Remote, vmas: &[Vma], widened: &[bool])
 /// `struct prctl_mm_map` (see prctl(2), `PR_SET_MM_MAP`).
 pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
     let mut b = Vec::with_capacity(MM_MAP_SIZE);
-    for w in [
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        auxv_addr,
-    ] {
+    for w in mm.prctl_fields().into_iter().chain([auxv_addr]) {
         b.extend_from_slice(&w.to_le_bytes());
     }
     b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());

@@ -365,19 +365,7 @@ pub fn check_mm(path: &Path, mm: &MmEntry) -> Result<()> {
             format!("executable path {:?} not absolute", mm.exe),
         ));
     }
-    let fields = [
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-    ];
+    let fields = mm.prctl_fields();
     if fields.iter().any(|&f| f >= TASK_SIZE) {
         return Err(invalid(
             path,
