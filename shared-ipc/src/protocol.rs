@@ -368,6 +368,147 @@ pub enum Response {
         /// The errno of the failing call, 0 if none.
         errno: i32,
     },
+    /// Setuid mode: the helper refused to act on the task, which was left
+    /// untouched (or let go, for [`DenyReason::Exec`]). The frontend prints
+    /// `pid N: ` followed by the reason's `Display`.
+    Denied {
+        /// Why.
+        reason: DenyReason,
+    },
+}
+
+/// Which of a task's user or group IDs (see credentials(7)).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdField {
+    /// Real ID.
+    Real,
+    /// Effective ID.
+    Effective,
+    /// Saved set-ID.
+    Saved,
+}
+
+/// A capability set of a task (see capabilities(7)). The bounding set is
+/// not one: it only limits.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapSet {
+    /// `CapInh`.
+    Inheritable,
+    /// `CapPrm`.
+    Permitted,
+    /// `CapEff`.
+    Effective,
+    /// `CapAmb`.
+    Ambient,
+}
+
+/// Why the helper, running setuid for a user, refuses to act on a task.
+/// Checked on every request that names a task (SECURITY.md).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// A user ID of the task differs from the caller's real uid.
+    Uid {
+        /// Which one.
+        which: IdField,
+        /// The task's.
+        target: u32,
+        /// The caller's.
+        caller: u32,
+    },
+    /// A group ID of the task differs from the caller's real gid.
+    Gid {
+        /// Which one.
+        which: IdField,
+        /// The task's.
+        target: u32,
+        /// The caller's.
+        caller: u32,
+    },
+    /// The task has a bit set in a capability set.
+    Caps {
+        /// Which set.
+        set: CapSet,
+        /// Its bits.
+        mask: u64,
+    },
+    /// The task executed a new program while traced; the helper let it go.
+    Exec,
+    /// The task is not dumpable (`PR_SET_DUMPABLE` 0, or it changed
+    /// credentials), so its owner could not ptrace it either.
+    NotDumpable,
+}
+
+impl DenyReason {
+    /// The first of the three IDs `(real, effective, saved)` of a task that
+    /// differs from `caller`, as a `Uid` reason.
+    pub fn uid(ids: [u32; 3], caller: u32) -> Option<DenyReason> {
+        first_differing(ids, caller).map(|(which, target)| DenyReason::Uid {
+            which,
+            target,
+            caller,
+        })
+    }
+
+    /// As [`DenyReason::uid`] for group IDs.
+    pub fn gid(ids: [u32; 3], caller: u32) -> Option<DenyReason> {
+        first_differing(ids, caller).map(|(which, target)| DenyReason::Gid {
+            which,
+            target,
+            caller,
+        })
+    }
+}
+
+fn first_differing(ids: [u32; 3], caller: u32) -> Option<(IdField, u32)> {
+    [IdField::Real, IdField::Effective, IdField::Saved]
+        .into_iter()
+        .zip(ids)
+        .find(|&(_, id)| id != caller)
+}
+
+impl std::fmt::Display for IdField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdField::Real => "real",
+            IdField::Effective => "effective",
+            IdField::Saved => "saved",
+        })
+    }
+}
+
+impl std::fmt::Display for CapSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CapSet::Inheritable => "inheritable",
+            CapSet::Permitted => "permitted",
+            CapSet::Effective => "effective",
+            CapSet::Ambient => "ambient",
+        })
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyReason::Uid {
+                which,
+                target,
+                caller,
+            } => write!(f, "{which} uid {target} differs from yours ({caller})"),
+            DenyReason::Gid {
+                which,
+                target,
+                caller,
+            } => write!(f, "{which} gid {target} differs from yours ({caller})"),
+            DenyReason::Caps { set, mask } => {
+                write!(f, "holds capabilities ({set} set {mask:#x})")
+            }
+            DenyReason::Exec => f.write_str("executed a new program while traced and was let go"),
+            DenyReason::NotDumpable => {
+                f.write_str("is not dumpable (it changed credentials or cleared PR_SET_DUMPABLE)")
+            }
+        }
+    }
 }
 
 impl Request {
@@ -438,7 +579,9 @@ impl Request {
                     return Err("descriptor number given twice");
                 }
             }
-            Request::SetRegs { xstate: Some(x), .. } if x.len() > MAX_XSTATE => {
+            Request::SetRegs {
+                xstate: Some(x), ..
+            } if x.len() > MAX_XSTATE => {
                 return Err("xstate too large");
             }
             Request::PeekSiginfo { count, .. } if *count > MAX_SIGINFO => {
@@ -508,5 +651,40 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Wait => "waiting for the task failed",
         };
         f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_reasons_read_as_sentences() {
+        let r = DenyReason::uid([1000, 0, 1000], 1000).unwrap();
+        assert_eq!(r.to_string(), "effective uid 0 differs from yours (1000)");
+        let r = DenyReason::gid([1000, 1000, 5], 1000).unwrap();
+        assert_eq!(r.to_string(), "saved gid 5 differs from yours (1000)");
+        assert_eq!(DenyReason::uid([7, 7, 7], 7), None);
+        let r = DenyReason::Caps {
+            set: CapSet::Permitted,
+            mask: 0x2000,
+        };
+        assert_eq!(r.to_string(), "holds capabilities (permitted set 0x2000)");
+    }
+
+    #[test]
+    fn denied_is_appended_after_the_existing_responses() {
+        // Variant 11 is `Error`; `Denied` must be 12 so old encodings stay.
+        let e = postcard::to_stdvec(&Response::Error {
+            kind: ErrorKind::Gone,
+            errno: 0,
+        })
+        .unwrap();
+        assert_eq!(e[0], 11);
+        let d = postcard::to_stdvec(&Response::Denied {
+            reason: DenyReason::Exec,
+        })
+        .unwrap();
+        assert_eq!(d, vec![12, 3]);
     }
 }
