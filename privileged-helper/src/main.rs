@@ -6,8 +6,11 @@
 //! only ptrace, task memory I/O and PID-exact process creation; it has no
 //! argument parser and reads no image files. See SECURITY.md.
 
+mod creds;
+mod lockdown;
 mod pages;
 mod ptrace;
+mod seclog;
 mod serve;
 mod spawner;
 mod sys;
@@ -17,7 +20,7 @@ use nix::sys::stat::{umask, Mode};
 use shared_ipc::{Channel, HELPER_CHANNEL_FD};
 
 /// Exit status for a bad start (no argv, no channel, failed set-up).
-const EXIT_START: i32 = 2;
+pub(crate) const EXIT_START: i32 = 2;
 
 fn main() {
     std::process::exit(run());
@@ -31,6 +34,13 @@ fn fatal(msg: &str) -> i32 {
 
 /// The fixed start-up order. Nothing here reads from the channel.
 fn run() -> i32 {
+    // 0. Who called us: real IDs and supplementary groups (getgroups(2)),
+    //    before anything else, for the stubs to take in setuid mode.
+    let caller = match creds::Caller::of_this_process() {
+        Ok(c) => c,
+        Err(_) => return fatal("getgroups failed"),
+    };
+
     // 1. Sanitise what we inherited: argv, the channel descriptor, every
     //    other descriptor, stdin/stdout, the environment, signal dispositions
     //    and mask, umask. Hard rlimits are left alone.
@@ -59,8 +69,9 @@ fn run() -> i32 {
     umask(Mode::from_bits_truncate(0o077));
 
     // 2. Fork the spawner before anything else is set up, so that the stubs
-    //    it clones never inherit what comes next (the seccomp filter).
-    let spawner = match spawner::Spawner::start() {
+    //    it clones never inherit what comes next (the seccomp filter,
+    //    NO_NEW_PRIVS, the syslog socket).
+    let spawner = match spawner::Spawner::start(&caller) {
         Ok(s) => s,
         Err(e) => return fatal(&format!("cannot start the spawner: {e}")),
     };
@@ -68,13 +79,25 @@ fn run() -> i32 {
     // EPIPE error, not the helper's death with its tracees stopped.
     sys::ignore_sigpipe();
 
-    // 3. (next issue) Keep only the capabilities we need (caps) and install
-    //    the seccomp filter from `seccomp_policies::helper_policy()` here,
-    //    before the first frame is read.
+    // 3. Connect to syslog (auth) while socket(2) and connect(2) are still
+    //    allowed; without a syslog socket logging does nothing.
+    let mut log = seclog::SecLog::connect(caller.uid);
 
-    // 4. Serve.
+    // 4. Keep only the capabilities we need, NO_NEW_PRIVS, seccomp. Every
+    //    frame is read after this.
+    if let Err(lockdown::StepFailed(what)) = lockdown::lock_down(&caller) {
+        spawner.shutdown();
+        return fatal(&format!("start-up failed: {what}"));
+    }
+    log.done(
+        "start",
+        std::process::id() as i32,
+        format_args!("setuid={}", !caller.is_root()),
+    );
+
+    // 5. Serve.
     let chan = Channel::new(sys::take_channel_fd());
-    serve::Server::new(chan, spawner).run()
+    serve::Server::new(chan, spawner, caller, log).run()
 }
 
 /// Open /dev/null at descriptor `fd` (which is closed).

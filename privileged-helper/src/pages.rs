@@ -98,10 +98,7 @@ pub fn dump(
     }
     let want: u64 = runs.iter().map(|r| r.len).sum();
     if total != want {
-        return Err(Fail {
-            kind: ErrorKind::MemRead,
-            errno: Errno::EIO as i32,
-        });
+        return Err(Fail::new(ErrorKind::MemRead, Errno::EIO as i32));
     }
     Ok(total)
 }
@@ -116,10 +113,7 @@ fn write_image(image: &mut File, data: &[u8]) -> Result<(), Fail> {
 pub fn io_fail(kind: ErrorKind, e: &std::io::Error) -> Fail {
     match e.raw_os_error() {
         Some(errno) => on(kind)(Errno::from_raw(errno)),
-        None => Fail {
-            kind,
-            errno: Errno::EIO as i32,
-        },
+        None => Fail::new(kind, Errno::EIO as i32),
     }
 }
 

@@ -5,36 +5,63 @@ use crate::sys;
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
-use shared_ipc::{ErrorKind, ReleaseMode, UserRegs};
+use shared_ipc::{DenyReason, ErrorKind, ReleaseMode, UserRegs};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
-/// A failed step: what the frontend receives as `Response::Error`.
+/// A failed step: what the frontend receives as `Response::Error`, or as
+/// `Response::Denied` when `deny` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fail {
     /// Which step failed.
     pub kind: ErrorKind,
     /// errno of the failing call, or 0.
     pub errno: i32,
+    /// Setuid mode: the task may not be touched, and why.
+    pub deny: Option<DenyReason>,
 }
 
 impl Fail {
     /// A failure with no errno.
     pub fn bare(kind: ErrorKind) -> Fail {
-        Fail { kind, errno: 0 }
+        Fail::new(kind, 0)
+    }
+
+    /// A failure of step `kind` with `errno`.
+    pub fn new(kind: ErrorKind, errno: i32) -> Fail {
+        Fail {
+            kind,
+            errno,
+            deny: None,
+        }
+    }
+
+    /// A refusal (setuid mode checks, or the task exec'd while traced).
+    pub fn denied(reason: DenyReason) -> Fail {
+        Fail {
+            kind: ErrorKind::Denied,
+            errno: 0,
+            deny: Some(reason),
+        }
+    }
+
+    /// Whether the task is no longer ours to act on: it is gone, or it was
+    /// refused or let go.
+    pub fn lost_task(&self) -> bool {
+        self.kind == ErrorKind::Gone || self.deny.is_some()
     }
 }
 
 /// Map an errno to a failure of step `kind`.
 pub fn on(kind: ErrorKind) -> impl Fn(Errno) -> Fail {
-    move |e| Fail {
-        kind,
-        errno: e as i32,
-    }
+    move |e| Fail::new(kind, e as i32)
 }
 
 /// A `PTRACE_EVENT_STOP` (ptrace(2), "group-stop" and `PTRACE_INTERRUPT`).
 const PTRACE_EVENT_STOP: i32 = 128;
+/// `PTRACE_EVENT_EXEC`: the task completed an execve(2)
+/// (`PTRACE_O_TRACEEXEC`).
+const PTRACE_EVENT_EXEC: i32 = 4;
 
 /// How a waited-for task stopped or ended (see waitpid(2), ptrace(2)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +75,8 @@ pub enum Stop {
     Syscall,
     /// `PTRACE_EVENT_STOP`: interrupt or group-stop.
     Event,
+    /// `PTRACE_EVENT_EXEC`: the task runs a new program.
+    Exec,
     /// Another ptrace event (none are enabled; treated as unexpected).
     OtherEvent(i32),
     /// Signal-delivery-stop for this signal.
@@ -67,6 +96,8 @@ pub fn classify(status: i32) -> Stop {
             Stop::Syscall
         } else if event == PTRACE_EVENT_STOP {
             Stop::Event
+        } else if event == PTRACE_EVENT_EXEC {
+            Stop::Exec
         } else if event != 0 {
             Stop::OtherEvent(event)
         } else {
@@ -119,6 +150,19 @@ pub struct Tracee {
     pub last_stop: LastStop,
     /// A signal caught in a signal-delivery-stop that must be re-sent.
     pub pending_signal: Option<i32>,
+    /// System calls injected so far (for the security log).
+    pub injected: u32,
+    /// `WriteMemory` requests so far (for the security log).
+    pub writes: u32,
+}
+
+/// A traced task stopped at `PTRACE_EVENT_EXEC`: it runs a new program,
+/// possibly with other credentials. Detach at once, before that program runs
+/// one instruction, without putting back any register (they belong to the
+/// new program), and refuse.
+pub fn let_go(pid: Pid) -> Fail {
+    let _ = ptrace::detach(pid, None);
+    Fail::denied(DenyReason::Exec)
 }
 
 /// Seize `pid` (`PTRACE_SEIZE` with `opts`, then `PTRACE_INTERRUPT`) and wait
@@ -131,7 +175,7 @@ pub fn seize(pid: Pid, opts: Options) -> Result<(), Fail> {
         .map_err(on(ErrorKind::Interrupt))
         .and_then(|()| wait_event_stop(pid));
     if let Err(f) = r {
-        if f.kind != ErrorKind::Gone {
+        if !f.lost_task() {
             let _ = ptrace::detach(pid, None);
         }
     }
@@ -150,6 +194,7 @@ fn wait_event_stop(pid: Pid) -> Result<(), Fail> {
             Stop::Syscall | Stop::OtherEvent(_) => {
                 sys::ptrace_cont(pid, 0).map_err(on(ErrorKind::Interrupt))?
             }
+            Stop::Exec => return Err(let_go(pid)),
             Stop::Exited(_) | Stop::Killed(_) => return Err(Fail::bare(ErrorKind::Gone)),
         }
     }
@@ -175,6 +220,7 @@ pub fn inject_syscall(t: &mut Tracee, nr: u64, args: [u64; 6]) -> Result<i64, Fa
     regs.r8 = args[4];
     regs.r9 = args[5];
     ptrace::setregs(t.pid, regs).map_err(on(ErrorKind::Regs))?;
+    t.injected = t.injected.saturating_add(1);
     for _ in 0..2 {
         ptrace::syscall(t.pid, None).map_err(on(ErrorKind::Syscall))?;
         match wait(t.pid, ErrorKind::Syscall)? {
@@ -182,11 +228,9 @@ pub fn inject_syscall(t: &mut Tracee, nr: u64, args: [u64; 6]) -> Result<i64, Fa
             Stop::Signal(sig) => {
                 t.last_stop = LastStop::Interrupt;
                 t.pending_signal = Some(sig);
-                return Err(Fail {
-                    kind: ErrorKind::UnexpectedStop,
-                    errno: sig,
-                });
+                return Err(Fail::new(ErrorKind::UnexpectedStop, sig));
             }
+            Stop::Exec => return Err(let_go(t.pid)),
             Stop::Event | Stop::OtherEvent(_) => {
                 t.last_stop = LastStop::Interrupt;
                 return Err(Fail::bare(ErrorKind::UnexpectedStop));

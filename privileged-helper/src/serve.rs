@@ -2,16 +2,18 @@
 //! tasks this helper traces. Every request is bounds-checked before it is
 //! looked at; every failure is a `Response::Error`.
 
+use crate::creds::{check_task, Caller};
 use crate::pages;
 use crate::ptrace::{self as pt, on, Fail, Kind, LastStop, Tracee};
+use crate::seclog::SecLog;
 use crate::spawner::Spawner;
 use crate::sys;
 use nix::errno::Errno;
 use nix::sys::ptrace::{self as nixptrace, Options};
 use nix::unistd::{getpid, getppid, getuid, Pid};
 use shared_ipc::{
-    Channel, ChannelError, ErrorKind, ExitStatus, PageRun, ReleaseMode, Request, Response,
-    RseqConfig, UserRegs, HELLO_MAGIC, MAX_XSTATE, PROTOCOL_VERSION, SIGINFO_SIZE,
+    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, ReleaseMode, Request,
+    Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_XSTATE, PROTOCOL_VERSION, SIGINFO_SIZE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -33,6 +35,10 @@ pub struct Server {
     greeted: bool,
     /// Pids the frontend may never seize: the helper, its parent, the spawner.
     forbidden: [Pid; 3],
+    /// Who runs us; a non-root caller means setuid mode.
+    caller: Caller,
+    /// Security events.
+    log: SecLog,
 }
 
 /// What the loop does after answering.
@@ -43,7 +49,12 @@ enum Next {
 
 impl Server {
     /// A server on `chan` with its spawner.
-    pub fn new(chan: Channel<Response, Request>, spawner: Spawner) -> Server {
+    pub fn new(
+        chan: Channel<Response, Request>,
+        spawner: Spawner,
+        caller: Caller,
+        log: SecLog,
+    ) -> Server {
         let forbidden = [getpid(), getppid(), spawner.pid()];
         Server {
             chan,
@@ -53,6 +64,8 @@ impl Server {
             page_buf: Vec::new(),
             greeted: false,
             forbidden,
+            caller,
+            log,
         }
     }
 
@@ -84,6 +97,7 @@ impl Server {
                 Kind::Target => pt::release(&t, ReleaseMode::Resume),
                 Kind::Stub => pt::kill_and_wait(&t),
             };
+            self.log_release(&t, "cleanup");
         }
         if let Some(s) = self.spawner.take() {
             s.shutdown();
@@ -97,6 +111,8 @@ impl Server {
                     if magic == HELLO_MAGIC && version == PROTOCOL_VERSION && fds.is_empty() =>
                 {
                     self.greeted = true;
+                    self.log
+                        .done("hello", getppid().as_raw(), format_args!("frontend"));
                     let hello = Response::Hello {
                         version: PROTOCOL_VERSION,
                         caller_uid: getuid().as_raw(),
@@ -107,9 +123,16 @@ impl Server {
                 _ => (error(Fail::bare(ErrorKind::BadRequest)), Next::Exit),
             };
         }
+        let op = req.name();
+        let pid = req.pid().unwrap_or(0);
         let resp = match self.dispatch(req, fds) {
             Ok(r) => r,
-            Err(f) => error(f),
+            Err(f) => {
+                if let Some(reason) = f.deny {
+                    self.log.refused(op, pid, format_args!("{reason}"));
+                }
+                error(f)
+            }
         };
         (resp, Next::Go)
     }
@@ -133,30 +156,80 @@ impl Server {
             }
             Request::WaitExit { pid } => self.wait_exit(pid),
             Request::Release { pid, how } => {
+                self.recheck(pid)?;
                 let t = self.tracees.remove(&pid).ok_or(not_traced())?;
                 let r = pt::release(&t, how);
                 if t.kind == Kind::Stub && how != ReleaseMode::Kill {
                     self.released_children.insert(pid);
                 }
+                self.log_release(&t, release_name(how));
                 r.map(|()| Response::Ok)
             }
             Request::DumpPages { pid, runs } => {
+                self.recheck(pid)?;
                 let image = fds.into_iter().next().ok_or(bad)?;
                 self.dump_pages(pid, &runs, image)
             }
             other => {
                 let pid = other.pid().ok_or(bad)?;
+                self.recheck(pid)?;
                 let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
                 let r = on_tracee(t, other);
-                if r == Err(Fail::bare(ErrorKind::Gone)) {
-                    self.tracees.remove(&pid);
+                if let Err(f) = r {
+                    if f.lost_task() {
+                        self.tracees.remove(&pid);
+                    }
+                    if f.deny == Some(DenyReason::Exec) {
+                        self.log.refused("exec", pid, format_args!("let go"));
+                    }
                 }
                 r
             }
         }
     }
 
+    /// Setuid mode: check a traced task again before acting on it (the
+    /// task is pinned by its pidfd). A task that no longer passes is let go
+    /// as it is (a stub is killed: it is an unfinished restore of ours) and
+    /// forgotten. Root callers pass at once.
+    fn recheck(&mut self, pid: i32) -> Result<(), Fail> {
+        let Some(t) = self.tracees.get(&pid) else {
+            return Ok(());
+        };
+        let Err(f) = check_task(t.pid, &t.pidfd, &self.caller) else {
+            return Ok(());
+        };
+        if let Some(t) = self.tracees.remove(&pid) {
+            if f.deny.is_some() {
+                let _ = match t.kind {
+                    Kind::Target => nixptrace::detach(t.pid, None).map_err(on(ErrorKind::Release)),
+                    Kind::Stub => pt::kill_and_wait(&t),
+                };
+            }
+        }
+        Err(f)
+    }
+
+    fn log_release(&mut self, t: &Tracee, how: &str) {
+        let kind = match t.kind {
+            Kind::Target => "target",
+            Kind::Stub => "stub",
+        };
+        self.log.done(
+            "release",
+            t.pid.as_raw(),
+            format_args!(
+                "{kind} how={how} syscalls_injected={} memory_writes={}",
+                t.injected, t.writes
+            ),
+        );
+    }
+
     /// `Request::Seize`: see ptrace(2), `PTRACE_SEIZE` and `PTRACE_INTERRUPT`.
+    ///
+    /// Setuid mode: the task is checked before it is touched, and once more
+    /// once it is stopped (it may have exec'd a setuid program in between);
+    /// if the second check fails it is detached with nothing changed.
     fn seize(&mut self, pid: Pid) -> Result<Response, Fail> {
         if self.tracees.contains_key(&pid.as_raw()) {
             return Err(Fail::bare(ErrorKind::AlreadyTraced));
@@ -165,15 +238,25 @@ impl Server {
             return Err(Fail::bare(ErrorKind::BadRequest));
         }
         let pidfd = sys::pidfd_open(pid).map_err(on(ErrorKind::PidfdOpen))?;
+        check_task(pid, &pidfd, &self.caller)?;
         if threads(pid)? != 1 {
             return Err(Fail::bare(ErrorKind::BadRequest));
         }
-        let mem = open_mem(pid)?;
-        pt::seize(pid, Options::PTRACE_O_TRACESYSGOOD)?;
-        let saved = nixptrace::getregs(pid)
-            .map_err(on(ErrorKind::Regs))
-            .and_then(|r| Ok((r, sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?)));
-        let (saved_regs, saved_sigmask) = match saved {
+        pt::seize(
+            pid,
+            Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXEC,
+        )?;
+        let saved = check_task(pid, &pidfd, &self.caller)
+            .and_then(|()| open_mem(pid))
+            .and_then(|mem| Ok((mem, nixptrace::getregs(pid).map_err(on(ErrorKind::Regs))?)))
+            .and_then(|(mem, r)| {
+                Ok((
+                    mem,
+                    r,
+                    sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?,
+                ))
+            });
+        let (mem, saved_regs, saved_sigmask) = match saved {
             Ok(s) => s,
             Err(f) => {
                 let _ = nixptrace::detach(pid, None);
@@ -190,8 +273,11 @@ impl Server {
             gadget: None,
             last_stop: LastStop::Interrupt,
             pending_signal: None,
+            injected: 0,
+            writes: 0,
         };
         self.tracees.insert(pid.as_raw(), t);
+        self.log.done("seize", pid.as_raw(), format_args!("target"));
         Ok(Response::Ok)
     }
 
@@ -221,7 +307,11 @@ impl Server {
             }
         };
         let gadget = sys::gadget_addr();
+        // The stub has dropped to the caller's credentials before its
+        // pause(2), so it passes the setuid-mode check like any task of the
+        // caller; a stub that did not is killed.
         let r = seize_stub(pid).and_then(|regs| {
+            check_task(pid, &pidfd, &self.caller)?;
             let mask = sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?;
             Ok((regs, mask, open_mem(pid)?))
         });
@@ -243,8 +333,15 @@ impl Server {
             gadget: Some(gadget),
             last_stop: LastStop::Interrupt,
             pending_signal: None,
+            injected: 0,
+            writes: 0,
         };
         self.tracees.insert(pid.as_raw(), t);
+        self.log.done(
+            "create-stub",
+            pid.as_raw(),
+            format_args!("descriptors={}", targets.len()),
+        );
         Ok(Response::Stub { gadget })
     }
 
@@ -271,6 +368,11 @@ impl Server {
         }
         let mut image = File::from(image);
         let n = pages::dump(t.pid, &t.mem, runs, &mut image, &mut self.page_buf)?;
+        self.log.done(
+            "dump-pages",
+            pid,
+            format_args!("runs={} bytes={n}", runs.len()),
+        );
         Ok(Response::PagesWritten(n))
     }
 }
@@ -352,6 +454,7 @@ fn on_tracee(t: &mut Tracee, req: Request) -> Result<Response, Fail> {
             Ok(Response::Memory(data))
         }
         Request::WriteMemory { addr, data, .. } => {
+            t.writes = t.writes.saturating_add(1);
             t.mem
                 .write_all_at(&data, addr)
                 .map_err(|e| pages::io_fail(ErrorKind::MemWrite, &e))?;
@@ -370,7 +473,7 @@ fn set_regs(pid: Pid, regs: &UserRegs) -> Result<(), Fail> {
 fn seize_stub(pid: Pid) -> Result<libc::user_regs_struct, Fail> {
     pt::seize(
         pid,
-        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACEEXEC,
     )?;
     // Up to ~5 s for a stub to reach pause(2); normally it is there at once.
     for _ in 0..5000 {
@@ -387,10 +490,7 @@ fn seize_stub(pid: Pid) -> Result<libc::user_regs_struct, Fail> {
             _ => return Err(Fail::bare(ErrorKind::UnexpectedStop)),
         }
     }
-    Err(Fail {
-        kind: ErrorKind::Clone,
-        errno: Errno::ETIMEDOUT as i32,
-    })
+    Err(Fail::new(ErrorKind::Clone, Errno::ETIMEDOUT as i32))
 }
 
 /// The `Threads:` count of /proc/PID/status (proc(5)).
@@ -419,9 +519,20 @@ fn not_traced() -> Fail {
 }
 
 fn error(f: Fail) -> Response {
-    Response::Error {
-        kind: f.kind,
-        errno: f.errno,
+    match f.deny {
+        Some(reason) => Response::Denied { reason },
+        None => Response::Error {
+            kind: f.kind,
+            errno: f.errno,
+        },
+    }
+}
+
+fn release_name(how: ReleaseMode) -> &'static str {
+    match how {
+        ReleaseMode::Resume => "resume",
+        ReleaseMode::Stop => "stop",
+        ReleaseMode::Kill => "kill",
     }
 }
 
@@ -441,6 +552,12 @@ mod tests {
             page_buf: Vec::new(),
             greeted: false,
             forbidden: [getpid(), getppid(), getpid()],
+            caller: Caller {
+                uid: 0,
+                gid: 0,
+                groups: Vec::new(),
+            },
+            log: SecLog::none(),
         }
     }
 

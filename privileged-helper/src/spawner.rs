@@ -6,7 +6,8 @@
 //! It talks to the helper over its own `SOCK_SEQPACKET` pair with the
 //! private messages below and exits at end of stream.
 
-use crate::sys::{self, StubFds};
+use crate::creds::Caller;
+use crate::sys::{self, StubCreds, StubFds};
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 use serde::{Deserialize, Serialize};
@@ -43,7 +44,11 @@ pub struct Spawner {
 impl Spawner {
     /// Fork the spawner. Must run while the helper is single-threaded and
     /// before it takes ownership of the channel descriptor.
-    pub fn start() -> Result<Spawner, Errno> {
+    ///
+    /// For a non-root `caller` (setuid mode) the spawner keeps only the
+    /// capabilities it needs and every stub drops to the caller's
+    /// credentials before it waits for the frontend.
+    pub fn start(caller: &Caller) -> Result<Spawner, Errno> {
         let (ours, theirs) = seqpacket_pair()?;
         match sys::fork()? {
             ForkResult::Parent { child } => {
@@ -56,7 +61,15 @@ impl Spawner {
             ForkResult::Child => {
                 drop(ours);
                 sys::close_channel_fd_in_child();
-                serve(theirs);
+                let creds = if caller.is_root() {
+                    None
+                } else {
+                    if crate::lockdown::spawner_caps().is_err() {
+                        std::process::exit(crate::EXIT_START);
+                    }
+                    Some(caller.clone())
+                };
+                serve(theirs, creds.as_ref());
                 std::process::exit(0)
             }
         }
@@ -92,12 +105,12 @@ impl Spawner {
 }
 
 /// The spawner's loop: one stub per request, until end of stream.
-fn serve(sock: OwnedFd) {
+fn serve(sock: OwnedFd, creds: Option<&Caller>) {
     let sock_fd = sock.as_raw_fd();
     let mut chan: Channel<SpawnReply, SpawnRequest> = Channel::new(sock);
     let helper = nix::unistd::getppid();
     while let Ok((SpawnRequest::Create { pid, fds: targets }, received)) = chan.recv() {
-        let reply = match create(pid, &targets, &received, sock_fd, helper) {
+        let reply = match create(pid, &targets, &received, sock_fd, helper, creds) {
             Ok(child) => SpawnReply::Created(child.as_raw()),
             Err(e) => SpawnReply::Failed(e as i32),
         };
@@ -114,6 +127,7 @@ fn create(
     received: &[OwnedFd],
     sock_fd: RawFd,
     helper: Pid,
+    creds: Option<&Caller>,
 ) -> Result<Pid, Errno> {
     if pid <= 0
         || targets.len() != received.len()
@@ -143,6 +157,11 @@ fn create(
         targets,
         sorted: &sorted,
         base,
+        creds: creds.map(|c| StubCreds {
+            uid: c.uid,
+            gid: c.gid,
+            groups: &c.groups,
+        }),
     };
     sys::clone_stub(Pid::from_raw(pid), &fds, helper)
 }

@@ -324,6 +324,89 @@ pub struct StubFds<'a> {
     pub sorted: &'a [RawFd],
     /// First number above every target and every descriptor open now.
     pub base: RawFd,
+    /// Setuid mode: the credentials the stub drops to before it waits.
+    pub creds: Option<StubCreds<'a>>,
+}
+
+/// The caller's credentials, for a stub to take (setuid mode).
+#[derive(Clone, Copy)]
+pub struct StubCreds<'a> {
+    /// Real uid of the caller.
+    pub uid: libc::uid_t,
+    /// Real gid of the caller.
+    pub gid: libc::gid_t,
+    /// Supplementary groups of the caller.
+    pub groups: &'a [libc::gid_t],
+}
+
+/// capget(2) header and data, `_LINUX_CAPABILITY_VERSION_3` (two data
+/// structs for 64 capability bits).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// In a new stub: become the caller (groups, then gid, then uid: after
+/// setresuid(2) to a non-zero uid the process cannot change its groups any
+/// more), become dumpable again (a credential change clears it; the caller
+/// could not trace a non-dumpable task), and prove that no capability is
+/// left. Raw calls only; dies on any failure.
+fn stub_drop_privilege(c: &StubCreds<'_>) {
+    // SAFETY: `groups` is valid for reads of `len` gid_t values.
+    if unsafe { libc::setgroups(c.groups.len(), c.groups.as_ptr()) } != 0 {
+        stub_die();
+    }
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setresgid(c.gid, c.gid, c.gid) } != 0 {
+        stub_die();
+    }
+    // SAFETY: integer arguments only.
+    if unsafe { libc::setresuid(c.uid, c.uid, c.uid) } != 0 {
+        stub_die();
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } != 0 {
+        stub_die();
+    }
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: `hdr` is a valid header and `data` holds the two structs that
+    // version 3 writes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if r != 0
+        || data
+            .iter()
+            .any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0)
+    {
+        stub_die();
+    }
+    // The ambient set is a subset of permitted, so it is empty too; the
+    // uids are checked once more as the kernel sees them.
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: the three pointers are valid for writes of one uid_t each.
+    if unsafe { libc::getresuid(&mut r, &mut e, &mut s) } != 0 || [r, e, s] != [c.uid; 3] {
+        stub_die();
+    }
 }
 
 /// clone3(2) with `CLONE_PARENT` and `set_tid = [pid]`: create a process with
@@ -390,6 +473,12 @@ fn stub_main(fds: &StubFds<'_>, helper: Pid) -> ! {
     }
     // SAFETY: as above.
     unsafe { libc::close_range(next, u32::MAX, 0) };
+    // Before anything the frontend chooses can run in this process: it must
+    // hold no privilege the caller lacks.
+    if let Some(c) = &fds.creds {
+        stub_drop_privilege(c);
+    }
+    // After the credential change, which clears the parent-death signal.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // SAFETY: getppid cannot fail.

@@ -3,10 +3,10 @@
 //! matters, the argument values it may take. Everything else kills the
 //! process (`SECCOMP_RET_KILL_PROCESS`, see seccomp(2)).
 //!
-//! The helper will install [`helper_policy`] at step 3 of its start-up order
+//! The helper installs [`helper_policy`] at step 4 of its start-up order
 //! (`privileged-helper/src/main.rs`), after forking its spawner (stubs must
-//! not inherit the filter) and before reading the first frame. It is not
-//! installed yet.
+//! not inherit the filter), connecting to syslog and dropping capabilities,
+//! and before reading the first frame.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -79,7 +79,7 @@ const PTRACE_REQUESTS: &[(u64, &str)] = &[
     (0x420f, "PTRACE_GET_RSEQ_CONFIGURATION"),
 ];
 
-/// What the helper's serve loop needs, and why. Start-up (before step 3)
+/// What the helper's serve loop needs, and why. Start-up (before step 4)
 /// is not covered: it runs before the filter is installed.
 pub const HELPER_SYSCALLS: &[Allowed] = &[
     // The channel.
@@ -135,7 +135,7 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
     any(
         libc::SYS_pidfd_send_signal,
         "pidfd_send_signal",
-        "SIGSTOP/SIGKILL/re-sent signal on release",
+        "SIGSTOP/SIGKILL/re-sent signal on release; signal 0 proves the pidfd's task is alive",
     ),
     Allowed {
         nr: libc::SYS_kill,
@@ -160,7 +160,7 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
     any(
         libc::SYS_openat,
         "openat",
-        "open /proc/PID/mem and /proc/PID/status",
+        "open /proc/PID/mem and /proc/PID/status (setuid-mode check)",
     ),
     any(libc::SYS_read, "read", "read /proc/PID/status"),
     any(
@@ -171,7 +171,7 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
     any(
         libc::SYS_statx,
         "statx",
-        "std's read_to_string sizes its buffer",
+        "std's read_to_string sizes its buffer; owner of /proc/PID (dumpable check)",
     ),
     any(libc::SYS_fstat, "fstat", "fallback of statx in std"),
     any(
@@ -233,6 +233,17 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
         "malloc returning memory (MADV_DONTNEED)",
     ),
     any(libc::SYS_futex, "futex", "std's stdio locks when contended"),
+    // Security log (the socket was connected before the filter).
+    any(
+        libc::SYS_sendto,
+        "sendto",
+        "send(2) of a syslog record on the datagram socket to /dev/log",
+    ),
+    any(
+        libc::SYS_clock_gettime,
+        "clock_gettime",
+        "syslog timestamp, when the vDSO falls back to the system call",
+    ),
     // Leaving.
     any(libc::SYS_exit_group, "exit_group", "process::exit"),
     any(libc::SYS_exit, "exit", "thread exit"),
