@@ -11,6 +11,7 @@
 
 use crate::ptrace::Fail;
 use crate::sys;
+use nix::errno::Errno;
 use nix::unistd::Pid;
 use shared_ipc::{CapSet, DenyReason, ErrorKind};
 use std::os::fd::OwnedFd;
@@ -116,7 +117,12 @@ pub fn check_task(pid: Pid, pidfd: &OwnedFd, caller: &Caller) -> Result<(), Fail
     let owner = std::fs::metadata(format!("/proc/{pid}"))
         .map_err(|_| gone)?
         .uid();
-    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(pidfd), 0).map_err(|_| gone)?;
+    // EPERM (a task of another user: we keep no CAP_KILL) still proves the
+    // task alive; only ESRCH says it is gone.
+    match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(pidfd), 0) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return Err(gone),
+    }
     let creds = parse_status(&status).ok_or(gone)?;
     judge(&creds, owner, caller).map_err(Fail::denied)
 }

@@ -1,0 +1,476 @@
+//! `criu-helper` installed setuid root and run by an unprivileged user
+//! (uid/gid 65534): the setuid-mode rules of SECURITY.md on real processes.
+//! The test binary must run as root (to install the copy and to start
+//! targets of other users); otherwise each test is skipped with a message.
+
+use shared_ipc::{
+    seqpacket_pair, CapSet, Channel, DenyReason, ErrorKind, IdField, ReleaseMode, Request,
+    Response, HELLO_MAGIC, PROTOCOL_VERSION,
+};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// CAP_NET_RAW is 13, CAP_SYS_PTRACE 19 (linux/capability.h).
+/// The unprivileged user the helper is run by.
+const USER: u32 = 65534;
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root (installs a setuid-root copy of criu-helper)");
+    false
+}
+
+/// A copy of the helper owned by root with mode 4755, in a directory
+/// everyone may enter.
+fn installed_helper() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("criu-helper-setuid")
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("criu-helper");
+        std::fs::copy(env!("CARGO_BIN_EXE_criu-helper"), &path).unwrap();
+        std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        path
+    })
+}
+
+struct Helper {
+    child: Child,
+    chan: Channel<Request, Response>,
+}
+
+impl Helper {
+    /// Start the installed helper as uid/gid 65534 with no supplementary
+    /// groups, the channel at descriptor 3, and say hello.
+    fn start() -> Helper {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(installed_helper());
+        // std calls setgroups(0) before setuid when root drops to a uid.
+        cmd.uid(USER).gid(USER);
+        // SAFETY: the closure only makes async-signal-safe calls (dup2,
+        // fcntl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if raw == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(theirs);
+        let mut h = Helper {
+            child,
+            chan: Channel::new(ours),
+        };
+        let r = h.call(Request::Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        });
+        assert_eq!(
+            r,
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                caller_uid: USER
+            }
+        );
+        h
+    }
+
+    fn call(&mut self, req: Request) -> Response {
+        self.call_fds(req, &[])
+    }
+
+    fn call_fds(&mut self, req: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Response {
+        self.chan.send(&req, fds).unwrap();
+        self.chan.recv().unwrap().0
+    }
+
+    fn syscall(&mut self, pid: i32, nr: u64, args: [u64; 6]) -> i64 {
+        match self.call(Request::Syscall { pid, nr, args }) {
+            Response::SyscallResult(r) => r,
+            r => panic!("syscall {nr}: {r:?}"),
+        }
+    }
+
+    fn finish(mut self) {
+        drop(self.chan);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "helper ended with {status:?}");
+    }
+}
+
+fn status_field(pid: i32, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+fn proc_state(pid: i32) -> Option<char> {
+    status_field(pid, "State:").and_then(|v| v.chars().next())
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A process that is killed when dropped.
+struct Target(Child);
+
+impl Target {
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Start `cmd` and wait until it sleeps with the status line `Uid:`
+    /// equal to `uid_line` (so its credential changes are done).
+    fn start(mut cmd: Command, uid_line: &str) -> Target {
+        let t = Target(cmd.spawn().unwrap());
+        let pid = t.pid();
+        assert!(
+            wait_for(|| proc_state(pid) == Some('S')
+                && status_field(pid, "Uid:").as_deref() == Some(uid_line)),
+            "target {pid} not ready: {:?}",
+            status_field(pid, "Uid:")
+        );
+        t
+    }
+
+    /// Still running, not stopped, not traced.
+    fn assert_untouched(&self) {
+        let pid = self.pid();
+        let st = proc_state(pid).unwrap();
+        assert!(st == 'S' || st == 'R', "target {pid} in state {st}");
+        assert_eq!(status_field(pid, "TracerPid:").as_deref(), Some("0"));
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleep_as(uid: Option<u32>) -> Target {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("100");
+    if let Some(u) = uid {
+        cmd.uid(u).gid(u);
+    }
+    let u = uid.unwrap_or(0);
+    Target::start(cmd, &format!("{u}\t{u}\t{u}\t{u}"))
+}
+
+fn assert_refused(target: &Target, want: DenyReason, words: &str) {
+    let mut h = Helper::start();
+    let pid = target.pid();
+    let r = h.call(Request::Seize { pid });
+    assert_eq!(r, Response::Denied { reason: want }, "pid {pid}");
+    assert_eq!(want.to_string(), words);
+    target.assert_untouched();
+    // Nothing was seized: any other request on it is NotTraced.
+    assert_eq!(
+        h.call(Request::GetRegs { pid }),
+        Response::Error {
+            kind: ErrorKind::NotTraced,
+            errno: 0
+        }
+    );
+    h.finish();
+    target.assert_untouched();
+}
+
+#[test]
+fn refuses_a_root_task() {
+    if !is_root() {
+        return;
+    }
+    let t = sleep_as(None);
+    let want = DenyReason::Uid {
+        which: IdField::Real,
+        target: 0,
+        caller: USER,
+    };
+    assert_refused(&t, want, "real uid 0 differs from yours (65534)");
+}
+
+#[test]
+fn refuses_another_users_task() {
+    if !is_root() {
+        return;
+    }
+    let t = sleep_as(Some(65533));
+    let want = DenyReason::Uid {
+        which: IdField::Real,
+        target: 65533,
+        caller: USER,
+    };
+    assert_refused(&t, want, "real uid 65533 differs from yours (65534)");
+}
+
+#[test]
+fn refuses_a_task_of_the_user_holding_a_capability() {
+    if !is_root() {
+        return;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+net_raw",
+        "--ambient-caps=+net_raw",
+        "sleep",
+        "100",
+    ]);
+    let t = Target::start(cmd, "65534\t65534\t65534\t65534");
+    assert_eq!(
+        status_field(t.pid(), "CapAmb:").as_deref(),
+        Some("0000000000002000")
+    );
+    let want = DenyReason::Caps {
+        set: CapSet::Inheritable,
+        mask: 1 << 13,
+    };
+    assert_refused(&t, want, "holds capabilities (inheritable set 0x2000)");
+}
+
+#[test]
+fn refuses_a_task_of_the_user_with_saved_uid_root() {
+    if !is_root() {
+        return;
+    }
+    // setresuid(65534, 65534, 0) without an exec (execve would set the
+    // saved uid to the effective one).
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([
+        "-c",
+        "import os, time\nos.setresgid(65534, 65534, 65534)\n\
+         os.setgroups([])\nos.setresuid(65534, 65534, 0)\ntime.sleep(100)",
+    ]);
+    let t = Target::start(cmd, "65534\t65534\t0\t65534");
+    let want = DenyReason::Uid {
+        which: IdField::Saved,
+        target: 0,
+        caller: USER,
+    };
+    assert_refused(&t, want, "saved uid 0 differs from yours (65534)");
+}
+
+/// A `syscall` instruction in the target's vdso.
+fn vdso_gadget(h: &mut Helper, pid: i32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
+    let (a, b) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let start = u64::from_str_radix(a, 16).unwrap();
+    let end = u64::from_str_radix(b, 16).unwrap();
+    let mut bytes = Vec::new();
+    let mut addr = start;
+    while addr < end {
+        let len = (end - addr).min(shared_ipc::MAX_MEM_IO as u64) as u32;
+        match h.call(Request::ReadMemory { pid, addr, len }) {
+            Response::Memory(m) => bytes.extend_from_slice(&m),
+            r => panic!("reading the vdso: {r:?}"),
+        }
+        addr += u64::from(len);
+    }
+    start + bytes.windows(2).position(|w| w == [0x0f, 0x05]).unwrap() as u64
+}
+
+#[test]
+fn seizes_the_users_own_task_and_runs_locked_down() {
+    if !is_root() {
+        return;
+    }
+    let t = sleep_as(Some(USER));
+    let pid = t.pid();
+    let mut h = Helper::start();
+    // The serving helper: setuid root, but only CAP_SYS_PTRACE, no new
+    // privileges, seccomp filter on.
+    let hp = h.child.id() as i32;
+    assert_eq!(
+        status_field(hp, "Uid:").as_deref(),
+        Some("65534\t0\t0\t65534")
+    );
+    let ptrace_only = format!("{:016x}", 1u64 << 19);
+    for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(status_field(hp, key), Some(ptrace_only.clone()), "{key}");
+    }
+    assert_eq!(
+        status_field(hp, "CapInh:").as_deref(),
+        Some("0000000000000000")
+    );
+    assert_eq!(status_field(hp, "NoNewPrivs:").as_deref(), Some("1"));
+    assert_eq!(status_field(hp, "Seccomp:").as_deref(), Some("2"));
+
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    assert_eq!(proc_state(pid), Some('t'));
+    let gadget = vdso_gadget(&mut h, pid);
+    assert_eq!(
+        h.call(Request::SetGadget { pid, addr: gadget }),
+        Response::Ok
+    );
+    assert_eq!(
+        h.syscall(pid, libc::SYS_getpid as u64, [0; 6]),
+        i64::from(pid)
+    );
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Resume
+        }),
+        Response::Ok
+    );
+    assert!(wait_for(|| proc_state(pid) == Some('S')));
+    t.assert_untouched();
+    h.finish();
+    t.assert_untouched();
+}
+
+#[test]
+fn a_task_that_execs_while_traced_is_let_go() {
+    if !is_root() {
+        return;
+    }
+    let mut t = sleep_as(Some(USER));
+    let pid = t.pid();
+    let mut h = Helper::start();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    let gadget = vdso_gadget(&mut h, pid);
+    assert_eq!(
+        h.call(Request::SetGadget { pid, addr: gadget }),
+        Response::Ok
+    );
+    // A page with "/bin/true\0" and argv = { path, NULL }.
+    let page = h.syscall(pid, libc::SYS_mmap as u64, [0, 4096, 3, 0x22, u64::MAX, 0]);
+    assert!(page > 0, "mmap: {page}");
+    let page = page as u64;
+    let mut data = b"/bin/true\0\0\0\0\0\0\0".to_vec();
+    data.extend_from_slice(&page.to_le_bytes());
+    data.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(
+        h.call(Request::WriteMemory {
+            pid,
+            addr: page,
+            data
+        }),
+        Response::Ok
+    );
+    let r = h.call(Request::Syscall {
+        pid,
+        nr: libc::SYS_execve as u64,
+        args: [page, page + 16, 0, 0, 0, 0],
+    });
+    assert_eq!(
+        r,
+        Response::Denied {
+            reason: DenyReason::Exec
+        }
+    );
+    assert_eq!(
+        h.call(Request::GetRegs { pid }),
+        Response::Error {
+            kind: ErrorKind::NotTraced,
+            errno: 0
+        }
+    );
+    // The new program ran untraced to its end.
+    let status = t.0.wait().unwrap();
+    assert!(status.success(), "/bin/true ended with {status:?}");
+    h.finish();
+}
+
+#[test]
+fn a_stub_has_the_callers_credentials_and_no_capability() {
+    if !is_root() {
+        return;
+    }
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = ((pid_max / 4 * 3 + 1000).max(1300)..pid_max)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let mut h = Helper::start();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let r = h.call_fds(Request::CreateStub { pid, fds: vec![0] }, &[null.as_fd()]);
+    assert!(matches!(r, Response::Stub { .. }), "{r:?}");
+    let ids = format!("{USER}\t{USER}\t{USER}\t{USER}");
+    assert_eq!(status_field(pid, "Uid:"), Some(ids.clone()));
+    assert_eq!(status_field(pid, "Gid:"), Some(ids));
+    assert_eq!(status_field(pid, "Groups:").as_deref(), Some(""));
+    for key in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(
+            status_field(pid, key).as_deref(),
+            Some("0000000000000000"),
+            "{key}"
+        );
+    }
+    // The frontend's calls run as the caller.
+    assert_eq!(
+        h.syscall(pid, libc::SYS_getuid as u64, [0; 6]),
+        i64::from(USER)
+    );
+    assert_eq!(
+        h.syscall(pid, libc::SYS_setuid as u64, [0; 6]),
+        -i64::from(libc::EPERM)
+    );
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Kill
+        }),
+        Response::Ok
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    h.finish();
+}
+
+#[test]
+fn the_helper_dies_with_its_caller_gone_leaving_targets_running() {
+    if !is_root() {
+        return;
+    }
+    // A seized target of the user is let go when the frontend disappears.
+    let t = sleep_as(Some(USER));
+    let pid = t.pid();
+    let mut h = Helper::start();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    drop(h.chan);
+    let status = h.child.wait().unwrap();
+    assert!(status.success() && status.signal().is_none(), "{status:?}");
+    t.assert_untouched();
+}
