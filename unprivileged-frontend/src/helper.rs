@@ -4,7 +4,7 @@
 //! the `CRIU_HELPER` environment variable says (checked first).
 
 use shared_ipc::{
-    Channel, ChannelError, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode, Request, Response,
+    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode, Request, Response,
     RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO, PROTOCOL_VERSION,
 };
 use std::os::fd::{AsFd, BorrowedFd};
@@ -39,6 +39,16 @@ pub enum HelperError {
         kind: ErrorKind,
         /// errno of the failing call, 0 if none.
         errno: i32,
+    },
+    /// The helper refused to act on a task (setuid mode: it is not the
+    /// caller's, holds capabilities, or exec'd while traced); the task was
+    /// left untouched.
+    #[error("pid {pid}: {reason}")]
+    Denied {
+        /// The task.
+        pid: Pid,
+        /// Why.
+        reason: DenyReason,
     },
     /// The helper answered with the wrong kind of response.
     #[error("criu-helper answered {got} to {op}")]
@@ -172,6 +182,10 @@ impl Helper {
                 pid,
                 kind,
                 errno,
+            }),
+            Response::Denied { reason } => Err(HelperError::Denied {
+                pid: pid.unwrap_or(0),
+                reason,
             }),
             r => Ok(r),
         }
