@@ -474,3 +474,106 @@ fn the_helper_dies_with_its_caller_gone_leaving_targets_running() {
     assert!(status.success() && status.signal().is_none(), "{status:?}");
     t.assert_untouched();
 }
+
+#[test]
+fn security_events_go_to_syslog_under_the_filter() {
+    if !is_root() {
+        return;
+    }
+    // Only where there is no syslog daemon: play it at /dev/log for the
+    // length of this test. This also proves that logging after the seccomp
+    // filter is installed does not kill the helper.
+    let dev_log = Path::new("/dev/log");
+    if dev_log.exists() {
+        eprintln!("skipped: /dev/log exists (a real syslog is running)");
+        return;
+    }
+    let sock = match std::os::unix::net::UnixDatagram::bind(dev_log) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skipped: cannot bind /dev/log: {e}");
+            return;
+        }
+    };
+    struct Unlink;
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file("/dev/log");
+        }
+    }
+    let _unlink = Unlink;
+    std::fs::set_permissions(dev_log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Read all the time: the queue holds 10 datagrams and other tests'
+    // helpers log here too; a full queue blocks the sender, as it would
+    // with syslog(3).
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(_) if stop.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    Err(_) => {}
+                }
+            }
+            got
+        })
+    };
+
+    let root_task = sleep_as(None);
+    let own = sleep_as(Some(USER));
+    let mut h = Helper::start();
+    let hp = h.child.id();
+    let r = h.call(Request::Seize {
+        pid: root_task.pid(),
+    });
+    assert!(matches!(r, Response::Denied { .. }), "{r:?}");
+    let pid = own.pid();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Resume
+        }),
+        Response::Ok
+    );
+    h.finish();
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lines: Vec<String> = reader
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.contains(&format!("criu-helper[{hp}]")))
+        .collect();
+    let has = |s: &str| lines.iter().any(|l| l.contains(s));
+    // <facility auth (4) * 8 + severity>
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("<38>") || l.starts_with("<36>")),
+        "{lines:?}"
+    );
+    assert!(
+        has(&format!(
+            "caller_uid={USER} op=seize pid={} refused: real uid 0 differs from yours ({USER})",
+            root_task.pid()
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        has(&format!("caller_uid={USER} op=seize pid={pid} ok")),
+        "{lines:?}"
+    );
+    assert!(
+        has(&format!("op=release pid={pid} ok target how=resume")),
+        "{lines:?}"
+    );
+    own.assert_untouched();
+    root_task.assert_untouched();
+}
