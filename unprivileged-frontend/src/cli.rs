@@ -21,6 +21,12 @@ pub enum Command {
     Dump(DumpArgs),
     /// Restore processes from image files.
     Restore(RestoreArgs),
+    /// Print the contents of a checkpoint or of one image file.
+    Show(ShowArgs),
+    /// Check that the kernel has what dump and restore need.
+    Check(CheckArgs),
+    /// Run one system call inside a running process.
+    Exec(ExecArgs),
 }
 
 /// Options every command takes.
@@ -41,14 +47,20 @@ pub struct Common {
     pub shell_job: bool,
 }
 
+/// The `-v` level from the option's value: default 2 (warnings), like
+/// upstream; `-v` alone is 3, `-vN` is N, `-vv..` counts.
+pub fn parse_level(v: Option<&str>) -> u8 {
+    match v {
+        None => 2,
+        Some(v) if !v.is_empty() && v.chars().all(|c| c == 'v') => (2 + v.len()).min(4) as u8,
+        Some(v) => v.parse::<u8>().map(|n| n.min(4)).unwrap_or(2),
+    }
+}
+
 impl Common {
     /// The `-v` level: default 2 (warnings), like upstream.
     pub fn level(&self) -> u8 {
-        match self.verbosity.as_deref() {
-            None => 2,
-            Some(v) if !v.is_empty() && v.chars().all(|c| c == 'v') => (2 + v.len()).min(4) as u8,
-            Some(v) => v.parse::<u8>().map(|n| n.min(4)).unwrap_or(2),
-        }
+        parse_level(self.verbosity.as_deref())
     }
 
     /// The log file path, resolved against the images directory.
@@ -94,6 +106,86 @@ pub struct RestoreArgs {
     pub common: Common,
 }
 
+/// Logging options of the commands that take no images directory.
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log file (relative paths are relative to the current directory).
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Verbosity: -v alone is 3 (info), -vN sets N (0..4), -vv.. counts.
+    #[arg(short = 'v', long = "verbosity", value_name = "N", num_args = 0..=1,
+          default_missing_value = "v", allow_hyphen_values = false)]
+    pub verbosity: Option<String>,
+}
+
+impl LogArgs {
+    /// The `-v` level.
+    pub fn level(&self) -> u8 {
+        parse_level(self.verbosity.as_deref())
+    }
+}
+
+/// `criu show`.
+#[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["images_dir", "file"])))]
+pub struct ShowArgs {
+    /// Show the whole checkpoint in this directory.
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+    pub images_dir: Option<PathBuf>,
+    /// Decode one image file (relative to -D when both are given).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Also dump the stored page contents (hex and printable).
+    #[arg(short = 'c', long = "contents")]
+    pub contents: bool,
+    /// With -c: most bytes of page contents shown per process (or file).
+    #[arg(long = "max-bytes", value_name = "N", default_value_t = 4096)]
+    pub max_bytes: u64,
+    /// Print JSON (the shape is documented in docs/SHOW.md).
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// `criu check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Skip features that mainstream kernels (5.15, the oldest supported)
+    /// lack.
+    #[arg(long = "ms")]
+    pub ms: bool,
+    /// Check only this feature (`--feature list` lists them).
+    #[arg(long = "feature", value_name = "NAME")]
+    pub feature: Option<String>,
+    /// Also check optional features (for things not every dump needs).
+    #[arg(long = "all")]
+    pub all: bool,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `criu exec`.
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// PID of the process to run the call in.
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pub pid: i32,
+    /// The system call: an x86-64 name (e.g. `getpid`) or a number.
+    #[arg(value_name = "SYSCALL")]
+    pub syscall: String,
+    /// Up to six arguments: numbers (decimal, 0x hex, negative) or `&STRING`
+    /// (copied into the process; its address is passed).
+    #[arg(
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        trailing_var_arg = true
+    )]
+    pub args: Vec<String>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +220,27 @@ mod tests {
         assert!(r.detach);
         assert_eq!(r.common.level(), 3);
         assert!(Cli::try_parse_from(["criu", "dump", "-t", "1", "-D", "x", "-s", "-R"]).is_err());
+    }
+
+    #[test]
+    fn show_check_exec_parse() {
+        let c = Cli::try_parse_from(["criu", "show", "-D", "d", "-c", "--json"]).unwrap();
+        let Command::Show(s) = c.command else {
+            panic!()
+        };
+        assert!(s.contents && s.json && s.max_bytes == 4096);
+        assert!(Cli::try_parse_from(["criu", "show"]).is_err());
+        let c = Cli::try_parse_from(["criu", "check", "--feature", "list", "--ms"]).unwrap();
+        let Command::Check(k) = c.command else {
+            panic!()
+        };
+        assert_eq!(k.feature.as_deref(), Some("list"));
+        assert!(k.ms && !k.all);
+        let c = Cli::try_parse_from(["criu", "exec", "-t", "7", "lseek", "3", "-1", "0"]).unwrap();
+        let Command::Exec(e) = c.command else {
+            panic!()
+        };
+        assert_eq!((e.pid, e.syscall.as_str()), (7, "lseek"));
+        assert_eq!(e.args, ["3", "-1", "0"]);
     }
 }

@@ -4,13 +4,16 @@
 //! Nothing here needs privilege; every ptrace or task-memory operation is a
 //! request to the helper (see `shared_ipc::Request`).
 
+pub mod check;
 pub mod cli;
 pub mod dump;
 pub mod error;
+pub mod exec;
 pub mod helper;
 pub mod images;
 pub mod log;
 pub mod proc;
 pub mod remote;
 pub mod restore;
+pub mod show;
 pub mod sys;

@@ -1,11 +1,19 @@
 //! `criu`: the unprivileged frontend binary.
 
 use clap::Parser;
-use criu_frontend::cli::{Cli, Command, Common};
+use criu_frontend::cli::{Cli, Command, Common, LogArgs};
 use std::process::ExitCode;
 
 fn open_log(c: &Common) -> Result<(), String> {
-    let file = match c.log_path() {
+    open_log_at(c.log_path(), c.level())
+}
+
+fn open_log_args(l: &LogArgs) -> Result<(), String> {
+    open_log_at(l.log_file.clone(), l.level())
+}
+
+fn open_log_at(path: Option<std::path::PathBuf>, level: u8) -> Result<(), String> {
+    let file = match path {
         Some(p) => Some(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -15,24 +23,29 @@ fn open_log(c: &Common) -> Result<(), String> {
         ),
         None => None,
     };
-    criu_frontend::log::init(c.level(), file);
+    criu_frontend::log::init(level, file);
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let common = match &cli.command {
-        Command::Dump(d) => &d.common,
-        Command::Restore(r) => &r.common,
+    let (opened, to_file) = match &cli.command {
+        Command::Dump(d) => (open_log(&d.common), d.common.log_file.is_some()),
+        Command::Restore(r) => (open_log(&r.common), r.common.log_file.is_some()),
+        Command::Show(_) => (open_log_at(None, 2), false),
+        Command::Check(c) => (open_log_args(&c.log), c.log.log_file.is_some()),
+        Command::Exec(x) => (open_log_args(&x.log), x.log.log_file.is_some()),
     };
-    if let Err(e) = open_log(common) {
+    if let Err(e) = opened {
         eprintln!("Error: {e}");
         return ExitCode::from(1);
     }
-    let to_file = common.log_file.is_some();
     let result = match &cli.command {
         Command::Dump(d) => criu_frontend::dump::run(d).map(|()| 0),
         Command::Restore(r) => criu_frontend::restore::run(r),
+        Command::Show(s) => criu_frontend::show::run(s),
+        Command::Check(c) => criu_frontend::check::run(c),
+        Command::Exec(x) => criu_frontend::exec::run(x),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -116,3 +116,136 @@ pub fn unmap_zero_page(addr: u64) {
         libc::munmap(addr as *mut libc::c_void, 4096);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Kernel feature probes for `criu check` (see check.rs).
+
+/// Turn a raw `-1`-on-error return into an `io::Result`.
+fn cvt(r: libc::c_long) -> std::io::Result<libc::c_long> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Take ownership of a descriptor a system call just returned.
+fn owned(fd: libc::c_long) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by the kernel as a new descriptor that
+    // nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Fork a child for `criu check` to probe: it sets `*word` to `value` (so
+/// that page is present and private in the child), asks to be killed when
+/// we die, and then sleeps in `pause(2)` until killed. Returns its pid.
+///
+/// Errors: the errno of fork.
+pub fn fork_probe_child(
+    word: &'static std::sync::atomic::AtomicU64,
+    value: u64,
+) -> std::io::Result<i32> {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the child only calls async-signal-safe functions (an atomic
+    // store, prctl, getppid, pause, _exit) and never returns from here.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            word.store(value, std::sync::atomic::Ordering::SeqCst);
+            // SAFETY: integer-only prctl and plain system calls, as above.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if libc::getppid() != parent {
+                    libc::_exit(0);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// `pidfd_open(2)`.
+///
+/// Errors: its errno.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(owned)
+}
+
+/// `pidfd_getfd(2)`: a duplicate of descriptor `fd` of the process `pidfd`
+/// refers to.
+///
+/// Errors: its errno.
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) }).map(owned)
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)`: the size of `struct
+/// prctl_mm_map` the kernel expects (see prctl(2)).
+///
+/// Errors: its errno (EINVAL without CONFIG_CHECKPOINT_RESTORE).
+pub fn prctl_mm_map_size() -> std::io::Result<u32> {
+    const PR_SET_MM_MAP_SIZE: libc::c_ulong = 15;
+    let mut size: libc::c_uint = 0;
+    // SAFETY: the kernel writes one unsigned int to `size`.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            PR_SET_MM_MAP_SIZE,
+            &mut size as *mut libc::c_uint,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    cvt(r as libc::c_long).map(|_| size)
+}
+
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET)`
+/// (Linux 6.15+): whether the calling process is in timer-ID restore mode.
+///
+/// Errors: its errno (EINVAL on older kernels).
+pub fn timer_restore_ids_get() -> std::io::Result<i32> {
+    const PR_TIMER_CREATE_RESTORE_IDS: libc::c_int = 77;
+    const GET: libc::c_ulong = 2;
+    // SAFETY: integer arguments only.
+    let r = unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, GET, 0, 0, 0) };
+    cvt(r as libc::c_long).map(|v| v as i32)
+}
+
+/// `userfaultfd(2)` with `UFFD_USER_MODE_ONLY` (so an unprivileged caller
+/// may use it where `vm.unprivileged_userfaultfd` is 0).
+///
+/// Errors: its errno.
+pub fn userfaultfd() -> std::io::Result<OwnedFd> {
+    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+    // SAFETY: integer argument only.
+    cvt(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }).map(owned)
+}
+
+/// `seccomp(SECCOMP_GET_ACTION_AVAIL)` for `SECCOMP_RET_KILL_PROCESS`:
+/// whether seccomp filters (and the action the helper's filter uses) work.
+///
+/// Errors: its errno.
+pub fn seccomp_kill_process_available() -> std::io::Result<()> {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    let action: u32 = SECCOMP_RET_KILL_PROCESS;
+    // SAFETY: the kernel reads one u32 from `action`.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    })
+    .map(|_| ())
+}

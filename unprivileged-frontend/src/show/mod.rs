@@ -1,0 +1,781 @@
+//! `criu show`: print a checkpoint (`-D DIR`) or one image file (`-f FILE`)
+//! for people, or as JSON for scripts (`--json`, shape in docs/SHOW.md).
+//!
+//! Every file goes through the same checked readers as restore
+//! ([`crate::images::format`]), so a truncated, corrupt or foreign file is
+//! an error naming the file and the byte offset, never a panic. Show does
+//! not apply restore's cross-file rules: it prints what is there.
+
+#![forbid(unsafe_code)]
+
+pub mod view;
+
+use crate::cli::ShowArgs;
+use crate::error::{Error, Result};
+use crate::images::format::{decode_image, HEADER_LEN};
+use crate::images::types::{
+    CoreEntry, FdEntry, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord, PstreeEntry,
+};
+use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use view::{Checkpoint, Contents, HexLine, ProcessImages};
+
+/// Run `criu show`.
+///
+/// Errors: an unreadable, truncated, corrupt or foreign image, naming it.
+pub fn run(a: &ShowArgs) -> Result<u8> {
+    let out = match (&a.file, &a.images_dir) {
+        (Some(f), dir) => {
+            let path = match dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f.clone(),
+            };
+            show_file(&path, a)?
+        }
+        (None, Some(d)) => show_dir(d, a)?,
+        (None, None) => {
+            return Err(Error::Refused(
+                "criu show needs -D DIR or -f FILE".to_string(),
+            ))
+        }
+    };
+    print!("{out}");
+    Ok(0)
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    // Our view types are plain data: serialising them cannot fail.
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+// ---------------------------------------------------------------------------
+// The whole checkpoint
+
+/// Read the pagemap of a process: head's total and the runs.
+fn read_pagemap(path: &Path) -> Result<(String, u64, Vec<PagemapEntry>)> {
+    let recs: Vec<PagemapRecord> = read_image(path, Kind::Pagemap)?;
+    let mut it = recs.into_iter();
+    let Some(PagemapRecord::Head(head)) = it.next() else {
+        return Err(ImageError::invalid(path, "the first record is not the pagemap head").into());
+    };
+    let mut runs = Vec::new();
+    for r in it {
+        match r {
+            PagemapRecord::Run(e) => runs.push(e),
+            PagemapRecord::Head(_) => {
+                return Err(ImageError::invalid(path, "a second pagemap head").into())
+            }
+        }
+    }
+    Ok((head.pages_file, head.total_bytes, runs))
+}
+
+/// Read every image of a checkpoint into views.
+///
+/// Errors: the first image that cannot be read, naming it.
+pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
+    let d = ImageDir::new(dir);
+    let inv: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
+    let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
+    let mut processes = Vec::new();
+    for t in tree {
+        let pid = t.pid;
+        let (pages_file, pages_bytes, runs) = read_pagemap(&d.pagemap(pid))?;
+        let p = ProcessImages {
+            core: read_single::<CoreEntry>(&d.core(pid), Kind::Core)?,
+            mm: read_single::<MmEntry>(&d.mm(pid), Kind::Mm)?,
+            fs: read_single::<FsEntry>(&d.fs(pid), Kind::Fs)?,
+            files: read_image::<FdEntry>(&d.files(pid), Kind::Files)?,
+            tree: t,
+            pages_bytes,
+            runs,
+        };
+        let mut v = view::process(&p);
+        if let Some(max) = contents {
+            let name = Path::new(&pages_file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.is_empty() || name != pages_file {
+                return Err(ImageError::invalid(
+                    &d.pagemap(pid),
+                    format!("pages file name {pages_file:?} is not a plain file name"),
+                )
+                .into());
+            }
+            v.contents = Some(hexdump_pages(&d.file(&name), &p.runs, max)?);
+        }
+        processes.push(v);
+    }
+    Ok(Checkpoint {
+        show_format: view::SHOW_FORMAT,
+        dir: dir.display().to_string(),
+        inventory: view::inventory(&inv),
+        processes,
+    })
+}
+
+fn show_dir(dir: &Path, a: &ShowArgs) -> Result<String> {
+    let c = load(dir, a.contents.then_some(a.max_bytes))?;
+    if a.json {
+        return Ok(to_json(&c));
+    }
+    Ok(render(&c))
+}
+
+fn yes(b: bool, s: &str) -> &str {
+    if b {
+        s
+    } else {
+        ""
+    }
+}
+
+/// The human-readable overview.
+pub fn render(c: &Checkpoint) -> String {
+    let mut o = String::new();
+    let i = &c.inventory;
+    let _ = writeln!(o, "Checkpoint {}", c.dir);
+    let _ = writeln!(
+        o,
+        "  format {}, written by criu {} on Linux {} ({}), root pid {}, dumped at {} (unix time){}",
+        i.format_version,
+        i.tool_version,
+        i.kernel,
+        i.arch,
+        i.root_pid,
+        i.dumped_at,
+        if i.options.is_empty() {
+            String::new()
+        } else {
+            format!(", options: {}", i.options.join(" "))
+        }
+    );
+    let _ = writeln!(o, "\nProcess tree:");
+    let _ = writeln!(
+        o,
+        "  {:>8} {:>8} {:>8} {:>8} {:>7}  {:<8} COMMAND",
+        "PID", "PPID", "PGID", "SID", "THREADS", "STATE"
+    );
+    for p in &c.processes {
+        let _ = writeln!(
+            o,
+            "  {:>8} {:>8} {:>8} {:>8} {:>7}  {:<8} {}",
+            p.pid,
+            p.ppid,
+            p.pgid,
+            p.sid,
+            p.threads.len(),
+            p.state,
+            p.comm
+        );
+    }
+    for p in &c.processes {
+        let _ = writeln!(o, "\n== pid {} ({}) ==", p.pid, p.comm);
+        let _ = writeln!(o, "  exe {}", p.exe);
+        let _ = writeln!(o, "  cwd {}  root {}  umask {}", p.cwd, p.root, p.umask);
+        let cr = &p.creds;
+        let _ = writeln!(
+            o,
+            "  uid {:?} gid {:?} groups {:?}\n  caps inh {} prm {} eff {} bnd {} amb {}  securebits {:#x}{}",
+            cr.uids,
+            cr.gids,
+            cr.groups,
+            cr.cap_inh,
+            cr.cap_prm,
+            cr.cap_eff,
+            cr.cap_bnd,
+            cr.cap_amb,
+            cr.securebits,
+            yes(cr.no_new_privs, "  no_new_privs")
+        );
+
+        let _ = writeln!(
+            o,
+            "\n  Memory ({} mappings, {} bytes stored):",
+            p.memory.len(),
+            p.pages_bytes
+        );
+        for v in &p.memory {
+            let what = match (&v.path, v.backing) {
+                (Some(path), _) => format!("{path} @{:#x}", v.offset),
+                (None, b) if v.name.is_empty() => b.to_string(),
+                (None, b) => format!("{b} {}", v.name),
+            };
+            let _ = writeln!(
+                o,
+                "    {:012x}-{:012x} {} {:>10}  {:<40} {}",
+                v.start,
+                v.end,
+                v.prot,
+                human(v.end - v.start),
+                what,
+                if v.bytes_stored > 0 {
+                    format!("stored {}", human(v.bytes_stored))
+                } else {
+                    String::new()
+                }
+            );
+        }
+
+        let _ = writeln!(o, "\n  Files:");
+        for f in &p.files {
+            let _ = writeln!(
+                o,
+                "    {:>4}  {:<9} {}{}{}{}",
+                f.fd,
+                f.kind,
+                f.target,
+                if f.flags.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", f.flags)
+                },
+                f.offset.map(|x| format!("  pos {x}")).unwrap_or_default(),
+                yes(f.cloexec, "  cloexec")
+            );
+        }
+
+        let s = &p.signals;
+        let _ = writeln!(o, "\n  Signals:");
+        let _ = writeln!(o, "    blocked: {}", sig_list(&s.blocked));
+        if !s.pending.is_empty() {
+            let names: Vec<String> = s
+                .pending
+                .iter()
+                .map(|x| format!("{}{}", x.name, if x.shared { " (shared)" } else { "" }))
+                .collect();
+            let _ = writeln!(o, "    pending: {}", names.join(", "));
+        }
+        for a in &s.actions {
+            let _ = writeln!(
+                o,
+                "    {:<12} handler {}  flags {}  mask {}",
+                a.name,
+                a.handler,
+                if a.flags.is_empty() {
+                    "-".to_string()
+                } else {
+                    a.flags.join("|")
+                },
+                sig_list(&a.mask)
+            );
+        }
+        if let Some(st) = &s.altstack {
+            let _ = writeln!(
+                o,
+                "    altstack {:#x} size {} flags {:#x}",
+                st.sp, st.size, st.flags
+            );
+        }
+
+        let t = &p.timers;
+        let _ = writeln!(o, "\n  Timers:");
+        if t.itimers.is_empty() && t.posix.is_empty() {
+            let _ = writeln!(o, "    none");
+        }
+        for it in &t.itimers {
+            let _ = writeln!(
+                o,
+                "    itimer {:<8} interval {} us, next in {} us",
+                it.which, it.interval_us, it.value_us
+            );
+        }
+        for pt in &t.posix {
+            let _ = writeln!(
+                o,
+                "    posix timer {} {} notify {} {}  interval {} ns, next in {} ns",
+                pt.id, pt.clock, pt.notify, pt.signal, pt.interval_ns, pt.value_ns
+            );
+        }
+
+        if let Some(c) = &p.contents {
+            let _ = writeln!(o, "\n  Pages:");
+            render_hex(&mut o, c);
+        }
+    }
+    o
+}
+
+fn sig_list(sigs: &[u32]) -> String {
+    if sigs.is_empty() {
+        return "none".into();
+    }
+    if sigs.len() >= 62 {
+        return "all".into();
+    }
+    sigs.iter()
+        .map(|&s| view::signal_name(i64::from(s)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn human(n: u64) -> String {
+    if n >= 1 << 20 && n & ((1 << 20) - 1) == 0 {
+        format!("{}M", n >> 20)
+    } else if n >= 1 << 10 && n & ((1 << 10) - 1) == 0 {
+        format!("{}K", n >> 10)
+    } else {
+        n.to_string()
+    }
+}
+
+fn render_hex(o: &mut String, c: &Contents) {
+    for l in &c.lines {
+        let _ = writeln!(o, "    {:012x}  {:<47}  |{}|", l.addr, l.hex, l.ascii);
+    }
+    if c.truncated {
+        let _ = writeln!(o, "    ... (more stored; raise --max-bytes to see it)");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Page contents
+
+fn hex_line(addr: u64, bytes: &[u8]) -> HexLine {
+    HexLine {
+        addr,
+        hex: bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ascii: bytes
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Hex-dump up to `max` bytes of a pages file; each line gets the virtual
+/// address the pagemap gives it.
+///
+/// Errors: the pages file cannot be read or is shorter than the runs.
+pub fn hexdump_pages(pages: &Path, runs: &[PagemapEntry], max: u64) -> Result<Contents> {
+    let mut f = File::open(pages).map_err(|source| ImageError::Io {
+        path: pages.to_path_buf(),
+        op: "open",
+        source,
+    })?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut lines = Vec::new();
+    let mut shown = 0u64;
+    let mut offset = 0u64;
+    let mut truncated = false;
+    for r in runs {
+        let len = r.nr_pages.saturating_mul(4096);
+        if shown >= max {
+            truncated = truncated || len > 0;
+            break;
+        }
+        let want = len.min(max - shown);
+        if offset.saturating_add(want) > size {
+            return Err(ImageError::Truncated {
+                path: pages.to_path_buf(),
+                offset: size,
+                what: "pages of the run at the pagemap's address",
+            }
+            .into());
+        }
+        let mut buf = vec![0u8; want as usize];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|source| ImageError::Io {
+                path: pages.to_path_buf(),
+                op: "read",
+                source,
+            })?;
+        for (i, chunk) in buf.chunks(16).enumerate() {
+            lines.push(hex_line(r.vaddr + 16 * i as u64, chunk));
+        }
+        shown += want;
+        truncated = truncated || want < len;
+        offset = offset.saturating_add(len);
+    }
+    Ok(Contents { lines, truncated })
+}
+
+/// Hex-dump up to `max` bytes of any file, addresses being file offsets.
+fn hexdump_raw(path: &Path, max: u64) -> Result<Contents> {
+    let f = File::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        op: "open",
+        source,
+    })?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    f.take(max)
+        .read_to_end(&mut buf)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+    let lines = buf
+        .chunks(16)
+        .enumerate()
+        .map(|(i, c)| hex_line(16 * i as u64, c))
+        .collect();
+    Ok(Contents {
+        lines,
+        truncated: size > buf.len() as u64,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// One file
+
+/// `criu show -f FILE --json`.
+#[derive(Serialize, Debug)]
+pub struct FileView {
+    /// Always [`view::SHOW_FORMAT`].
+    pub show_format: u32,
+    /// The file as given.
+    pub file: String,
+    /// `inventory`, `pstree`, `core`, `mm`, `fs`, `files`, `pagemap` or
+    /// `pages`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Format version from the header (null for raw pages).
+    pub format_version: Option<u32>,
+    /// Every record, field by field (as in images/types.rs; byte arrays as
+    /// hex text). Empty for raw pages.
+    pub records: Vec<serde_json::Value>,
+    /// With `-c` on a pages file: its contents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contents: Option<Contents>,
+}
+
+fn is_pages_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pages-") && n.ends_with(".img"))
+}
+
+fn records<T: Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: Kind,
+    data: &[u8],
+) -> Result<Vec<serde_json::Value>> {
+    let recs: Vec<T> = decode_image(path, kind, data)?;
+    Ok(recs
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+            bytes_to_hex(&mut v);
+            v
+        })
+        .collect())
+}
+
+/// Replace the raw byte arrays (XSAVE area, siginfo) by hex text.
+fn bytes_to_hex(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if matches!(k.as_str(), "xstate" | "siginfo") {
+                    if let Value::Array(a) = x {
+                        let hex: String = a
+                            .iter()
+                            .map(|b| format!("{:02x}", b.as_u64().unwrap_or(0)))
+                            .collect();
+                        *x = Value::String(hex);
+                        continue;
+                    }
+                }
+                bytes_to_hex(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(bytes_to_hex),
+        _ => {}
+    }
+}
+
+/// Decode one file into a [`FileView`].
+///
+/// Errors: unreadable, truncated, corrupt, or not an image.
+pub fn decode_file(path: &Path, contents: Option<u64>) -> Result<FileView> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            op: "open",
+            source,
+        })?;
+    let size = data.len() as u64;
+    let kind = data.get(..8).and_then(Kind::from_magic);
+    let Some(kind) = kind else {
+        if is_pages_name(path) {
+            return Ok(FileView {
+                show_format: view::SHOW_FORMAT,
+                file: path.display().to_string(),
+                kind: "pages".into(),
+                size,
+                format_version: None,
+                records: Vec::new(),
+                contents: match contents {
+                    Some(max) => Some(pages_contents(path, max)?),
+                    None => None,
+                },
+            });
+        }
+        if data.len() < 8 && b"CRIURS".starts_with(&data[..data.len().min(6)]) {
+            return Err(ImageError::Truncated {
+                path: path.to_path_buf(),
+                offset: size,
+                what: "file header",
+            }
+            .into());
+        }
+        return Err(ImageError::invalid(
+            path,
+            "not a criu image: unknown magic at offset 0 (and not a pages-*.img file)",
+        )
+        .into());
+    };
+    let records = match kind {
+        Kind::Inventory => records::<Inventory>(path, kind, &data)?,
+        Kind::Pstree => records::<PstreeEntry>(path, kind, &data)?,
+        Kind::Core => records::<CoreEntry>(path, kind, &data)?,
+        Kind::Mm => records::<MmEntry>(path, kind, &data)?,
+        Kind::Fs => records::<FsEntry>(path, kind, &data)?,
+        Kind::Files => records::<FdEntry>(path, kind, &data)?,
+        Kind::Pagemap => records::<PagemapRecord>(path, kind, &data)?,
+    };
+    let version = data
+        .get(8..HEADER_LEN)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    Ok(FileView {
+        show_format: view::SHOW_FORMAT,
+        file: path.display().to_string(),
+        kind: kind.name().into(),
+        size,
+        format_version: version,
+        records,
+        contents: None,
+    })
+}
+
+/// Contents of a pages file: with virtual addresses when the matching
+/// `pagemap-PID.img` lies beside it and reads cleanly, else file offsets.
+fn pages_contents(path: &Path, max: u64) -> Result<Contents> {
+    let pagemap: Option<PathBuf> = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("pages-"))
+        .map(|rest| path.with_file_name(format!("pagemap-{rest}")));
+    if let Some(pm) = pagemap.filter(|p| p.is_file()) {
+        if let Ok((_, _, runs)) = read_pagemap(&pm) {
+            return hexdump_pages(path, &runs, max);
+        }
+    }
+    hexdump_raw(path, max)
+}
+
+fn show_file(path: &Path, a: &ShowArgs) -> Result<String> {
+    let v = decode_file(path, a.contents.then_some(a.max_bytes))?;
+    if a.json {
+        return Ok(to_json(&v));
+    }
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{}: {} image, {} bytes{}",
+        v.file,
+        v.kind,
+        v.size,
+        v.format_version
+            .map(|x| format!(", format version {x}, {} record(s)", v.records.len()))
+            .unwrap_or_else(|| " of raw page data".to_string())
+    );
+    for (i, r) in v.records.iter().enumerate() {
+        let _ = writeln!(o, "record {i}:");
+        render_value(&mut o, r, "", 1);
+    }
+    if let Some(c) = &v.contents {
+        render_hex(&mut o, c);
+    }
+    Ok(o)
+}
+
+/// Keys whose integers are addresses or masks, printed in hex.
+fn hex_key(k: &str) -> bool {
+    const KEYS: &[&str] = &[
+        "start",
+        "end",
+        "vaddr",
+        "handler",
+        "restorer",
+        "mask",
+        "sigmask",
+        "sp",
+        "ptr",
+        "start_code",
+        "end_code",
+        "start_data",
+        "end_data",
+        "start_brk",
+        "brk",
+        "start_stack",
+        "arg_start",
+        "arg_end",
+        "env_start",
+        "env_end",
+        "clear_child_tid",
+        "robust_list",
+        "cap_inh",
+        "cap_prm",
+        "cap_eff",
+        "cap_bnd",
+        "cap_amb",
+        "flags",
+        "prot",
+        "pgoff",
+        "sigval",
+        "rip",
+        "rsp",
+        "rbp",
+        "fs_base",
+        "gs_base",
+        "auxv",
+    ];
+    KEYS.contains(&k)
+}
+
+fn scalar(v: &serde_json::Value, hex: bool) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if hex => n
+            .as_u64()
+            .map(|x| format!("{x:#x}"))
+            .unwrap_or_else(|| n.to_string()),
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// Print a JSON value as indented `key: value` lines.
+fn render_value(o: &mut String, v: &serde_json::Value, key: &str, depth: usize) {
+    use serde_json::Value;
+    let pad = "  ".repeat(depth);
+    let label = if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    };
+    let hex = hex_key(key);
+    match v {
+        Value::Object(m) if m.is_empty() => {
+            let _ = writeln!(o, "{pad}{label}{{}}");
+        }
+        Value::Object(m) => {
+            if !key.is_empty() {
+                let _ = writeln!(o, "{pad}{key}:");
+            }
+            let inner = if key.is_empty() { depth } else { depth + 1 };
+            for (k, x) in m {
+                render_value(o, x, k, inner);
+            }
+        }
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            let items: Vec<String> = a.iter().map(|x| scalar(x, hex)).collect();
+            let _ = writeln!(o, "{pad}{label}[{}]", items.join(", "));
+        }
+        Value::Array(a) => {
+            let _ = writeln!(o, "{pad}{label}{} item(s)", a.len());
+            for (i, x) in a.iter().enumerate() {
+                let _ = writeln!(o, "{pad}  - [{i}]");
+                render_value(o, x, "", depth + 2);
+            }
+        }
+        other => {
+            let _ = writeln!(o, "{pad}{label}{}", scalar(other, hex));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::write_image;
+
+    #[test]
+    fn hexdump_lines_get_virtual_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pages-1.img");
+        let mut data = vec![0u8; 8192];
+        data[0..5].copy_from_slice(b"hello");
+        data[4096] = 0xff;
+        std::fs::write(&p, &data).unwrap();
+        let runs = [
+            PagemapEntry {
+                vaddr: 0x10000,
+                nr_pages: 1,
+            },
+            PagemapEntry {
+                vaddr: 0x40000,
+                nr_pages: 1,
+            },
+        ];
+        let c = hexdump_pages(&p, &runs, 8192).unwrap();
+        assert_eq!(c.lines.len(), 512);
+        assert_eq!(c.lines[0].addr, 0x10000);
+        assert!(c.lines[0].ascii.starts_with("hello"));
+        assert_eq!(c.lines[256].addr, 0x40000);
+        assert!(c.lines[256].hex.starts_with("ff 00"));
+        assert!(!c.truncated);
+        let c = hexdump_pages(&p, &runs, 32).unwrap();
+        assert_eq!(c.lines.len(), 2);
+        assert!(c.truncated);
+        let short = [PagemapEntry {
+            vaddr: 0,
+            nr_pages: 3,
+        }];
+        let e = hexdump_pages(&p, &short, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("pages-1.img") && e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn files_are_recognised_by_magic_and_errors_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("whatever.img");
+        let fs = FsEntry {
+            cwd: "/".into(),
+            root: "/".into(),
+            umask: 0o22,
+        };
+        write_image(&p, Kind::Fs, &[&fs]).unwrap();
+        let v = decode_file(&p, None).unwrap();
+        assert_eq!(v.kind, "fs");
+        assert_eq!(v.records[0]["umask"], 18);
+        let data = std::fs::read(&p).unwrap();
+        for cut in [3, 10, data.len() - 1] {
+            std::fs::write(&p, &data[..cut]).unwrap();
+            let e = decode_file(&p, None).unwrap_err().to_string();
+            assert!(e.contains("whatever.img"), "{e}");
+            assert!(e.contains("offset"), "cut {cut}: {e}");
+        }
+        std::fs::write(&p, b"hello world, not an image").unwrap();
+        let e = decode_file(&p, None).unwrap_err().to_string();
+        assert!(e.contains("not a criu image"), "{e}");
+        std::fs::write(&p, b"").unwrap();
+        let e = decode_file(&p, None).unwrap_err().to_string();
+        assert!(e.contains("truncated at offset 0"), "{e}");
+    }
+}
