@@ -1,0 +1,323 @@
+//! `criu show` on images written by a real dump of `criu-workload`: the
+//! overview, `--json`, `-f` of every image kind, `-c` page contents, and
+//! clear errors (naming the file, non-zero exit, no panic) for corrupt,
+//! truncated and foreign files.
+
+use criu_tests::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Dumps a fresh workload with `-R` and returns (test, pid, images dir).
+fn dumped(name: &str) -> Option<(Test, i32, PathBuf)> {
+    let t = Test::new(name)?;
+    let w = t.start_workload();
+    t.dump(w.pid, &["-R"]);
+    let pid = w.pid;
+    kill_and_reap(pid);
+    let images = t.images();
+    Some((t, pid, images))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn no_panic(t: &Test, run: &CriuRun) {
+    if run.stderr.contains("panicked") || run.code() >= 100 {
+        t.fail(&format!("criu {} panicked or crashed", run.args.join(" ")));
+    }
+}
+
+#[test]
+fn show_overview_of_a_dump() {
+    let Some((t, pid, images)) = dumped("show_overview") else {
+        return;
+    };
+    let out = t.criu_ok(&["show", "-D", s(&images)]).stdout;
+    let devnull_42 = out
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("42") && l.contains("/dev/null"));
+    let checks = [
+        ("pid", out.contains(&pid.to_string())),
+        ("comm", out.contains("criu-workload")),
+        ("mapped.dat mapping", out.contains("mapped.dat")),
+        ("fd 42 on /dev/null", devnull_42),
+        (
+            "SIGUSR1 handler",
+            out.lines()
+                .any(|l| l.trim_start().starts_with("SIGUSR1") && l.contains("handler 0x")),
+        ),
+        ("POSIX timer", out.contains("posix timer")),
+        ("credentials", out.contains("uid [")),
+        (
+            "process tree header",
+            out.contains("PPID") && out.contains("SID"),
+        ),
+    ];
+    for (what, ok) in checks {
+        if !ok {
+            t.fail(&format!("criu show lacks the {what}:\n{out}"));
+        }
+    }
+    // Default signal actions are not listed.
+    if out.lines().any(|l| l.contains("handler 0x0 ")) {
+        t.fail(&format!("criu show lists default signal actions:\n{out}"));
+    }
+}
+
+#[test]
+fn show_json_has_the_documented_shape() {
+    let Some((t, pid, images)) = dumped("show_json") else {
+        return;
+    };
+    let out = t.criu_ok(&["show", "-D", s(&images), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| t.fail(&format!("show --json is not JSON: {e}\n{out}")));
+    let p = &v["processes"][0];
+    let fail = |what: &str| -> ! { t.fail(&format!("show --json: {what}:\n{out}")) };
+    if v["show_format"] != 1 || v["inventory"]["root_pid"] != pid {
+        fail("show_format / inventory.root_pid");
+    }
+    for key in [
+        "pid",
+        "ppid",
+        "pgid",
+        "sid",
+        "threads",
+        "state",
+        "comm",
+        "exe",
+        "cwd",
+        "root",
+        "umask",
+        "creds",
+        "memory",
+        "pages_bytes",
+        "files",
+        "signals",
+        "timers",
+    ] {
+        if p.get(key).is_none() {
+            fail(&format!("process lacks key {key:?}"));
+        }
+    }
+    if p["pid"] != pid || p["comm"] != "criu-workload" {
+        fail("pid / comm");
+    }
+    let vmas = p["memory"].as_array().cloned().unwrap_or_default();
+    let mapped = vmas.iter().find(|m| {
+        m["path"]
+            .as_str()
+            .is_some_and(|x| x.ends_with("/mapped.dat"))
+    });
+    match mapped {
+        Some(m) if m["bytes_stored"].as_u64().unwrap_or(0) > 0 && m["prot"] == "rw-p" => {}
+        _ => fail("no rw-p mapped.dat mapping with stored (dirty) pages"),
+    }
+    for m in &vmas {
+        for key in [
+            "start",
+            "end",
+            "prot",
+            "backing",
+            "path",
+            "offset",
+            "name",
+            "bytes_stored",
+        ] {
+            if m.get(key).is_none() {
+                fail(&format!("mapping lacks key {key:?}"));
+            }
+        }
+    }
+    let files = p["files"].as_array().cloned().unwrap_or_default();
+    if !files
+        .iter()
+        .any(|f| f["fd"] == 42 && f["target"] == "/dev/null" && f["kind"] == "device")
+    {
+        fail("no fd 42 device /dev/null");
+    }
+    let actions = p["signals"]["actions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !actions
+        .iter()
+        .any(|a| a["name"] == "SIGUSR1" && a["signo"] == 10)
+    {
+        fail("no SIGUSR1 action");
+    }
+    if actions.iter().any(|a| a["handler"] == "0x0") {
+        fail("default actions listed");
+    }
+    let posix = p["timers"]["posix"].as_array().cloned().unwrap_or_default();
+    if posix.len() != 1 || posix[0]["interval_ns"] != 100_000_000u64 {
+        fail("the workload's POSIX timer (100 ms) is missing");
+    }
+    if p.get("contents").is_some() {
+        fail("contents present without -c");
+    }
+
+    // -c adds contents, limited by --max-bytes.
+    let out = t
+        .criu_ok(&[
+            "show",
+            "-D",
+            s(&images),
+            "--json",
+            "-c",
+            "--max-bytes",
+            "256",
+        ])
+        .stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| fail(&e.to_string()));
+    let c = &v["processes"][0]["contents"];
+    let lines = c["lines"].as_array().cloned().unwrap_or_default();
+    if lines.len() != 16 || c["truncated"] != true {
+        fail("-c --max-bytes 256 should give 16 lines and truncated");
+    }
+    let first = lines[0]["addr"].as_u64().unwrap_or(0);
+    let in_a_vma = vmas.iter().any(|m| {
+        m["start"].as_u64().unwrap_or(u64::MAX) <= first && first < m["end"].as_u64().unwrap_or(0)
+    });
+    if !in_a_vma || lines[0]["hex"].as_str().map(|h| h.len()) != Some(47) {
+        fail("hex lines must carry a virtual address inside a mapping and 16 bytes");
+    }
+}
+
+#[test]
+fn show_file_decodes_every_image() {
+    let Some((t, pid, images)) = dumped("show_file") else {
+        return;
+    };
+    let core = images.join(format!("core-{pid}.img"));
+    let out = t.criu_ok(&["show", "-f", s(&core)]).stdout;
+    if !out.contains("core image") || !out.contains("criu-workload") || !out.contains("sigactions")
+    {
+        t.fail(&format!("show -f core: {out}"));
+    }
+    for e in fs::read_dir(&images).expect("images dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "img") {
+            let run = t.criu_ok(&["show", "-f", s(&p), "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&run.stdout)
+                .unwrap_or_else(|e| t.fail(&format!("show -f {} --json: {e}", p.display())));
+            if v["file"].as_str() != Some(s(&p)) || v["kind"].as_str().is_none() {
+                t.fail(&format!("show -f {} --json: {}", p.display(), run.stdout));
+            }
+        }
+    }
+    // A pages file: its size, and with -c its contents at virtual addresses.
+    let pages = images.join(format!("pages-{pid}.img"));
+    let size = fs::metadata(&pages).expect("pages file").len();
+    let out = t.criu_ok(&["show", "-f", s(&pages)]).stdout;
+    if !out.contains(&format!("{size} bytes")) {
+        t.fail(&format!("show -f pages should give its size {size}: {out}"));
+    }
+    let out = t
+        .criu_ok(&["show", "-f", s(&pages), "-c", "--max-bytes", "64"])
+        .stdout;
+    let hex: Vec<&str> = out.lines().filter(|l| l.contains('|')).collect();
+    if hex.len() != 4 || !out.contains("more stored") {
+        t.fail(&format!(
+            "show -f pages -c --max-bytes 64 should print 4 lines: {out}"
+        ));
+    }
+}
+
+#[test]
+fn show_refuses_damaged_and_foreign_files() {
+    let Some((t, pid, images)) = dumped("show_damaged") else {
+        return;
+    };
+    let bad = t.root().join("bad");
+    fs::create_dir(&bad).expect("mkdir");
+    for e in fs::read_dir(&images).expect("images dir") {
+        let p = e.expect("entry").path();
+        fs::copy(&p, bad.join(p.file_name().expect("name"))).expect("copy");
+    }
+    let core = bad.join(format!("core-{pid}.img"));
+    let mm = bad.join(format!("mm-{pid}.img"));
+    let original_core = fs::read(&core).expect("core");
+    let original_mm = fs::read(&mm).expect("mm");
+
+    // A flipped byte inside the first record's payload: checksum.
+    let mut d = original_core.clone();
+    d[40] ^= 0x55;
+    fs::write(&core, &d).expect("write");
+    let run = t.criu_err(
+        &["show", "-D", s(&bad)],
+        &[&format!("core-{pid}.img"), "offset"],
+    );
+    no_panic(&t, &run);
+    let run = t.criu_err(
+        &["show", "-f", s(&core)],
+        &[&format!("core-{pid}.img"), "checksum"],
+    );
+    no_panic(&t, &run);
+    fs::write(&core, &original_core).expect("write");
+
+    // Truncated in the middle of a record.
+    fs::write(&mm, &original_mm[..original_mm.len() / 2]).expect("write");
+    let run = t.criu_err(
+        &["show", "-D", s(&bad)],
+        &[&format!("mm-{pid}.img"), "truncated at offset"],
+    );
+    no_panic(&t, &run);
+    let run = t.criu_err(
+        &["show", "-f", s(&mm), "--json"],
+        &[&format!("mm-{pid}.img"), "truncated"],
+    );
+    no_panic(&t, &run);
+    // Truncated inside the header.
+    fs::write(&mm, &original_mm[..5]).expect("write");
+    let run = t.criu_err(&["show", "-f", s(&mm)], &["mm-", "truncated at offset 5"]);
+    no_panic(&t, &run);
+    fs::write(&mm, &original_mm).expect("write");
+
+    // A foreign file and a wrong version.
+    let foreign = bad.join("notes.txt");
+    fs::write(&foreign, "this is not an image at all\n").expect("write");
+    let run = t.criu_err(
+        &["show", "-f", s(&foreign)],
+        &["notes.txt", "not a criu image", "offset 0"],
+    );
+    no_panic(&t, &run);
+    let mut d = original_core.clone();
+    d[8] = 7;
+    fs::write(&core, &d).expect("write");
+    let run = t.criu_err(
+        &["show", "-f", s(&core)],
+        &[&format!("core-{pid}.img"), "version 7"],
+    );
+    no_panic(&t, &run);
+    fs::write(&core, &original_core).expect("write");
+
+    // A pages file shorter than the pagemap says.
+    let pages = bad.join(format!("pages-{pid}.img"));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .expect("open pages");
+    f.set_len(4096).expect("truncate pages");
+    let run = t.criu_err(
+        &["show", "-D", s(&bad), "-c", "--max-bytes", "100000000"],
+        &[&format!("pages-{pid}.img"), "truncated"],
+    );
+    no_panic(&t, &run);
+    // Missing images directory.
+    let run = t.criu_err(
+        &["show", "-D", s(&t.root().join("nope"))],
+        &["inventory.img"],
+    );
+    no_panic(&t, &run);
+
+    // The intact copy still shows fine.
+    f.set_len(
+        fs::metadata(images.join(format!("pages-{pid}.img")))
+            .expect("pages")
+            .len(),
+    )
+    .expect("restore length");
+    t.criu_ok(&["show", "-D", s(&bad)]);
+}
