@@ -4,8 +4,9 @@
 //! the `CRIU_HELPER` environment variable says (checked first).
 
 use shared_ipc::{
-    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode, Request, Response,
-    RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO, PROTOCOL_VERSION,
+    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode, Request,
+    Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO,
+    PROTOCOL_VERSION,
 };
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -41,8 +42,12 @@ pub enum HelperError {
         errno: i32,
     },
     /// The helper refused to act on a task (setuid mode: it is not the
-    /// caller's, holds capabilities, or exec'd while traced); the task was
-    /// left untouched.
+    /// caller's, holds capabilities or is not dumpable, or it exec'd while
+    /// traced). A task refused at `Seize` was never stopped; a task that
+    /// fails the check on a later request is no longer traced (a target is
+    /// detached as it is, a stub killed); a task that exec'd (`Exec`) was
+    /// let go running its new program. Either way the helper answers
+    /// `NotTraced` for it afterwards.
     #[error("pid {pid}: {reason}")]
     Denied {
         /// The task.
@@ -154,6 +159,16 @@ impl Helper {
                 version,
                 caller_uid,
             } if version == PROTOCOL_VERSION => {
+                // The helper's caller is this process: setuid mode is
+                // decided in the frontend from the same real uid (image
+                // credential check), so the two must agree.
+                let ours = nix::unistd::getuid().as_raw();
+                if caller_uid != ours {
+                    return Err(HelperError::Unexpected {
+                        op: "hello",
+                        got: format!("caller uid {caller_uid}, but criu runs as uid {ours}"),
+                    });
+                }
                 h.caller_uid = caller_uid;
                 crate::debug!("helper {} started, caller uid {caller_uid}", path.display());
                 Ok(h)

@@ -53,8 +53,16 @@ pub fn run(args: &DumpArgs) -> Result<()> {
         }
         Err(e) => {
             crate::warn!("dump failed, letting pid {pid} run on: {e}");
-            if let Err(e2) = h.release(pid, ReleaseMode::Resume) {
-                crate::error!("releasing pid {pid} after the failure also failed: {e2}");
+            match h.release(pid, ReleaseMode::Resume) {
+                // After a Denied the helper already let the task go.
+                Err(crate::helper::HelperError::Failed {
+                    kind: shared_ipc::ErrorKind::NotTraced | shared_ipc::ErrorKind::Gone,
+                    ..
+                }) if matches!(e, Error::Helper(crate::helper::HelperError::Denied { .. })) => {
+                    debug!("pid {pid} was already let go by the helper")
+                }
+                Err(e2) => crate::error!("releasing pid {pid} after the failure also failed: {e2}"),
+                Ok(()) => {}
             }
             h.finish();
             Err(e)

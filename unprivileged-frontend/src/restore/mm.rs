@@ -544,8 +544,22 @@ pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
 /// `PR_SET_MM_MAP`.
 ///
 /// Errors: opening the executable or the prctl failed.
+///
+/// In setuid mode (the helper's caller is not root) the stub runs with the
+/// caller's credentials and lacks `CAP_CHECKPOINT_RESTORE`, which the kernel
+/// requires to change the exe link: the map is set with `exe_fd = -1` and
+/// `/proc/PID/exe` keeps pointing at `criu-helper` (see SECURITY.md).
 pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
-    let exe_fd = open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    let set_exe = h.caller_uid == 0;
+    let exe_fd = if set_exe {
+        open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?
+    } else {
+        warn!(
+            "pid {}: setuid mode cannot set the exe link to {}; /proc/{}/exe still points at criu-helper",
+            r.pid, mm.exe, r.pid
+        );
+        -1
+    };
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
     let auxv_addr = r.put(h, 256, &auxv)?;
     let map = r.put(h, 0, &encode_mm_map(mm, auxv_addr, exe_fd))?;
@@ -562,9 +576,15 @@ pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
             0,
         ],
     );
-    close_in(h, r, exe_fd)?;
+    if set_exe {
+        close_in(h, r, exe_fd)?;
+    }
     res?;
-    info!("pid {}: mm fields, auxv and exe ({}) set", r.pid, mm.exe);
+    if set_exe {
+        info!("pid {}: mm fields, auxv and exe ({}) set", r.pid, mm.exe);
+    } else {
+        info!("pid {}: mm fields and auxv set (exe link unchanged)", r.pid);
+    }
     Ok(())
 }
 

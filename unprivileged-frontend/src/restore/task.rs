@@ -429,19 +429,39 @@ pub fn is_full_root(c: &Creds) -> bool {
         && c.cap_prm == c.cap_bnd
 }
 
+/// Give the stub the dumped credentials. Nothing is done when it already
+/// has them, which is always the case in setuid mode: the stub runs with the
+/// caller's credentials and `validate` refused any image asking for others.
 fn restore_creds(h: &mut Helper, r: &Remote, c: &Creds) -> Result<()> {
     let st = crate::proc::read_status(r.pid)?;
-    let same = st.uids == c.uids
+    let same_but_bounding = st.uids == c.uids
         && st.gids == c.gids
         && st.groups == c.groups
         && st.cap_inh == c.cap_inh
         && st.cap_prm == c.cap_prm
         && st.cap_eff == c.cap_eff
-        && st.cap_bnd == c.cap_bnd
         && st.cap_amb == c.cap_amb;
-    if same || (is_full_root(c) && c.groups == st.groups) {
+    let setuid_mode = h.caller_uid != 0;
+    if same_but_bounding && st.cap_bnd != c.cap_bnd && setuid_mode {
+        // Dropping from the bounding set needs CAP_SETPCAP, which the stub
+        // of an unprivileged caller lacks; the caller's own bounding set is
+        // what any program they start gets.
+        warn!(
+            "pid {}: cannot restore the bounding set {:#x} without privilege; it stays {:#x}",
+            r.pid, c.cap_bnd, st.cap_bnd
+        );
+        return Ok(());
+    }
+    if (same_but_bounding && st.cap_bnd == c.cap_bnd) || (is_full_root(c) && c.groups == st.groups)
+    {
         debug!("pid {}: credentials already as dumped", r.pid);
         return Ok(());
+    }
+    if setuid_mode {
+        return Err(Error::Refused(format!(
+            "pid {}: the image asks for uids {:?} gids {:?} groups {:?}; the stub has uids {:?} gids {:?} groups {:?} and cannot change them in setuid mode",
+            r.pid, c.uids, c.gids, c.groups, st.uids, st.gids, st.groups
+        )));
     }
     for cap in 0..64u64 {
         if st.cap_bnd & !c.cap_bnd & (1 << cap) != 0 {

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::images::format::FORMAT_VERSION;
 use crate::images::types::{
-    CoreEntry, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
+    CoreEntry, Creds, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
     PstreeEntry, Vma, VmaKind,
 };
 use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
@@ -72,6 +72,10 @@ pub fn load(dir: &Path) -> Result<Images> {
     let pid = pstree.pid;
     let core: CoreEntry = read_single(&d.core(pid), Kind::Core)?;
     check_core(&d.core(pid), &core, pid)?;
+    let caller = Caller::current();
+    if caller.uid != 0 {
+        check_creds_for(&d.core(pid), &core.creds, &caller)?;
+    }
     let mm: MmEntry = read_single(&d.mm(pid), Kind::Mm)?;
     check_mm(&d.mm(pid), &mm)?;
     let fs: FsEntry = read_single(&d.fs(pid), Kind::Fs)?;
@@ -258,6 +262,88 @@ pub fn check_core(path: &Path, c: &CoreEntry, pid: i32) -> Result<()> {
     }
     if c.comm.len() > 64 {
         return Err(invalid(path, "task name too long"));
+    }
+    Ok(())
+}
+
+/// Who runs this restore: criu's real uid and gid and its supplementary
+/// groups. A real uid other than 0 means setuid mode (the helper's
+/// `caller_uid` is the same number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Supplementary groups, sorted.
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    /// This process's real ids and groups (getuid(2), getgid(2), getgroups(2)).
+    pub fn current() -> Caller {
+        let mut groups: Vec<u32> = nix::unistd::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        Caller {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            groups,
+        }
+    }
+}
+
+/// Setuid mode: the image may only ask for credentials the caller has —
+/// every uid (real, effective, saved, fs) the caller's real uid, every gid
+/// the caller's real gid, the caller's supplementary groups, no capability
+/// in the inheritable, permitted, effective or ambient set, no securebits.
+/// The bounding set only limits and is not checked. Checked before anything
+/// is created.
+///
+/// Errors: [`Error::Refused`] naming the file and the first difference.
+pub fn check_creds_for(path: &Path, c: &Creds, caller: &Caller) -> Result<()> {
+    let refuse = |what: String| {
+        Err(Error::Refused(format!(
+            "{}: the image asks for {what}; criu-helper in setuid mode only restores your own credentials",
+            path.display()
+        )))
+    };
+    const WHICH: [&str; 4] = ["real", "effective", "saved", "filesystem"];
+    for (i, &u) in c.uids.iter().enumerate() {
+        if u != caller.uid {
+            return refuse(format!("uid {u} ({}), you are {}", WHICH[i], caller.uid));
+        }
+    }
+    for (i, &g) in c.gids.iter().enumerate() {
+        if g != caller.gid {
+            return refuse(format!("gid {g} ({}), yours is {}", WHICH[i], caller.gid));
+        }
+    }
+    let mut groups = c.groups.clone();
+    groups.sort_unstable();
+    groups.dedup();
+    if groups != caller.groups {
+        return refuse(format!(
+            "supplementary groups {:?}, yours are {:?}",
+            c.groups, caller.groups
+        ));
+    }
+    for (name, set) in [
+        ("inheritable", c.cap_inh),
+        ("permitted", c.cap_prm),
+        ("effective", c.cap_eff),
+        ("ambient", c.cap_amb),
+    ] {
+        if set != 0 {
+            return refuse(format!("{name} capabilities {set:#x}"));
+        }
+    }
+    if c.securebits != 0 {
+        return refuse(format!("securebits {:#x}", c.securebits));
     }
     Ok(())
 }
@@ -719,6 +805,59 @@ pub(crate) mod tests {
             flags: 0,
         };
         assert!(check_files(&p(), &[e(3, dev)]).is_err());
+    }
+
+    #[test]
+    fn creds_checks_in_setuid_mode() {
+        let me = Caller {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
+        let own = Creds {
+            uids: [65534; 4],
+            gids: [65534; 4],
+            cap_bnd: !0,
+            ..Default::default()
+        };
+        let path = PathBuf::from("/imgs/core-123.img");
+        check_creds_for(&path, &own, &me).unwrap();
+        let mut c = own.clone();
+        c.uids[1] = 0;
+        assert_eq!(
+            msg(check_creds_for(&path, &c, &me)),
+            "/imgs/core-123.img: the image asks for uid 0 (effective), you are 65534; criu-helper in setuid mode only restores your own credentials"
+        );
+        let mut c = own.clone();
+        c.uids[2] = 0;
+        assert!(msg(check_creds_for(&path, &c, &me)).contains("uid 0 (saved)"));
+        let mut c = own.clone();
+        c.gids[3] = 0;
+        assert!(msg(check_creds_for(&path, &c, &me)).contains("gid 0 (filesystem)"));
+        let mut c = own.clone();
+        c.groups = vec![0];
+        assert!(msg(check_creds_for(&path, &c, &me)).contains("supplementary groups [0]"));
+        for set in 0..4 {
+            let mut c = own.clone();
+            *[
+                &mut c.cap_inh,
+                &mut c.cap_prm,
+                &mut c.cap_eff,
+                &mut c.cap_amb,
+            ][set] = 1 << 13;
+            assert!(msg(check_creds_for(&path, &c, &me)).contains("capabilities 0x2000"));
+        }
+        let mut c = own.clone();
+        c.securebits = 1;
+        assert!(msg(check_creds_for(&path, &c, &me)).contains("securebits"));
+        // Groups compare as sets.
+        let me2 = Caller {
+            groups: vec![4, 27],
+            ..me
+        };
+        let mut c = own;
+        c.groups = vec![27, 4];
+        check_creds_for(&path, &c, &me2).unwrap();
     }
 
     #[test]
