@@ -205,10 +205,33 @@ fn wait_event_stop(pid: Pid) -> Result<(), Fail> {
 /// to `nr`/`args`, `rip` at the gadget, `orig_rax = -1` (no restart logic on
 /// resume), then `PTRACE_SYSCALL` to the entry and to the exit stop.
 ///
+/// For a target (a live task being dumped) every signal is blocked for the
+/// duration of the call, and afterwards — whatever happened — its seize-time
+/// signal mask and registers are put back, ready to resume. Between requests
+/// a target is therefore always in a state it can run from: if the helper
+/// dies, the kernel detaches it and it carries on unharmed.
+///
 /// On a signal-delivery-stop the task stays in it, the signal is kept for
 /// release and `UnexpectedStop` with the signal number is returned.
 pub fn inject_syscall(t: &mut Tracee, nr: u64, args: [u64; 6]) -> Result<i64, Fail> {
     let gadget = t.gadget.ok_or(Fail::bare(ErrorKind::BadGadget))?;
+    if t.kind == Kind::Target {
+        sys::set_sigmask(t.pid, !0).map_err(on(ErrorKind::Sigmask))?;
+    }
+    let result = run_at_gadget(t, gadget, nr, args);
+    if t.kind == Kind::Target && !result.as_ref().is_err_and(Fail::lost_task) {
+        let back = regs_from_wire(&restart_fixup(&regs_to_wire(&t.saved_regs), t.last_stop));
+        let put_back = sys::set_sigmask(t.pid, t.saved_sigmask)
+            .map_err(on(ErrorKind::Sigmask))
+            .and(ptrace::setregs(t.pid, back).map_err(on(ErrorKind::Regs)));
+        if let (Ok(_), Err(f)) = (&result, put_back) {
+            return Err(f);
+        }
+    }
+    result
+}
+
+fn run_at_gadget(t: &mut Tracee, gadget: u64, nr: u64, args: [u64; 6]) -> Result<i64, Fail> {
     let mut regs = ptrace::getregs(t.pid).map_err(on(ErrorKind::Regs))?;
     regs.rip = gadget;
     regs.rax = nr;

@@ -215,8 +215,11 @@ pub enum Request {
     },
     /// Run one system call in the task: registers are set to `nr` and `args`
     /// with the instruction pointer at the gadget, and the task runs to the
-    /// syscall-exit stop (`PTRACE_SYSCALL`). No signal is generated. The
-    /// registers are left as the call left them; the frontend restores them.
+    /// syscall-exit stop (`PTRACE_SYSCALL`). No signal is generated. For a
+    /// seized target all signals are blocked during the call and afterwards
+    /// its seize-time registers and mask are put back, so it can always run
+    /// on if the helper dies; a stub's registers are left as the call left
+    /// them (the frontend sets the final ones).
     Syscall {
         /// Traced task.
         pid: Pid,

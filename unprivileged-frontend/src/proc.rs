@@ -144,6 +144,8 @@ pub struct Status {
     pub no_new_privs: bool,
     /// Seccomp mode (0 none, 1 strict, 2 filter).
     pub seccomp: u32,
+    /// A kernel thread (`Kthread: 1`, Linux 6.x).
+    pub kthread: bool,
 }
 
 /// Parse `/proc/PID/status`.
@@ -184,6 +186,7 @@ pub fn parse_status(text: &str) -> std::result::Result<Status, String> {
             "CapAmb" => s.cap_amb = hex(val)?,
             "NoNewPrivs" => s.no_new_privs = val == "1",
             "Seccomp" => s.seccomp = val.parse().map_err(|e| format!("{key}: {e}"))?,
+            "Kthread" => s.kthread = val == "1",
             _ => {}
         }
     }

@@ -88,7 +88,12 @@ fn classify(
             });
         }
         let kind = link.split(':').next().unwrap_or(link);
-        return unsupported(format!("a {kind} descriptor"));
+        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        return unsupported(format!("{article} {kind} descriptor"));
     }
     if link.ends_with(" (deleted)") {
         return unsupported("an unlinked (deleted) file".into());
@@ -153,9 +158,9 @@ pub fn collect_fs(pid: i32, status: &Status) -> Result<FsEntry> {
     let cwd = proc::read_link(&proc::path(pid, "cwd"))?;
     let root = proc::read_link(&proc::path(pid, "root"))?;
     for (what, p) in [("working directory", &cwd), ("root directory", &root)] {
-        if p.ends_with(" (deleted)") {
+        if let Some(gone) = p.strip_suffix(" (deleted)") {
             return Err(Error::Unsupported(format!(
-                "pid {pid}: its {what} {p} was deleted"
+                "pid {pid}: its {what} {gone} was deleted"
             )));
         }
     }

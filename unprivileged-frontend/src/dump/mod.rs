@@ -52,7 +52,7 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            crate::warn!("dump failed, letting pid {pid} run on: {e}");
+            info!("dump failed, letting pid {pid} run on: {e}");
             match h.release(pid, ReleaseMode::Resume) {
                 // After a Denied the helper already let the task go.
                 Err(crate::helper::HelperError::Failed {
@@ -89,7 +89,21 @@ fn precheck(pid: i32) -> Result<()> {
     if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::Refused(format!("pid {pid} does not exist")));
     }
+    if pid as u32 == std::process::id() {
+        return Err(Error::Refused(format!("pid {pid} is criu itself")));
+    }
     let st = crate::proc::read_status(pid)?;
+    if st.kthread {
+        return Err(Error::Refused(format!(
+            "pid {pid} is a kernel thread; only user processes can be dumped"
+        )));
+    }
+    if st.tracer_pid != 0 {
+        return Err(Error::Refused(format!(
+            "pid {pid} is being traced by pid {} (another debugger, or a criu that is still finishing)",
+            st.tracer_pid
+        )));
+    }
     if st.threads > 1 {
         return Err(Error::Unsupported(format!(
             "pid {pid} has {} threads; multi-threaded processes are not supported yet",
@@ -109,12 +123,6 @@ fn precheck(pid: i32) -> Result<()> {
             )))
         }
         _ => {}
-    }
-    if st.tracer_pid != 0 {
-        return Err(Error::Refused(format!(
-            "pid {pid} is already traced by pid {}",
-            st.tracer_pid
-        )));
     }
     if st.seccomp != 0 {
         return Err(Error::Unsupported(format!(
@@ -143,10 +151,10 @@ fn dump_seized(h: &mut Helper, pid: i32, args: &DumpArgs, dir: &ImageDir) -> Res
     // The memory map is read before our scratch area exists in the task.
     let vmas = crate::proc::read_smaps(pid)?;
     let (regs, xstate) = h.get_regs(pid)?;
+    // The helper blocks every signal during each injected call and puts the
+    // task's registers and mask back after it, so no handler of the task
+    // runs in between and the task can always run on if we die.
     let sigmask = h.get_sigmask(pid)?;
-    // Block every signal while we run calls in the task, so no handler of
-    // the task runs in between; the helper puts the mask back on release.
-    h.set_sigmask(pid, !0)?;
 
     let gadget = find_gadget(h, pid, &vmas)?;
     debug!("pid {pid}: syscall gadget at {gadget:#x}");
