@@ -130,3 +130,47 @@ fn children_of_self() -> Vec<i32> {
     v.sort();
     v
 }
+
+/// Run by a user with the helper installed setuid root, check reports the
+/// install (path, owner, mode) and the caller's uid.
+#[test]
+fn check_reports_a_setuid_install() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(t) = Test::new("check_setuid") else {
+        return;
+    };
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("check_setuid: skipped: setpriv not installed");
+        return;
+    }
+    let dir = t.root().join("install");
+    std::fs::create_dir(&dir).expect("mkdir install");
+    for p in [t.root(), dir.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let helper = dir.join("criu-helper");
+    std::fs::copy(&bins().helper, &helper).expect("copy helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let env = format!("CRIU_HELPER={}", helper.display());
+    let wrapper = [
+        "env",
+        env.as_str(),
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let run = t.wait_criu(t.spawn_criu_wrapped(&wrapper, &["check"]), CRIU_TIMEOUT);
+    check_format(&t, &run);
+    let want = format!(
+        "setuid mode: helper {} (owner uid 0 gid 0, mode 4755, setuid root); caller uid 65534",
+        helper.display()
+    );
+    if !run.stdout.contains(&want) {
+        t.fail(&format!("no setuid report {want:?} in:\n{}", run.stdout));
+    }
+}

@@ -123,3 +123,77 @@ fn exec_refusals_leave_the_target_alone() {
     t.workload_check(&w, "after refused execs");
     kill_and_reap(w.pid);
 }
+
+/// With the helper installed setuid root, an ordinary user may exec in
+/// their own process and is refused (by the helper) for anyone else's; the
+/// refused target is left running and untraced.
+#[test]
+fn exec_as_a_user_with_a_setuid_helper() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(t) = Test::new("exec_setuid") else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("exec_setuid: skipped: setpriv not installed");
+        return;
+    }
+    // The user (nobody) must reach the test directory and the binaries.
+    let dir = t.root().join("install");
+    std::fs::create_dir(&dir).expect("mkdir install");
+    for p in [t.root(), dir.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let helper = dir.join("criu-helper");
+    std::fs::copy(&bins().helper, &helper).expect("copy helper");
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let env = format!("CRIU_HELPER={}", helper.display());
+    let as_nobody = [
+        "env",
+        env.as_str(),
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let run_as_nobody =
+        |args: &[&str]| t.wait_criu(t.spawn_criu_wrapped(&as_nobody, args), CRIU_TIMEOUT);
+
+    let mine = t
+        .spawn_target(Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "1000",
+        ]))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(5), || {
+        comm(mine).as_deref() == Some("sleep")
+    }) {
+        t.fail("the user's sleep did not start");
+    }
+    let run = run_as_nobody(&["exec", "-t", &mine.to_string(), "getpid"]);
+    if run.code() != 0 || run.stdout.trim() != mine.to_string() {
+        // A mount with nosuid makes the helper run unprivileged: say so.
+        t.fail(&format!(
+            "exec as the owner through the setuid helper should print {mine}: {}",
+            run.report()
+        ));
+    }
+    t.assert_running_untouched(mine, "after exec as its owner");
+
+    let roots = t.spawn_target(Command::new("sleep").arg("1000")).id() as i32;
+    if !wait_for(Duration::from_secs(5), || {
+        comm(roots).as_deref() == Some("sleep")
+    }) {
+        t.fail("root's sleep did not start");
+    }
+    let run = run_as_nobody(&["exec", "-t", &roots.to_string(), "getpid"]);
+    t.check_err(
+        &run,
+        &[&format!("pid {roots}"), "uid 0 differs from yours (65534)"],
+    );
+    t.assert_running_untouched(roots, "after the refused exec");
+    kill_and_reap(mine);
+    kill_and_reap(roots);
+}
