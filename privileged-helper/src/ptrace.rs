@@ -59,6 +59,30 @@ pub fn on(kind: ErrorKind) -> impl Fn(Errno) -> Fail {
 
 /// A `PTRACE_EVENT_STOP` (ptrace(2), "group-stop" and `PTRACE_INTERRUPT`).
 const PTRACE_EVENT_STOP: i32 = 128;
+/// `PTRACE_EVENT_FORK`, `_VFORK`, `_CLONE`: the tracee created a task
+/// (`PTRACE_O_TRACEFORK`, `_TRACEVFORK`, `_TRACECLONE`).
+const PTRACE_EVENT_FORK: i32 = 1;
+const PTRACE_EVENT_VFORK: i32 = 2;
+const PTRACE_EVENT_CLONE: i32 = 3;
+
+/// After a fork/clone event stop of `parent`: the new task's ID
+/// (`PTRACE_GETEVENTMSG`), once the task sits in its first stop. It is
+/// auto-attached with the parent's options and stops before running any
+/// instruction (`PTRACE_EVENT_STOP`, as the parent was seized).
+fn new_task_stop(parent: Pid) -> Result<Pid, Fail> {
+    let msg = ptrace::getevent(parent).map_err(on(ErrorKind::Clone))?;
+    let child = Pid::from_raw(
+        i32::try_from(msg)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or(Fail::bare(ErrorKind::Clone))?,
+    );
+    match wait(child, ErrorKind::Clone)? {
+        Stop::Event | Stop::Signal(libc::SIGSTOP) => Ok(child),
+        Stop::Exited(_) | Stop::Killed(_) => Err(Fail::bare(ErrorKind::Gone)),
+        _ => Err(Fail::bare(ErrorKind::UnexpectedStop)),
+    }
+}
 /// `PTRACE_EVENT_EXEC`: the task completed an execve(2)
 /// (`PTRACE_O_TRACEEXEC`).
 const PTRACE_EVENT_EXEC: i32 = 4;
@@ -154,6 +178,11 @@ pub struct Tracee {
     pub injected: u32,
     /// `WriteMemory` requests so far (for the security log).
     pub writes: u32,
+    /// Its thread group ID (its pid for a process, the leader's for a thread).
+    pub tgid: Pid,
+    /// Tasks the last injected call created (`clone3`, `fork`...), already
+    /// in their first stop; the server takes them over as stubs.
+    pub new_tasks: Vec<Pid>,
 }
 
 /// A traced task stopped at `PTRACE_EVENT_EXEC`: it runs a new program,
@@ -244,16 +273,29 @@ fn run_at_gadget(t: &mut Tracee, gadget: u64, nr: u64, args: [u64; 6]) -> Result
     regs.r9 = args[5];
     ptrace::setregs(t.pid, regs).map_err(on(ErrorKind::Regs))?;
     t.injected = t.injected.saturating_add(1);
-    for _ in 0..2 {
+    // Two syscall stops (entry, exit); a call that creates a task reports
+    // it with a `PTRACE_EVENT_CLONE/FORK/VFORK` stop in between.
+    let mut syscall_stops = 0;
+    let mut events = 0;
+    while syscall_stops < 2 {
         ptrace::syscall(t.pid, None).map_err(on(ErrorKind::Syscall))?;
         match wait(t.pid, ErrorKind::Syscall)? {
-            Stop::Syscall => {}
+            Stop::Syscall => syscall_stops += 1,
             Stop::Signal(sig) => {
                 t.last_stop = LastStop::Interrupt;
                 t.pending_signal = Some(sig);
                 return Err(Fail::new(ErrorKind::UnexpectedStop, sig));
             }
             Stop::Exec => return Err(let_go(t.pid)),
+            Stop::OtherEvent(ev)
+                if events < 16
+                    && [PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK, PTRACE_EVENT_CLONE]
+                        .contains(&ev) =>
+            {
+                events += 1;
+                let child = new_task_stop(t.pid)?;
+                t.new_tasks.push(child);
+            }
             Stop::Event | Stop::OtherEvent(_) => {
                 t.last_stop = LastStop::Interrupt;
                 return Err(Fail::bare(ErrorKind::UnexpectedStop));
@@ -330,9 +372,23 @@ pub fn release(t: &Tracee, how: ReleaseMode) -> Result<(), Fail> {
 
 /// `SIGKILL` through the pidfd, then wait until the task is dead (this
 /// consumes the tracer's notification and, for our children, reaps them so
-/// their PID is free again).
+/// their PID is free again). A thread group leader is reported only once
+/// its other threads are gone: the caller kills and waits for those first.
 pub fn kill_and_wait(t: &Tracee) -> Result<(), Fail> {
-    sys::pidfd_send_signal(t.pidfd.as_fd(), libc::SIGKILL).map_err(on(ErrorKind::Release))?;
+    send_kill(t)?;
+    wait_dead(t)
+}
+
+/// `SIGKILL` through the pidfd; a task already dying (`ESRCH`) is fine.
+pub fn send_kill(t: &Tracee) -> Result<(), Fail> {
+    match sys::pidfd_send_signal(t.pidfd.as_fd(), libc::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(on(ErrorKind::Release)(e)),
+    }
+}
+
+/// Wait until a killed task is dead.
+pub fn wait_dead(t: &Tracee) -> Result<(), Fail> {
     for _ in 0..64 {
         match wait(t.pid, ErrorKind::Wait)? {
             Stop::Exited(_) | Stop::Killed(_) => return Ok(()),

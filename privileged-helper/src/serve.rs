@@ -92,12 +92,20 @@ impl Server {
     /// Leave nothing behind: targets resumed as they were, stubs killed,
     /// the spawner told to exit.
     fn cleanup(&mut self) {
-        for (_, t) in std::mem::take(&mut self.tracees) {
+        let all: Vec<Tracee> = std::mem::take(&mut self.tracees).into_values().collect();
+        // Stubs: all are killed first, then waited for, threads before
+        // their leaders (a leader is reported only once its threads are).
+        for t in all.iter().filter(|t| t.kind == Kind::Stub) {
+            let _ = pt::send_kill(t);
+        }
+        let (threads, leaders): (Vec<&Tracee>, Vec<&Tracee>) =
+            all.iter().partition(|t| t.pid != t.tgid);
+        for t in threads.into_iter().chain(leaders) {
             let _ = match t.kind {
-                Kind::Target => pt::release(&t, ReleaseMode::Resume),
-                Kind::Stub => pt::kill_and_wait(&t),
+                Kind::Target => pt::release(t, ReleaseMode::Resume),
+                Kind::Stub => pt::wait_dead(t),
             };
-            self.log_release(&t, "cleanup");
+            self.log_release(t, "cleanup");
         }
         if let Some(s) = self.spawner.take() {
             s.shutdown();
@@ -158,6 +166,9 @@ impl Server {
             Request::Release { pid, how } => {
                 self.recheck(pid)?;
                 let t = self.tracees.remove(&pid).ok_or(not_traced())?;
+                if how == ReleaseMode::Kill && t.pid == t.tgid {
+                    self.kill_threads_of(&t);
+                }
                 let r = pt::release(&t, how);
                 if t.kind == Kind::Stub && how != ReleaseMode::Kill {
                     self.released_children.insert(pid);
@@ -175,6 +186,11 @@ impl Server {
                 self.recheck(pid)?;
                 let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
                 let r = on_tracee(t, other);
+                let born = std::mem::take(&mut t.new_tasks);
+                let gadget = t.gadget;
+                for child in born {
+                    self.adopt(child, gadget);
+                }
                 if let Err(f) = r {
                     if f.lost_task() {
                         self.tracees.remove(&pid);
@@ -237,11 +253,16 @@ impl Server {
         if self.forbidden.contains(&pid) {
             return Err(Fail::bare(ErrorKind::BadRequest));
         }
-        let pidfd = sys::pidfd_open(pid).map_err(on(ErrorKind::PidfdOpen))?;
-        check_task(pid, &pidfd, &self.caller)?;
-        if threads(pid)? != 1 {
+        // Any thread of a process may be seized, one request per thread.
+        let tgid = tgid_of(pid)?;
+        if self.forbidden.contains(&tgid) {
             return Err(Fail::bare(ErrorKind::BadRequest));
         }
+        let pidfd = task_pidfd(pid, tgid)?;
+        if tgid_of(pid)? != tgid {
+            return Err(Fail::bare(ErrorKind::Gone));
+        }
+        check_task(pid, &pidfd, &self.caller)?;
         pt::seize(
             pid,
             Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXEC,
@@ -275,6 +296,8 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
+            tgid,
+            new_tasks: Vec::new(),
         };
         self.tracees.insert(pid.as_raw(), t);
         self.log.done("seize", pid.as_raw(), format_args!("target"));
@@ -335,6 +358,8 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
+            tgid: pid,
+            new_tasks: Vec::new(),
         };
         self.tracees.insert(pid.as_raw(), t);
         self.log.done(
@@ -343,6 +368,66 @@ impl Server {
             format_args!("descriptors={}", targets.len()),
         );
         Ok(Response::Stub { gadget })
+    }
+
+    /// Take over a task created by an injected call in a stub (a thread or
+    /// a child process): it sits in its first stop, traced with the stub
+    /// options; it becomes a stub with its creator's gadget (same code, or
+    /// the same address space). One that cannot be set up is killed.
+    fn adopt(&mut self, pid: Pid, gadget: Option<u64>) {
+        let r = tgid_of(pid).and_then(|tgid| {
+            let pidfd = task_pidfd(pid, tgid)?;
+            check_task(pid, &pidfd, &self.caller)?;
+            let saved_regs = nixptrace::getregs(pid).map_err(on(ErrorKind::Regs))?;
+            let saved_sigmask = sys::get_sigmask(pid).map_err(on(ErrorKind::Sigmask))?;
+            Ok(Tracee {
+                pid,
+                pidfd,
+                mem: open_mem(pid)?,
+                kind: Kind::Stub,
+                saved_regs,
+                saved_sigmask,
+                gadget,
+                last_stop: LastStop::Interrupt,
+                pending_signal: None,
+                injected: 0,
+                writes: 0,
+                tgid,
+                new_tasks: Vec::new(),
+            })
+        });
+        match r {
+            Ok(t) => {
+                self.log
+                    .done("adopt", pid.as_raw(), format_args!("tgid={}", t.tgid));
+                self.tracees.insert(pid.as_raw(), t);
+            }
+            Err(f) => {
+                // Our tracee from its first instruction: nothing else of it
+                // has run; it must not run at all.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                self.log
+                    .refused("adopt", pid.as_raw(), format_args!("{}", f.kind));
+            }
+        }
+    }
+
+    /// Before a stub leader is killed: kill and wait for its other traced
+    /// threads, whose deaths the kernel reports before the leader's.
+    fn kill_threads_of(&mut self, leader: &Tracee) {
+        let tids: Vec<i32> = self
+            .tracees
+            .values()
+            .filter(|t| t.tgid == leader.pid && t.pid != leader.pid)
+            .map(|t| t.pid.as_raw())
+            .collect();
+        let _ = pt::send_kill(leader);
+        for tid in tids {
+            if let Some(t) = self.tracees.remove(&tid) {
+                let _ = pt::send_kill(&t).and_then(|()| pt::wait_dead(&t));
+                self.log_release(&t, "kill");
+            }
+        }
     }
 
     /// `Request::WaitExit`: waitpid(2) on a released stub (our child).
@@ -471,10 +556,7 @@ fn set_regs(pid: Pid, regs: &UserRegs) -> Result<(), Fail> {
 /// Seize a fresh stub and wait until it sits in pause(2), i.e. has finished
 /// placing its descriptors. Returns its registers there.
 fn seize_stub(pid: Pid) -> Result<libc::user_regs_struct, Fail> {
-    pt::seize(
-        pid,
-        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_EXITKILL | Options::PTRACE_O_TRACEEXEC,
-    )?;
+    pt::seize(pid, STUB_OPTIONS)?;
     // Up to ~5 s for a stub to reach pause(2); normally it is there at once.
     for _ in 0..5000 {
         let regs = nixptrace::getregs(pid).map_err(on(ErrorKind::Regs))?;
@@ -493,15 +575,42 @@ fn seize_stub(pid: Pid) -> Result<libc::user_regs_struct, Fail> {
     Err(Fail::new(ErrorKind::Clone, Errno::ETIMEDOUT as i32))
 }
 
-/// The `Threads:` count of /proc/PID/status (proc(5)).
-fn threads(pid: Pid) -> Result<u32, Fail> {
+/// Options for stubs: besides the seize options, a task a stub creates
+/// (an injected `clone3` for a thread or a child process) is traced from its
+/// first instruction, with these same options.
+const STUB_OPTIONS: Options = Options::PTRACE_O_TRACESYSGOOD
+    .union(Options::PTRACE_O_EXITKILL)
+    .union(Options::PTRACE_O_TRACEEXEC)
+    .union(Options::PTRACE_O_TRACECLONE)
+    .union(Options::PTRACE_O_TRACEFORK)
+    .union(Options::PTRACE_O_TRACEVFORK);
+
+/// The `Tgid:` of /proc/PID/status (proc(5)): the process a thread belongs
+/// to (the pid itself for a process).
+fn tgid_of(pid: Pid) -> Result<Pid, Fail> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| pages::io_fail(ErrorKind::Gone, &e))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
+        .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
+        .filter(|&v: &i32| v > 0)
+        .map(Pid::from_raw)
         .ok_or(Fail::bare(ErrorKind::Gone))
+}
+
+/// A pidfd for a task: the thread's own (`PIDFD_THREAD`, Linux 6.9+), or on
+/// older kernels its process's (signals then go to the process, which for
+/// `SIGKILL` and `SIGSTOP` is the same).
+fn task_pidfd(pid: Pid, tgid: Pid) -> Result<OwnedFd, Fail> {
+    if pid == tgid {
+        return sys::pidfd_open(pid).map_err(on(ErrorKind::PidfdOpen));
+    }
+    match sys::pidfd_open_thread(pid) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::EINVAL) => sys::pidfd_open(tgid).map_err(on(ErrorKind::PidfdOpen)),
+        Err(e) => Err(on(ErrorKind::PidfdOpen)(e)),
+    }
 }
 
 /// Open /proc/PID/mem read-write (proc(5)).

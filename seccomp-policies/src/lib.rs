@@ -77,6 +77,7 @@ const PTRACE_REQUESTS: &[(u64, &str)] = &[
     (0x420b, "PTRACE_SETSIGMASK"),
     (0x4209, "PTRACE_PEEKSIGINFO"),
     (0x420f, "PTRACE_GET_RSEQ_CONFIGURATION"),
+    (0x4201, "PTRACE_GETEVENTMSG"),
 ];
 
 /// What the helper's serve loop needs, and why. Start-up (before step 4)

@@ -25,7 +25,7 @@ const SCRATCH_LEN: u64 = 16 * 4096;
 
 /// Run `criu dump`.
 ///
-/// Errors: any failure; the task is then left running as it was.
+/// Errors: any failure; every task is then left running as it was.
 pub fn run(args: &DumpArgs) -> Result<()> {
     let pid = args.pid;
     let dir = ImageDir::new(&args.common.images_dir);
@@ -33,9 +33,10 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     precheck(pid)?;
 
     let mut h = Helper::spawn()?;
-    info!("seizing pid {pid}");
-    h.seize(pid)?;
-    let result = dump_seized(&mut h, pid, args, &dir);
+    info!("seizing the tree of pid {pid}");
+    let mut tree = Tree::default();
+    let result =
+        seize_tree(&mut h, pid, &mut tree).and_then(|()| dump_tree(&mut h, &tree, args, &dir));
     match result {
         Ok(()) => {
             let how = if args.leave_running {
@@ -45,29 +46,278 @@ pub fn run(args: &DumpArgs) -> Result<()> {
             } else {
                 ReleaseMode::Kill
             };
-            info!("images complete and synced; releasing pid {pid} ({how:?})");
-            h.release(pid, how)?;
+            info!("images complete and synced; releasing the tree of pid {pid} ({how:?})");
+            let mut first = Ok(());
+            for tid in tree.release_order() {
+                if let Err(e) = h.release(tid, how) {
+                    crate::error!("releasing {tid} failed: {e}");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
             h.finish();
+            first?;
             info!("dump finished");
             Ok(())
         }
         Err(e) => {
-            info!("dump failed, letting pid {pid} run on: {e}");
-            match h.release(pid, ReleaseMode::Resume) {
-                // After a Denied the helper already let the task go.
-                Err(crate::helper::HelperError::Failed {
-                    kind: shared_ipc::ErrorKind::NotTraced | shared_ipc::ErrorKind::Gone,
-                    ..
-                }) if matches!(e, Error::Helper(crate::helper::HelperError::Denied { .. })) => {
-                    debug!("pid {pid} was already let go by the helper")
+            info!("dump failed, letting the tree of pid {pid} run on: {e}");
+            for tid in tree.release_order() {
+                match h.release(tid, ReleaseMode::Resume) {
+                    // After a Denied the helper already let the task go.
+                    Err(crate::helper::HelperError::Failed {
+                        kind: shared_ipc::ErrorKind::NotTraced | shared_ipc::ErrorKind::Gone,
+                        ..
+                    }) if matches!(e, Error::Helper(crate::helper::HelperError::Denied { .. })) => {
+                        debug!("{tid} was already let go by the helper")
+                    }
+                    Err(e2) => {
+                        crate::error!("releasing {tid} after the failure also failed: {e2}")
+                    }
+                    Ok(()) => {}
                 }
-                Err(e2) => crate::error!("releasing pid {pid} after the failure also failed: {e2}"),
-                Ok(()) => {}
             }
             h.finish();
             Err(e)
         }
     }
+}
+
+/// One process of the dumped tree.
+#[derive(Debug, Default)]
+struct Proc {
+    pid: i32,
+    /// Seized threads, the leader first (empty for a zombie).
+    threads: Vec<i32>,
+    /// Raw wait status of a zombie.
+    zombie: Option<i32>,
+    /// Stopped (state `T`) before it was seized.
+    stopped: bool,
+}
+
+/// The seized tree, root first, parents before their children.
+#[derive(Debug, Default)]
+struct Tree {
+    procs: Vec<Proc>,
+}
+
+impl Tree {
+    fn has(&self, pid: i32) -> bool {
+        self.procs.iter().any(|p| p.pid == pid)
+    }
+
+    /// Every seized task, threads before their leader, children before
+    /// parents (a leader's end is reported only after its threads').
+    fn release_order(&self) -> Vec<i32> {
+        let mut v = Vec::new();
+        for p in self.procs.iter().rev() {
+            v.extend(p.threads.iter().skip(1).copied());
+            v.extend(p.threads.first().copied());
+        }
+        v
+    }
+}
+
+/// The numeric entries of a /proc directory listing.
+fn list_ids(path: &str) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// The raw wait status of a zombie: field 52 (`exit_code`) of
+/// /proc/PID/stat (proc(5)).
+fn zombie_status(pid: i32) -> Result<i32> {
+    let p = crate::proc::path(pid, "stat");
+    let text = crate::proc::read_text(&p)?;
+    let after = text.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    after
+        .split_whitespace()
+        .nth(49)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::parse(&p, "no exit_code field"))
+}
+
+/// Refusals for a process found in the tree, before it is seized.
+fn precheck_member(pid: i32, st: &crate::proc::Status) -> Result<()> {
+    if st.tracer_pid != 0 {
+        return Err(Error::Refused(format!(
+            "pid {pid} (in the tree) is being traced by pid {} (another debugger?); nothing was changed",
+            st.tracer_pid
+        )));
+    }
+    if st.seccomp != 0 {
+        return Err(Error::Unsupported(format!(
+            "pid {pid} (in the tree) runs under a seccomp filter; dumping those is not supported yet"
+        )));
+    }
+    Ok(())
+}
+
+/// Seize every thread of every process below and including `root`: walk
+/// /proc/PID/task and each thread's children, seize what is new, and walk
+/// again until nothing new appears (a seized task cannot clone or fork, so
+/// the set is then final). Zombies are recorded, not seized.
+fn seize_tree(h: &mut Helper, root: i32, tree: &mut Tree) -> Result<()> {
+    tree.procs.push(Proc {
+        pid: root,
+        ..Proc::default()
+    });
+    for round in 0.. {
+        if round > 1000 {
+            return Err(Error::Refused(format!(
+                "the tree of pid {root} keeps changing; giving up"
+            )));
+        }
+        let mut new = false;
+        let mut i = 0;
+        while i < tree.procs.len() {
+            let pid = tree.procs[i].pid;
+            if tree.procs[i].zombie.is_some() {
+                i += 1;
+                continue;
+            }
+            if tree.procs[i].threads.is_empty() {
+                let st = crate::proc::read_status(pid)?;
+                if i > 0 {
+                    precheck_member(pid, &st)?;
+                }
+                if matches!(st.state, 'Z' | 'X') {
+                    tree.procs[i].zombie = Some(zombie_status(pid)?);
+                    debug!("pid {pid} is a zombie");
+                    new = true;
+                    i += 1;
+                    continue;
+                }
+                tree.procs[i].stopped = st.state == 'T';
+            }
+            for tid in list_ids(&format!("/proc/{pid}/task")) {
+                if tree.procs[i].threads.contains(&tid) {
+                    continue;
+                }
+                match h.seize(tid) {
+                    Ok(()) => {}
+                    Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                debug!("seized {tid} of pid {pid}");
+                // The leader first.
+                if tid == pid {
+                    tree.procs[i].threads.insert(0, tid);
+                } else {
+                    tree.procs[i].threads.push(tid);
+                }
+                new = true;
+            }
+            let threads = tree.procs[i].threads.clone();
+            for tid in threads {
+                let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                    .unwrap_or_default();
+                for child in kids.split_whitespace().filter_map(|c| c.parse().ok()) {
+                    if !tree.has(child) {
+                        tree.procs.push(Proc {
+                            pid: child,
+                            ..Proc::default()
+                        });
+                        new = true;
+                    }
+                }
+            }
+            if tree.procs[i].threads.first() != Some(&pid) {
+                return Err(Error::Refused(format!(
+                    "pid {pid}: its thread group leader could not be seized (did it exit?)"
+                )));
+            }
+            i += 1;
+        }
+        if !new {
+            break;
+        }
+    }
+    info!(
+        "seized {} processes, {} threads",
+        tree.procs.len(),
+        tree.procs.iter().map(|p| p.threads.len()).sum::<usize>()
+    );
+    Ok(())
+}
+
+/// Pipes with both ends in the tree cannot be restored yet: refuse them.
+fn check_pipes(tree: &Tree) -> Result<()> {
+    let mut ends: Vec<(String, u32, i32, i32)> = Vec::new();
+    for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
+        for fd in list_ids(&format!("/proc/{}/fd", p.pid)) {
+            let Ok(link) = crate::proc::read_link(&crate::proc::path(p.pid, &format!("fd/{fd}")))
+            else {
+                continue;
+            };
+            if !link.starts_with("pipe:") {
+                continue;
+            }
+            let ipath = crate::proc::path(p.pid, &format!("fdinfo/{fd}"));
+            let info = crate::proc::parse_fdinfo(&crate::proc::read_text(&ipath)?)
+                .map_err(|d| Error::parse(&ipath, d))?;
+            let mode = info.flags & libc::O_ACCMODE as u32;
+            if let Some((_, _, opid, ofd)) = ends.iter().find(|e| e.0 == link && e.1 != mode) {
+                return Err(Error::Unsupported(format!(
+                    "pid {opid} fd {ofd} and pid {} fd {fd} are the two ends of {link}; pipes between processes of the tree are not supported yet",
+                    p.pid
+                )));
+            }
+            ends.push((link, mode, p.pid, fd));
+        }
+    }
+    Ok(())
+}
+
+/// Write the images of every process, then `pstree.img` and, last, the
+/// inventory.
+fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
+    check_pipes(tree)?;
+    let mut entries = Vec::new();
+    for p in &tree.procs {
+        let stat = crate::proc::read_stat(p.pid)?;
+        if p.zombie.is_none() {
+            dump_seized(h, p, &stat, args, dir)?;
+        }
+        entries.push(PstreeEntry {
+            pid: p.pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            threads: p.threads.clone(),
+            zombie: p.zombie,
+        });
+    }
+    write_image(&dir.pstree(), Kind::Pstree, &entries)?;
+    // The inventory is written last: a directory without it is incomplete.
+    let inv = Inventory {
+        format_version: crate::images::format::FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: crate::proc::kernel_release(),
+        arch: "x86_64".into(),
+        root_pid: tree.procs[0].pid,
+        page_size: 4096,
+        dumped_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        options: DumpOptions {
+            shell_job: args.common.shell_job,
+            leave_running: args.leave_running,
+            leave_stopped: args.leave_stopped,
+        },
+    };
+    write_image(&dir.inventory(), Kind::Inventory, &[&inv])?;
+    let d = std::fs::File::open(dir.path()).map_err(|e| Error::file(dir.path(), e))?;
+    d.sync_all().map_err(|e| Error::file(dir.path(), e))?;
+    Ok(())
 }
 
 fn check_images_dir(dir: &Path) -> Result<()> {
@@ -104,22 +354,10 @@ fn precheck(pid: i32) -> Result<()> {
             st.tracer_pid
         )));
     }
-    if st.threads > 1 {
-        return Err(Error::Unsupported(format!(
-            "pid {pid} has {} threads; multi-threaded processes are not supported yet",
-            st.threads
-        )));
-    }
     match st.state {
         'Z' | 'X' => {
             return Err(Error::Refused(format!(
                 "pid {pid} is a zombie; there is nothing to dump"
-            )))
-        }
-        'T' | 't' => {
-            return Err(Error::Unsupported(format!(
-                "pid {pid} is stopped (state {}); dumping stopped processes is not supported yet",
-                st.state
             )))
         }
         _ => {}
@@ -129,25 +367,18 @@ fn precheck(pid: i32) -> Result<()> {
             "pid {pid} runs under a seccomp filter; dumping those is not supported yet"
         )));
     }
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    if !children.trim().is_empty() {
-        return Err(Error::Unsupported(format!(
-            "pid {pid} has child processes ({}); process trees are not supported yet",
-            children.trim()
-        )));
-    }
     Ok(())
 }
 
-fn dump_seized(h: &mut Helper, pid: i32, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
-    let stat = crate::proc::read_stat(pid)?;
+fn dump_seized(
+    h: &mut Helper,
+    p: &Proc,
+    stat: &crate::proc::Stat,
+    args: &DumpArgs,
+    dir: &ImageDir,
+) -> Result<()> {
+    let pid = p.pid;
     let status = crate::proc::read_status(pid)?;
-    if status.threads > 1 {
-        return Err(Error::Unsupported(format!(
-            "pid {pid} started a thread while being frozen; multi-threaded processes are not supported yet"
-        )));
-    }
     // The memory map is read before our scratch area exists in the task.
     let vmas = crate::proc::read_smaps(pid)?;
     let (regs, xstate) = h.get_regs(pid)?;
@@ -159,6 +390,10 @@ fn dump_seized(h: &mut Helper, pid: i32, args: &DumpArgs, dir: &ImageDir) -> Res
     let gadget = find_gadget(h, pid, &vmas)?;
     debug!("pid {pid}: syscall gadget at {gadget:#x}");
     h.set_gadget(pid, gadget)?;
+    // Every thread runs its own calls at the same gadget (one address space).
+    for &tid in &p.threads[1..] {
+        h.set_gadget(tid, gadget)?;
+    }
     let mut remote = Remote::new(pid);
     let scratch = remote.call(
         h,
@@ -177,7 +412,7 @@ fn dump_seized(h: &mut Helper, pid: i32, args: &DumpArgs, dir: &ImageDir) -> Res
     remote.scratch_len = SCRATCH_LEN;
 
     let collected = collect_and_write(
-        h, &remote, &stat, &status, &vmas, regs, xstate, sigmask, args, dir,
+        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir,
     );
     // The scratch area goes away whatever happened.
     let unmapped = remote.call(
@@ -195,6 +430,7 @@ fn dump_seized(h: &mut Helper, pid: i32, args: &DumpArgs, dir: &ImageDir) -> Res
 fn collect_and_write(
     h: &mut Helper,
     remote: &Remote,
+    p: &Proc,
     stat: &crate::proc::Stat,
     status: &crate::proc::Status,
     vmas: &[crate::proc::SmapsVma],
@@ -206,7 +442,18 @@ fn collect_and_write(
 ) -> Result<()> {
     let pid = remote.pid;
     info!("collecting task state of pid {pid}");
-    let core = task::collect(h, remote, status, regs, xstate, sigmask)?;
+    let core = task::collect(h, remote, p.stopped, regs, xstate, sigmask)?;
+    let mut thread_cores = Vec::new();
+    for &tid in &p.threads[1..] {
+        // One thread at a time, sharing the process's scratch area.
+        let (tregs, txstate) = h.get_regs(tid)?;
+        let tmask = h.get_sigmask(tid)?;
+        let tr = Remote {
+            pid: tid,
+            ..*remote
+        };
+        thread_cores.push(task::collect_thread(h, &tr, pid, tregs, txstate, tmask)?);
+    }
     info!("collecting memory of pid {pid}");
     let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6])?;
     let mm = mm::collect(pid, stat, brk, vmas)?;
@@ -214,41 +461,15 @@ fn collect_and_write(
     let fds = files::collect(pid, args.common.shell_job)?;
     let fs = files::collect_fs(pid, status)?;
 
-    info!("writing images to {}", dir.path().display());
+    info!("writing images of pid {pid} to {}", dir.path().display());
     write_image(&dir.core(pid), Kind::Core, &[&core])?;
+    for c in &thread_cores {
+        write_image(&dir.core(c.tid), Kind::Core, &[c])?;
+    }
     write_image(&dir.fs(pid), Kind::Fs, &[&fs])?;
     write_image(&dir.files(pid), Kind::Files, &fds)?;
     let bytes = mm::write_pages(h, pid, &mm, dir)?;
     info!("pid {pid}: {bytes} bytes of memory written");
     write_image(&dir.mm(pid), Kind::Mm, &[&mm])?;
-    let pstree = PstreeEntry {
-        pid,
-        ppid: stat.ppid,
-        pgid: stat.pgrp,
-        sid: stat.session,
-        threads: vec![pid],
-    };
-    write_image(&dir.pstree(), Kind::Pstree, &[&pstree])?;
-    // The inventory is written last: a directory without it is incomplete.
-    let inv = Inventory {
-        format_version: crate::images::format::FORMAT_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: crate::proc::kernel_release(),
-        arch: "x86_64".into(),
-        root_pid: pid,
-        page_size: 4096,
-        dumped_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        options: DumpOptions {
-            shell_job: args.common.shell_job,
-            leave_running: args.leave_running,
-            leave_stopped: args.leave_stopped,
-        },
-    };
-    write_image(&dir.inventory(), Kind::Inventory, &[&inv])?;
-    let d = std::fs::File::open(dir.path()).map_err(|e| Error::file(dir.path(), e))?;
-    d.sync_all().map_err(|e| Error::file(dir.path(), e))?;
     Ok(())
 }

@@ -26,21 +26,132 @@ fn i32_at(b: &[u8], off: usize) -> i32 {
     i32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
 
-/// Collect the core record of a seized single-threaded task.
+/// Collect what belongs to one thread (`r.pid` is its tid, in process
+/// `tgid`): registers, mask, private pending signals, sigaltstack, rseq,
+/// robust list, `clear_child_tid`, parent-death signal, credentials, name.
+/// Injected calls run in that thread; process-wide fields stay empty.
+///
+/// Errors: helper failures, injected calls that fail, unreadable /proc files.
+pub fn collect_thread(
+    h: &mut Helper,
+    r: &Remote,
+    tgid: i32,
+    regs: UserRegs,
+    xstate: Vec<u8>,
+    sigmask: u64,
+) -> Result<CoreEntry> {
+    let tid = r.pid;
+    let tdir = |name: &str| proc::path(tgid, &format!("task/{tid}/{name}"));
+    let comm = proc::read_text(&tdir("comm"))?
+        .trim_end_matches('\n')
+        .to_string();
+    let spath = tdir("status");
+    let status =
+        proc::parse_status(&proc::read_text(&spath)?).map_err(|d| Error::parse(&spath, d))?;
+    r.call(
+        h,
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, r.scratch, 0, 0, 0, 0],
+    )?;
+    let b = r.get(h, 0, 24)?;
+    let sigaltstack = SigAltStack {
+        sp: u64_at(&b, 0),
+        flags: i32_at(&b, 8),
+        size: u64_at(&b, 16),
+    };
+    r.call(
+        h,
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [PR_GET_TID_ADDRESS, r.scratch, 0, 0, 0, 0],
+    )?;
+    let clear_child_tid = u64_at(&r.get(h, 0, 8)?, 0);
+    r.call(
+        h,
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_GET_PDEATHSIG as u64, r.scratch, 0, 0, 0, 0],
+    )?;
+    let pdeath_sig = i32_at(&r.get(h, 0, 4)?, 0);
+    let securebits = r.call(
+        h,
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )? as u32;
+    let ppath = tdir("personality");
+    let ptext = proc::read_text(&ppath)?;
+    let personality =
+        u32::from_str_radix(ptext.trim(), 16).map_err(|e| Error::parse(&ppath, e.to_string()))?;
+    let rc = h.get_rseq(tid)?;
+    let rseq = (rc.rseq_abi_pointer != 0).then_some(Rseq {
+        ptr: rc.rseq_abi_pointer,
+        len: rc.rseq_abi_size,
+        sig: rc.signature,
+    });
+    let robust_list = crate::sys::get_robust_list(tid)
+        .map_err(|e| Error::proc(format!("get_robust_list(tid {tid})"), e))?;
+    let pending = h
+        .peek_siginfo(tid, false)?
+        .into_iter()
+        .map(|siginfo| PendingSignal {
+            shared: false,
+            siginfo,
+        })
+        .collect();
+    Ok(CoreEntry {
+        tid,
+        comm,
+        regs,
+        xstate,
+        sigmask,
+        pending,
+        sigactions: Vec::new(),
+        itimers: [ITimer::default(); 3],
+        posix_timers: Vec::new(),
+        rlimits: Vec::new(),
+        personality,
+        rseq,
+        sigaltstack,
+        robust_list,
+        clear_child_tid,
+        pdeath_sig,
+        stopped: false,
+        creds: creds_of(&status, securebits),
+        child_subreaper: false,
+    })
+}
+
+fn creds_of(status: &Status, securebits: u32) -> Creds {
+    Creds {
+        uids: status.uids,
+        gids: status.gids,
+        groups: status.groups.clone(),
+        cap_inh: status.cap_inh,
+        cap_prm: status.cap_prm,
+        cap_eff: status.cap_eff,
+        cap_bnd: status.cap_bnd,
+        cap_amb: status.cap_amb,
+        securebits,
+        no_new_privs: status.no_new_privs,
+    }
+}
+
+/// Collect the core record of a seized process's leader: its thread part
+/// ([`collect_thread`]) plus everything process-wide.
 ///
 /// Errors: helper failures, injected calls that fail, unreadable /proc files.
 pub fn collect(
     h: &mut Helper,
     r: &Remote,
-    status: &Status,
+    stopped: bool,
     regs: UserRegs,
     xstate: Vec<u8>,
     sigmask: u64,
 ) -> Result<CoreEntry> {
     let pid = r.pid;
-    let comm = proc::read_text(&proc::path(pid, "comm"))?
-        .trim_end_matches('\n')
-        .to_string();
+    let mut core = collect_thread(h, r, pid, regs, xstate, sigmask)?;
 
     // Signal actions: rt_sigaction(sig, NULL, &old, 8) for each signal.
     let mut sigactions = Vec::new();
@@ -118,46 +229,6 @@ pub fn collect(
         });
     }
 
-    // Alternate signal stack: sigaltstack(NULL, &old) -> stack_t.
-    r.call(
-        h,
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, r.scratch, 0, 0, 0, 0],
-    )?;
-    let b = r.get(h, 0, 24)?;
-    let sigaltstack = SigAltStack {
-        sp: u64_at(&b, 0),
-        flags: i32_at(&b, 8),
-        size: u64_at(&b, 16),
-    };
-
-    r.call(
-        h,
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [PR_GET_TID_ADDRESS, r.scratch, 0, 0, 0, 0],
-    )?;
-    let clear_child_tid = u64_at(&r.get(h, 0, 8)?, 0);
-    r.call(
-        h,
-        "prctl(PR_GET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [libc::PR_GET_PDEATHSIG as u64, r.scratch, 0, 0, 0, 0],
-    )?;
-    let pdeath_sig = i32_at(&r.get(h, 0, 4)?, 0);
-    let securebits = r.call(
-        h,
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )? as u32;
-
-    let ppath = proc::path(pid, "personality");
-    let ptext = proc::read_text(&ppath)?;
-    let personality =
-        u32::from_str_radix(ptext.trim(), 16).map_err(|e| Error::parse(&ppath, e.to_string()))?;
-
     let mut rlimits = Vec::new();
     for res in 0..RLIM_NLIMITS {
         let (cur, max) = crate::sys::get_rlimit(pid, res)
@@ -169,54 +240,25 @@ pub fn collect(
         });
     }
 
-    let rc = h.get_rseq(pid)?;
-    let rseq = (rc.rseq_abi_pointer != 0).then_some(Rseq {
-        ptr: rc.rseq_abi_pointer,
-        len: rc.rseq_abi_size,
-        sig: rc.signature,
-    });
-
-    let robust_list = crate::sys::get_robust_list(pid)
-        .map_err(|e| Error::proc(format!("get_robust_list(pid {pid})"), e))?;
-
-    let mut pending = Vec::new();
-    for shared in [false, true] {
-        for siginfo in h.peek_siginfo(pid, shared)? {
-            pending.push(PendingSignal { shared, siginfo });
-        }
+    for siginfo in h.peek_siginfo(pid, true)? {
+        core.pending.push(PendingSignal {
+            shared: true,
+            siginfo,
+        });
     }
-
-    let creds = Creds {
-        uids: status.uids,
-        gids: status.gids,
-        groups: status.groups.clone(),
-        cap_inh: status.cap_inh,
-        cap_prm: status.cap_prm,
-        cap_eff: status.cap_eff,
-        cap_bnd: status.cap_bnd,
-        cap_amb: status.cap_amb,
-        securebits,
-        no_new_privs: status.no_new_privs,
-    };
-
-    Ok(CoreEntry {
-        tid: pid,
-        comm,
-        regs,
-        xstate,
-        sigmask,
-        pending,
-        sigactions,
-        itimers,
-        posix_timers,
-        rlimits,
-        personality,
-        rseq,
-        sigaltstack,
-        robust_list,
-        clear_child_tid,
-        pdeath_sig,
-        stopped: false,
-        creds,
-    })
+    let subreaper = r
+        .call(
+            h,
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [libc::PR_GET_CHILD_SUBREAPER as u64, r.scratch, 0, 0, 0, 0],
+        )
+        .and_then(|_| r.get(h, 0, 4))?;
+    core.sigactions = sigactions;
+    core.itimers = itimers;
+    core.posix_timers = posix_timers;
+    core.rlimits = rlimits;
+    core.stopped = stopped;
+    core.child_subreaper = i32_at(&subreaper, 0) != 0;
+    Ok(core)
 }

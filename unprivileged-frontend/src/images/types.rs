@@ -48,11 +48,17 @@ pub struct PstreeEntry {
     pub pgid: i32,
     /// Session ID.
     pub sid: i32,
-    /// Thread IDs, the leader first.
+    /// Thread IDs, the leader first; `core-TID.img` holds each one's state.
     pub threads: Vec<i32>,
+    /// A zombie (exited, not yet reaped by its parent): its raw wait status
+    /// (`exit_code` of /proc/PID/stat: code << 8, or the signal). A zombie
+    /// has no other image; restore re-creates it and lets it exit so.
+    pub zombie: Option<i32>,
 }
 
-/// `core-PID.img`: per-task state (one record; the thread group leader).
+/// `core-TID.img`: per-task state, one file per thread. Process-wide
+/// fields (signal actions, timers, limits, shared pending signals,
+/// `stopped`, `child_subreaper`) are only filled in the leader's.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CoreEntry {
     /// Thread ID.
@@ -95,6 +101,8 @@ pub struct CoreEntry {
     pub stopped: bool,
     /// Credentials.
     pub creds: Creds,
+    /// The process is a child subreaper (`PR_GET_CHILD_SUBREAPER`).
+    pub child_subreaper: bool,
 }
 
 /// One queued signal.

@@ -14,6 +14,7 @@ mod files;
 mod layout;
 mod mm;
 mod task;
+mod tree;
 mod validate;
 
 use crate::cli::RestoreArgs;
@@ -24,43 +25,48 @@ use crate::{info, warn};
 use shared_ipc::{ErrorKind, ExitStatus, ReleaseMode};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-pub use validate::Images;
+pub use validate::{Checkpoint, Images};
 
 /// Run `criu restore`; returns criu's exit code.
 ///
 /// Errors: any failure; nothing half-restored is left behind.
 pub fn run(args: &RestoreArgs) -> Result<u8> {
-    let img = validate::load(&args.common.images_dir)?;
+    let ck = validate::load(&args.common.images_dir)?;
+    let img = ck.root();
     let pid = img.pstree.pid;
     info!(
-        "restoring pid {pid} ({}) from {} (dumped by criu {} on kernel {})",
+        "restoring pid {pid} ({}) and {} other processes from {} (dumped by criu {} on kernel {})",
         img.core.comm,
+        ck.tree.len() - 1,
         img.dir.display(),
-        img.inventory.tool_version,
-        img.inventory.kernel
+        ck.inventory.tool_version,
+        ck.inventory.kernel
     );
-    if img.inventory.options.shell_job && !args.common.shell_job {
+    if ck.inventory.options.shell_job && !args.common.shell_job {
         warn!("the dump was made with --shell-job; restoring without it");
     }
-    precheck(&img)?;
+    precheck_all(&ck)?;
 
     let mut h = Helper::spawn()?;
-    create_stub(&mut h, &img)?;
-    if let Err(e) = restore_stub(&mut h, &img) {
-        warn!("restore of pid {pid} failed, killing the stub");
-        if let Err(e2) = h.release(pid, ReleaseMode::Kill) {
-            warn!("killing stub {pid} also failed: {e2}");
-        }
+    if let Err(e) = restore_all(&mut h, &ck) {
+        // The helper kills every stub it still traces when we hang up.
+        warn!("restore of pid {pid} failed, killing every created task");
         h.finish();
         return Err(e);
     }
-    let how = if img.core.stopped {
-        ReleaseMode::Stop
-    } else {
-        ReleaseMode::Resume
-    };
-    h.release(pid, how)?;
-    info!("pid {pid} restored and released ({how:?})");
+    // Children first, each process's threads before its leader.
+    for p in ck.procs.iter().rev() {
+        let how = if p.core.stopped {
+            ReleaseMode::Stop
+        } else {
+            ReleaseMode::Resume
+        };
+        for t in &p.threads {
+            h.release(t.tid, how)?;
+        }
+        h.release(p.pstree.pid, how)?;
+        info!("pid {} restored and released ({how:?})", p.pstree.pid);
+    }
     if let Some(f) = &args.pidfile {
         let path = resolve(&args.common.images_dir, f);
         std::fs::write(&path, format!("{pid}\n")).map_err(|e| Error::file(&path, e))?;
@@ -76,6 +82,34 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
         ExitStatus::Code(c) => c as u8,
         ExitStatus::Signal(s) => 128u8.wrapping_add(s as u8),
     })
+}
+
+/// Create every task, then turn each stub into its dumped process.
+fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+    create_stub(h, ck)?;
+    tree::create_processes(h, ck)?;
+    for p in &ck.procs {
+        let reaps = ck
+            .tree
+            .iter()
+            .any(|e| e.ppid == p.pstree.pid && e.zombie.is_some());
+        restore_stub(h, p, reaps)?;
+    }
+    Ok(())
+}
+
+/// [`precheck`] for every process, and every thread ID free.
+fn precheck_all(ck: &Checkpoint) -> Result<()> {
+    for p in &ck.procs {
+        precheck(p)?;
+        for t in &p.threads {
+            check_pid_free(t.tid)?;
+        }
+    }
+    for e in ck.tree.iter().filter(|e| e.zombie.is_some()) {
+        check_pid_free(e.pid)?;
+    }
+    Ok(())
 }
 
 /// A relative `--pidfile` is inside the images directory, like the log.
@@ -136,18 +170,23 @@ pub fn pid_in_use_message(pid: i32, status: &str) -> String {
     }
 }
 
-/// Ask the helper for the stub, with criu's own 0/1/2 at the inherited
-/// descriptors.
-fn create_stub(h: &mut Helper, img: &Images) -> Result<()> {
-    let pid = img.pstree.pid;
+/// Ask the helper for the root stub, with criu's own 0/1/2 at every
+/// descriptor number any process of the tree inherits (the other processes
+/// are forked from it and close what they do not inherit).
+fn create_stub(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+    let pid = ck.root().pstree.pid;
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let ours: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];
-    let fds: Vec<(i32, BorrowedFd<'_>)> = img
-        .files
+    let mut nums: Vec<i32> = ck
+        .procs
         .iter()
+        .flat_map(|p| p.files.iter())
         .filter(|f| matches!(f.kind, crate::images::types::FdKind::Inherited { .. }))
-        .map(|f| (f.fd, ours[f.fd as usize]))
+        .map(|f| f.fd)
         .collect();
+    nums.sort_unstable();
+    nums.dedup();
+    let fds: Vec<(i32, BorrowedFd<'_>)> = nums.iter().map(|&n| (n, ours[n as usize])).collect();
     match h.create_stub(pid, &fds) {
         Ok(gadget) => {
             info!("stub {pid} created, gadget at {gadget:#x}");
@@ -165,8 +204,10 @@ fn create_stub(h: &mut Helper, img: &Images) -> Result<()> {
     }
 }
 
-/// Turn the stub into the dumped process, up to its final registers.
-fn restore_stub(h: &mut Helper, img: &Images) -> Result<()> {
+/// Turn a stub into the dumped process, up to its final registers; its
+/// extra threads are created and restored too. `reaps`: it has zombie
+/// children, whose `SIGCHLD` (made at restore) is dropped.
+fn restore_stub(h: &mut Helper, img: &Images, reaps: bool) -> Result<()> {
     let pid = img.pstree.pid;
     h.set_sigmask(pid, !0)?;
     let rs = h.get_rseq(pid)?;
@@ -189,6 +230,18 @@ fn restore_stub(h: &mut Helper, img: &Images) -> Result<()> {
     let (r, tramp) = mm::setup_trampoline(h, pid, &img.mm.vmas, &stub_maps)?;
     mm::unmap_stub(h, &r, tramp, &stub_maps)?;
     mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps)?;
+    if reaps {
+        // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}): EAGAIN when none.
+        let set = r.put(h, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+        let ts = r.put(h, 16, &[0u8; 16])?;
+        r.raw(h, libc::SYS_rt_sigtimedwait, [set, 0, ts, 8, 0, 0])?;
+    }
+    // Descriptors the root stub got for another process of the tree.
+    for fd in 0..3 {
+        if !img.files.iter().any(|f| f.fd == fd) {
+            r.raw(h, libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+        }
+    }
 
     let high = files::high_fd_base(&img.files);
     let pages = img.pages.to_string_lossy().into_owned();
@@ -201,7 +254,25 @@ fn restore_stub(h: &mut Helper, img: &Images) -> Result<()> {
 
     files::restore_fds(h, &r, &img.files)?;
     files::restore_fs(h, &r, &img.fs)?;
-    task::restore_state(h, &r, &img.core, &img.pstree)?;
+    // Threads before the credentials change: set_tid needs the privilege.
+    for t in &img.threads {
+        tree::clone_in(h, &r, tree::THREAD_FLAGS, 0, t.tid)?;
+    }
+    task::restore_state(h, &r, &img.core)?;
+    if img.core.child_subreaper {
+        r.call(
+            h,
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    for t in &img.threads {
+        let tr = Remote { pid: t.tid, ..r };
+        task::restore_thread_state(h, &tr, t, pid)?;
+        h.set_regs(t.tid, task::final_regs(t.regs), Some(t.xstate.clone()))?;
+        h.set_sigmask(t.tid, t.sigmask)?;
+    }
 
     // The last injected call: the helper stops the task at its exit,
     // before it would return into the page that is gone.

@@ -4,9 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::helper::Helper;
-use crate::images::types::{
-    CoreEntry, Creds, ITimer, PosixTimer, PstreeEntry, SigAction, SigAltStack,
-};
+use crate::images::types::{CoreEntry, Creds, ITimer, PosixTimer, SigAction, SigAltStack};
 use crate::remote::{errno_of, Remote};
 use crate::{debug, info, warn};
 use shared_ipc::UserRegs;
@@ -130,12 +128,7 @@ pub fn final_regs(mut regs: UserRegs) -> UserRegs {
 /// Restore everything `core-PID.img` holds but registers and the mask.
 ///
 /// Errors: an injected call failed.
-pub fn restore_state(
-    h: &mut Helper,
-    r: &Remote,
-    core: &CoreEntry,
-    tree: &PstreeEntry,
-) -> Result<()> {
+pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
     restore_sigactions(h, r, &core.sigactions)?;
     for (which, t) in core.itimers.iter().map(itimer_to_set).enumerate() {
         debug!(
@@ -194,7 +187,6 @@ pub fn restore_state(
         libc::SYS_set_tid_address,
         [core.clear_child_tid, 0, 0, 0, 0, 0],
     )?;
-    restore_session(h, r, tree)?;
     restore_creds(h, r, &core.creds)?;
     // Credentials changes clear the parent-death signal: set it after.
     r.call(
@@ -252,6 +244,98 @@ pub fn restore_state(
         r.pid,
         core.pending.len()
     );
+    Ok(())
+}
+
+/// Restore what belongs to one extra thread (`r.pid` is its tid, in
+/// process `tgid`), by calls injected in that thread: execution domain,
+/// name, sigaltstack, robust list, `clear_child_tid`, credentials,
+/// parent-death signal, no_new_privs, rseq and its private pending signals.
+///
+/// Errors: an injected call failed.
+pub fn restore_thread_state(h: &mut Helper, r: &Remote, core: &CoreEntry, tgid: i32) -> Result<()> {
+    r.call(
+        h,
+        "personality",
+        libc::SYS_personality,
+        [core.personality as u64, 0, 0, 0, 0, 0],
+    )?;
+    let comm: String = core.comm.chars().take(15).collect();
+    let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
+    name.push(0);
+    let a = r.put(h, 0, &name)?;
+    r.call(
+        h,
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+    )?;
+    if core.sigaltstack.flags & libc::SS_DISABLE == 0 {
+        let a = r.put(h, 0, &encode_stack(&core.sigaltstack))?;
+        r.call(h, "sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+    }
+    let (head, len) = core.robust_list;
+    if head != 0 {
+        r.call(
+            h,
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [head, len, 0, 0, 0, 0],
+        )?;
+    }
+    r.call(
+        h,
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [core.clear_child_tid, 0, 0, 0, 0, 0],
+    )?;
+    restore_creds(h, r, &core.creds)?;
+    r.call(
+        h,
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            core.pdeath_sig as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    if core.creds.no_new_privs {
+        r.call(
+            h,
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(rs) = core.rseq {
+        r.call(
+            h,
+            &format!("rseq({:#x})", rs.ptr),
+            libc::SYS_rseq,
+            [rs.ptr, rs.len as u64, 0, rs.sig as u64, 0, 0],
+        )?;
+    }
+    for p in core.pending.iter().filter(|p| !p.shared) {
+        let signo =
+            u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
+        let a = r.put(h, 0, &p.siginfo)?;
+        let ret = r.raw(
+            h,
+            libc::SYS_rt_tgsigqueueinfo,
+            [tgid as u64, r.pid as u64, signo, a, 0, 0],
+        )?;
+        if let Some(e) = errno_of(ret) {
+            warn!(
+                "tid {}: re-queueing pending signal {signo} failed: {e}; it is lost",
+                r.pid
+            );
+        }
+    }
+    info!("tid {} of pid {tgid}: thread state restored", r.pid);
     Ok(())
 }
 
@@ -400,20 +484,6 @@ fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
             libc::SYS_prlimit64,
             [0, res, new, 0, 0, 0],
         )?;
-    }
-    Ok(())
-}
-
-fn restore_session(h: &mut Helper, r: &Remote, tree: &PstreeEntry) -> Result<()> {
-    if tree.sid == tree.pid {
-        r.call(h, "setsid", libc::SYS_setsid, [0; 6])?;
-    } else if tree.pgid == tree.pid {
-        r.call(h, "setpgid(0, 0)", libc::SYS_setpgid, [0; 6])?;
-    } else {
-        info!(
-            "pid {}: was in session {} group {}, which are not restored; it stays in criu's session",
-            r.pid, tree.sid, tree.pgid
-        );
     }
     Ok(())
 }

@@ -36,10 +36,12 @@ pub struct Images {
     pub dir: PathBuf,
     /// `inventory.img`.
     pub inventory: Inventory,
-    /// The one process of `pstree.img`.
+    /// This process's record of `pstree.img`.
     pub pstree: PstreeEntry,
     /// `core-PID.img`.
     pub core: CoreEntry,
+    /// `core-TID.img` of every other thread, in pstree order.
+    pub threads: Vec<CoreEntry>,
     /// `mm-PID.img`.
     pub mm: MmEntry,
     /// `fs-PID.img`.
@@ -57,24 +59,69 @@ fn invalid(path: &Path, detail: impl Into<String>) -> Error {
     Error::Image(ImageError::invalid(path, detail))
 }
 
+/// A whole checkpoint: the tree and, for every process that is not a
+/// zombie, its images.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// `inventory.img`.
+    pub inventory: Inventory,
+    /// `pstree.img`: root first, parents before their children.
+    pub tree: Vec<PstreeEntry>,
+    /// The images of each live process, in tree order.
+    pub procs: Vec<Images>,
+}
+
+impl Checkpoint {
+    /// The root process's images.
+    pub fn root(&self) -> &Images {
+        &self.procs[0]
+    }
+}
+
 /// Read and check every image in `dir`.
 ///
 /// Errors: an image is missing, corrupt or inconsistent (naming the file), or
-/// the checkpoint holds something this restore cannot do (several processes
-/// or threads).
-pub fn load(dir: &Path) -> Result<Images> {
+/// the checkpoint holds something this restore cannot do.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
     let abs = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
     let d = ImageDir::new(&abs);
     let inventory: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
     check_inventory(&d.inventory(), &inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
-    let pstree = check_pstree(&d.pstree(), &tree, inventory.root_pid)?;
+    check_pstree(&d.pstree(), &tree, inventory.root_pid)?;
+    let mut procs = Vec::new();
+    for e in tree.iter().filter(|e| e.zombie.is_none()) {
+        procs.push(load_process(&d, &abs, &inventory, e)?);
+    }
+    Ok(Checkpoint {
+        inventory,
+        tree,
+        procs,
+    })
+}
+
+/// Read and check the images of one live process.
+fn load_process(
+    d: &ImageDir,
+    abs: &Path,
+    inventory: &Inventory,
+    pstree: &PstreeEntry,
+) -> Result<Images> {
     let pid = pstree.pid;
     let core: CoreEntry = read_single(&d.core(pid), Kind::Core)?;
     check_core(&d.core(pid), &core, pid)?;
     let caller = Caller::current();
     if caller.uid != 0 {
         check_creds_for(&d.core(pid), &core.creds, &caller)?;
+    }
+    let mut threads = Vec::new();
+    for &tid in &pstree.threads[1..] {
+        let c: CoreEntry = read_single(&d.core(tid), Kind::Core)?;
+        check_core(&d.core(tid), &c, tid)?;
+        if caller.uid != 0 {
+            check_creds_for(&d.core(tid), &c.creds, &caller)?;
+        }
+        threads.push(c);
     }
     let mm: MmEntry = read_single(&d.mm(pid), Kind::Mm)?;
     check_mm(&d.mm(pid), &mm)?;
@@ -89,10 +136,11 @@ pub fn load(dir: &Path) -> Result<Images> {
         .len();
     let runs = check_pagemap(&d.pagemap(pid), &recs, pid, &mm.vmas, pages_size)?;
     Ok(Images {
-        dir: abs,
-        inventory,
-        pstree,
+        dir: abs.to_path_buf(),
+        inventory: inventory.clone(),
+        pstree: pstree.clone(),
         core,
+        threads,
         mm,
         fs,
         files,
@@ -127,48 +175,67 @@ pub fn check_inventory(path: &Path, inv: &Inventory) -> Result<()> {
     Ok(())
 }
 
-/// Exactly one single-threaded process, the inventory's root.
-pub fn check_pstree(path: &Path, tree: &[PstreeEntry], root: i32) -> Result<PstreeEntry> {
-    let Some(p) = tree.first() else {
+/// The tree: the inventory's root first, every other process after its
+/// parent, IDs positive and never given twice, each live process's leader
+/// first in its threads, zombies without threads or children.
+pub fn check_pstree(path: &Path, tree: &[PstreeEntry], root: i32) -> Result<()> {
+    let Some(first) = tree.first() else {
         return Err(invalid(path, "no process"));
     };
-    if tree.len() > 1 {
-        return Err(Error::Unsupported(format!(
-            "{}: the checkpoint holds {} processes; restoring a process tree is not supported yet (only one process)",
-            path.display(),
-            tree.len()
-        )));
-    }
-    if p.pid <= 0 || p.pid != root {
+    if first.pid <= 0 || first.pid != root {
         return Err(invalid(
             path,
             format!(
                 "pid {} does not match the inventory's root pid {root}",
-                p.pid
+                first.pid
             ),
         ));
     }
-    if p.pgid <= 0 || p.sid < 0 {
-        return Err(invalid(
-            path,
-            format!("bad pgid {} or sid {}", p.pgid, p.sid),
-        ));
+    if first.zombie.is_some() {
+        return Err(invalid(path, "the root process is a zombie"));
     }
-    if p.threads.len() != 1 {
-        return Err(Error::Unsupported(format!(
-            "{}: pid {} has {} threads; restoring multi-threaded processes is not supported yet",
-            path.display(),
-            p.pid,
-            p.threads.len()
-        )));
+    let mut ids: Vec<i32> = Vec::new();
+    for (i, p) in tree.iter().enumerate() {
+        if p.pid <= 0 || p.pgid <= 0 || p.sid < 0 {
+            return Err(invalid(
+                path,
+                format!("pid {}: bad pid, pgid {} or sid {}", p.pid, p.pgid, p.sid),
+            ));
+        }
+        if i > 0
+            && !tree[..i]
+                .iter()
+                .any(|q| q.pid == p.ppid && q.zombie.is_none())
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "pid {}: its parent {} is not before it in the tree",
+                    p.pid, p.ppid
+                ),
+            ));
+        }
+        match p.zombie {
+            Some(_) if !p.threads.is_empty() => {
+                return Err(invalid(path, format!("zombie {} has threads", p.pid)))
+            }
+            Some(_) => {}
+            None if p.threads.first() != Some(&p.pid) => {
+                return Err(invalid(
+                    path,
+                    format!("pid {}: the leader is not its first thread", p.pid),
+                ))
+            }
+            None => {}
+        }
+        for &t in p.threads.iter().skip(1).chain([&p.pid]) {
+            if t <= 0 || ids.contains(&t) {
+                return Err(invalid(path, format!("id {t} given twice or not positive")));
+            }
+            ids.push(t);
+        }
     }
-    if p.threads[0] != p.pid {
-        return Err(invalid(
-            path,
-            format!("thread {} is not the leader {}", p.threads[0], p.pid),
-        ));
-    }
-    Ok(p.clone())
+    Ok(())
 }
 
 /// Registers, signals, timers and limits must be in range.
@@ -867,20 +934,35 @@ pub(crate) mod tests {
             ppid: 1,
             pgid: 7,
             sid: 7,
-            threads: vec![7],
+            threads: vec![7, 9],
+            zombie: None,
         };
         check_pstree(&p(), std::slice::from_ref(&e), 7).unwrap();
-        assert!(check_pstree(&p(), &[e.clone(), e.clone()], 7)
-            .unwrap_err()
-            .to_string()
-            .contains("2 processes"));
+        let child = PstreeEntry {
+            pid: 8,
+            ppid: 7,
+            threads: vec![8],
+            ..e.clone()
+        };
+        check_pstree(&p(), &[e.clone(), child.clone()], 7).unwrap();
+        let zombie = PstreeEntry {
+            threads: vec![],
+            zombie: Some(7 << 8),
+            ..child.clone()
+        };
+        check_pstree(&p(), &[e.clone(), zombie.clone()], 7).unwrap();
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        assert!(msg(check_pstree(&p(), &[child.clone(), e.clone()], 8)).contains("parent"));
+        let again = PstreeEntry {
+            ppid: 7,
+            ..e.clone()
+        };
+        assert!(msg(check_pstree(&p(), &[e.clone(), again], 7)).contains("twice"));
         assert!(check_pstree(&p(), std::slice::from_ref(&e), 8).is_err());
-        let mut t = e;
-        t.threads = vec![7, 8];
-        assert!(check_pstree(&p(), &[t], 7)
-            .unwrap_err()
-            .to_string()
-            .contains("2 threads"));
+        let mut t = e.clone();
+        t.threads = vec![9, 7];
+        assert!(msg(check_pstree(&p(), &[t], 7)).contains("leader"));
+        assert!(check_pstree(&p(), &[zombie], 8).is_err());
         assert!(check_pstree(&p(), &[], 7).is_err());
     }
 }

@@ -1,0 +1,213 @@
+//! Creating the processes and threads of a checkpoint with their dumped IDs:
+//! child processes are forked (an injected fork-like `clone3` with `set_tid`)
+//! from their parent's stub before any memory is replaced, so every stub
+//! is still a copy of the helper; sessions and process groups are set up,
+//! zombies are made to exit with their dumped status; extra threads are
+//! created (an injected `clone3` with `CLONE_THREAD`) in a restored leader.
+
+use super::validate::Checkpoint;
+use crate::error::{Error, Result};
+use crate::helper::{Helper, HelperError};
+use crate::images::types::PstreeEntry;
+use crate::remote::Remote;
+use crate::{debug, info};
+use shared_ipc::{ErrorKind, ReleaseMode};
+
+/// Flags of an extra thread, as pthread_create(3) uses them.
+pub const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Size of `struct clone_args` up to `set_tid_size` (`CLONE_ARGS_SIZE_VER1`).
+const CLONE_ARGS_SIZE: usize = 80;
+
+/// Kernel `struct clone_args` (clone3(2)) with `set_tid` pointing at `tid_addr`.
+pub fn encode_clone_args(flags: u64, exit_signal: u64, tid_addr: u64) -> Vec<u8> {
+    // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+    // tls, set_tid, set_tid_size
+    [flags, 0, 0, 0, exit_signal, 0, 0, 0, tid_addr, 1]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect()
+}
+
+/// Run `clone3` in `r` to create task `tid` (the helper traces it from its
+/// first instruction); the scratch area holds the arguments.
+///
+/// Errors: the call failed (EEXIST: the ID is taken) or made another ID.
+pub fn clone_in(h: &mut Helper, r: &Remote, flags: u64, exit_signal: u64, tid: i32) -> Result<()> {
+    let tid_addr = r.put(h, 128, &tid.to_le_bytes())?;
+    let args = r.put(h, 0, &encode_clone_args(flags, exit_signal, tid_addr))?;
+    let what = format!("clone3(set_tid {tid})");
+    let got = r.call(
+        h,
+        &what,
+        libc::SYS_clone3,
+        [args, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0],
+    )?;
+    if got != tid as u64 {
+        return Err(Error::Unsupported(format!(
+            "pid {}: {what} made {got}",
+            r.pid
+        )));
+    }
+    debug!("pid {}: created {tid}", r.pid);
+    Ok(())
+}
+
+/// A one-page scratch area in a stub that is still a copy of the helper
+/// (it disappears with the stub's other mappings when it is restored).
+fn boot_scratch(h: &mut Helper, pid: i32) -> Result<Remote> {
+    let mut r = Remote::new(pid);
+    r.scratch = r.call(
+        h,
+        "mmap(boot scratch)",
+        libc::SYS_mmap,
+        [
+            0,
+            4096,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    r.scratch_len = 4096;
+    Ok(r)
+}
+
+fn entry(ck: &Checkpoint, pid: i32) -> Option<&PstreeEntry> {
+    ck.tree.iter().find(|e| e.pid == pid)
+}
+
+/// After the root stub exists: fork every other process from its parent's
+/// stub (parents first), with sessions made before children are forked,
+/// then process groups, then let zombies exit. Every stub has all signals
+/// blocked from here on (a zombie's `SIGCHLD` waits in its parent, which
+/// drops it before its own pending signals are re-queued).
+///
+/// Errors: an ID is taken, a session or group cannot be rebuilt, or an
+/// injected call failed.
+pub fn create_processes(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+    let root = ck.tree[0].pid;
+    for e in ck.tree.iter().filter(|e| e.zombie.is_none()) {
+        h.set_sigmask(e.pid, !0)?;
+        let r = Remote::new(e.pid);
+        if e.sid == e.pid {
+            r.call(h, "setsid", libc::SYS_setsid, [0; 6])?;
+        } else if e.pid == root {
+            info!(
+                "pid {root}: was in session {} (not in the checkpoint); it joins criu's session",
+                e.sid
+            );
+        }
+        let kids: Vec<&PstreeEntry> = ck.tree.iter().filter(|c| c.ppid == e.pid).collect();
+        if kids.is_empty() {
+            continue;
+        }
+        let boot = boot_scratch(h, e.pid)?;
+        for c in kids {
+            if c.sid != c.pid && c.sid != e.sid && !(e.pid == root && e.sid != root) {
+                return Err(Error::Unsupported(format!(
+                    "pid {}: its session {} has no leader in the checkpoint and is not its parent's; such sessions cannot be rebuilt",
+                    c.pid, c.sid
+                )));
+            }
+            clone_in(h, &boot, 0, libc::SIGCHLD as u64, c.pid).map_err(|e| in_use(e, c.pid))?;
+        }
+    }
+    set_groups(h, ck)?;
+    for e in ck.tree.iter() {
+        if let Some(status) = e.zombie {
+            make_zombie(h, e.pid, status)?;
+        }
+    }
+    Ok(())
+}
+
+fn in_use(e: Error, pid: i32) -> Error {
+    match e {
+        Error::Injected {
+            errno: nix::errno::Errno::EEXIST,
+            ..
+        } => match super::check_pid_free(pid) {
+            Err(refusal) => refusal,
+            Ok(()) => Error::Refused(format!("pid {pid} is already in use")),
+        },
+        other => other,
+    }
+}
+
+/// Group leaders first (`setpgid(0, 0)`), then the members of groups led by
+/// another process of the tree; a group inherited from the parent needs
+/// nothing.
+fn set_groups(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+    let root = ck.tree[0].pid;
+    for e in &ck.tree {
+        if e.pgid == e.pid && e.sid != e.pid {
+            Remote::new(e.pid).call(h, "setpgid(0, 0)", libc::SYS_setpgid, [0; 6])?;
+        }
+    }
+    for e in &ck.tree {
+        if e.pgid == e.pid {
+            continue;
+        }
+        if e.pid == root {
+            info!(
+                "pid {root}: was in process group {} (not in the checkpoint); it stays in criu's",
+                e.pgid
+            );
+            continue;
+        }
+        let parent_pgid = entry(ck, e.ppid).map(|p| p.pgid);
+        if entry(ck, e.pgid).is_some() {
+            Remote::new(e.pid).call(
+                h,
+                &format!("setpgid(0, {})", e.pgid),
+                libc::SYS_setpgid,
+                [0, e.pgid as u64, 0, 0, 0, 0],
+            )?;
+        } else if parent_pgid != Some(e.pgid) || e.ppid == root && ck.tree[0].pgid != ck.tree[0].pid
+        {
+            return Err(Error::Unsupported(format!(
+                "pid {}: its process group {} has no leader in the checkpoint; such groups cannot be rebuilt",
+                e.pid, e.pgid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Make a stub exit as the dumped zombie did: `exit_group(code)`, or killed
+/// by its signal. The helper consumes the tracer's notice only, so the
+/// parent stub holds the zombie.
+fn make_zombie(h: &mut Helper, pid: i32, status: i32) -> Result<()> {
+    let r = Remote::new(pid);
+    let sig = status & 0x7f;
+    if sig == 0 {
+        let code = (status >> 8) & 0xff;
+        match r.raw(h, libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]) {
+            Err(Error::Helper(HelperError::Failed {
+                kind: ErrorKind::Gone,
+                ..
+            })) => {}
+            Ok(ret) => {
+                return Err(Error::Unsupported(format!(
+                    "pid {pid}: exit_group({code}) returned {ret}"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        info!("pid {pid}: zombie again (exit code {code})");
+    } else {
+        h.set_sigmask(pid, 0)?;
+        // Stopped in the signal's delivery; released, it dies of it.
+        let _ = r.raw(h, libc::SYS_kill, [pid as u64, sig as u64, 0, 0, 0, 0]);
+        h.release(pid, ReleaseMode::Resume)?;
+        info!("pid {pid}: zombie again (killed by signal {sig})");
+    }
+    Ok(())
+}
