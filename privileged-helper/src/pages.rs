@@ -5,11 +5,13 @@
 
 use crate::ptrace::{on, Fail};
 use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, MsgFlags};
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
 use shared_ipc::{ErrorKind, PageRun};
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 /// Size of the one copy buffer, allocated on first use and kept.
@@ -44,19 +46,44 @@ fn pieces(runs: &[PageRun]) -> Vec<Piece> {
     out
 }
 
+/// Whether the peer of the `SOCK_SEQPACKET` socket `chan` has gone away
+/// (end of stream or an error), without consuming anything: a non-blocking
+/// `MSG_PEEK` recvmsg(2).
+pub fn peer_gone(chan: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    match recvmsg::<()>(
+        chan.as_raw_fd(),
+        &mut iov,
+        None,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(m) => m.bytes == 0,
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 /// Copy `runs` of task `pid` to `image` at its current offset; returns the
-/// number of bytes written, always the sum of the run lengths.
+/// number of bytes written, always the sum of the run lengths. `abort` is
+/// asked before each buffer-full: when it says yes (the frontend went away)
+/// the copy stops with `ImageWrite`/`ECONNABORTED`, so a large dump does not
+/// keep the task stopped for nothing.
 pub fn dump(
     pid: Pid,
     mem: &File,
     runs: &[PageRun],
     image: &mut File,
     buf: &mut [u8],
+    abort: &dyn Fn() -> bool,
 ) -> Result<u64, Fail> {
     let pieces = pieces(runs);
     let mut total: u64 = 0;
     let mut i = 0;
     while i < pieces.len() {
+        if abort() {
+            return Err(Fail::new(ErrorKind::ImageWrite, libc::ECONNABORTED));
+        }
         // Gather as many pieces as fit the buffer and the iovec limit.
         let mut fill = 0;
         let mut remote = Vec::new();

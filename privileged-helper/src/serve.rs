@@ -17,7 +17,7 @@ use shared_ipc::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// Exit status when the frontend closed the channel.
@@ -452,7 +452,9 @@ impl Server {
             self.page_buf = vec![0u8; pages::BUF_SIZE];
         }
         let mut image = File::from(image);
-        let n = pages::dump(t.pid, &t.mem, runs, &mut image, &mut self.page_buf)?;
+        let chan = self.chan.as_fd();
+        let abort = || pages::peer_gone(chan);
+        let n = pages::dump(t.pid, &t.mem, runs, &mut image, &mut self.page_buf, &abort)?;
         self.log.done(
             "dump-pages",
             pid,
