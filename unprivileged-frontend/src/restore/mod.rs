@@ -46,6 +46,16 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
         warn!("the dump was made with --shell-job; restoring without it");
     }
     precheck_all(&ck)?;
+    // Opened (with the user's rights) before anything is created, so an
+    // unwritable pidfile fails the restore while nothing runs yet.
+    let pidfile = match &args.pidfile {
+        Some(f) => {
+            let path = resolve(&args.common.images_dir, f);
+            let file = std::fs::File::create(&path).map_err(|e| Error::file(&path, e))?;
+            Some((file, path))
+        }
+        None => None,
+    };
 
     let mut h = Helper::spawn()?;
     if let Err(e) = restore_all(&mut h, &ck) {
@@ -67,9 +77,11 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
         h.release(p.pstree.pid, how)?;
         info!("pid {} restored and released ({how:?})", p.pstree.pid);
     }
-    if let Some(f) = &args.pidfile {
-        let path = resolve(&args.common.images_dir, f);
-        std::fs::write(&path, format!("{pid}\n")).map_err(|e| Error::file(&path, e))?;
+    if let Some((mut file, path)) = pidfile {
+        use std::io::Write;
+        file.write_all(format!("{pid}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::file(&path, e))?;
     }
     if args.detach {
         h.finish();
