@@ -6,6 +6,7 @@
 use criu_tests::*;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Dumps a fresh workload with `-R` and returns (test, pid, images dir).
 fn dumped(name: &str) -> Option<(Test, i32, PathBuf)> {
@@ -320,4 +321,277 @@ fn show_refuses_damaged_and_foreign_files() {
     )
     .expect("restore length");
     t.criu_ok(&["show", "-D", s(&bad)]);
+}
+
+/// The process tree of tests/tests/trees.rs: a root, three levels of
+/// children (the first leads a second process group) and a zombie child of
+/// the root that exited with code 7. Each live process writes
+/// `c<level>` = "<pid> <counter>".
+const TREE_PROGRAM: &str = r#"
+import os, sys, time, signal
+d = sys.argv[1]
+z = os.fork()
+if z == 0:
+    os._exit(7)
+def reap(*a):
+    p, s = os.waitpid(z, 0)
+    open(d + "/reaped", "w").write(str(os.waitstatus_to_exitcode(s)))
+signal.signal(signal.SIGUSR1, reap)
+lvl = 0
+for i in range(3):
+    c = os.fork()
+    if c:
+        break
+    lvl += 1
+    if lvl == 1:
+        os.setpgid(0, 0)
+n = 0
+while True:
+    n += 1
+    open(d + f"/c{lvl}.tmp", "w").write(f"{os.getpid()} {n}")
+    os.replace(d + f"/c{lvl}.tmp", d + f"/c{lvl}")
+    time.sleep(0.05)
+"#;
+
+fn tree_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
+    let text = read(&dir.join(format!("c{lvl}")))?;
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Every process's `thread_states` lists its `threads`, in order, each with
+/// a register summary.
+fn check_thread_states(t: &Test, p: &serde_json::Value, out: &str) {
+    let threads = p["threads"].as_array().cloned().unwrap_or_default();
+    let states = p["thread_states"].as_array().cloned().unwrap_or_default();
+    let tids: Vec<&serde_json::Value> = states.iter().map(|s| &s["tid"]).collect();
+    if threads.is_empty() || tids != threads.iter().collect::<Vec<_>>() {
+        t.fail(&format!(
+            "thread_states of pid {} do not match its threads:\n{out}",
+            p["pid"]
+        ));
+    }
+    for (i, s) in states.iter().enumerate() {
+        let rip = s["regs"]["rip"].as_str().unwrap_or("");
+        let ok = rip.starts_with("0x")
+            && rip != "0x0"
+            && s["regs"]["rsp"]
+                .as_str()
+                .is_some_and(|x| x.starts_with("0x"))
+            && s["comm"].as_str().is_some_and(|c| !c.is_empty())
+            && s["blocked"].is_array()
+            && s["pending"].is_array()
+            && s["clear_child_tid"].is_u64()
+            && s.get("altstack").is_some()
+            && s.get("rseq").is_some()
+            && s.get("robust_list").is_some()
+            && s["leader"] == (i == 0 && s["tid"] == p["pid"]);
+        if !ok {
+            t.fail(&format!("thread state {i} of pid {}: {s}", p["pid"]));
+        }
+    }
+}
+
+#[test]
+fn show_tree_with_a_zombie() {
+    let Some(t) = Test::new("show_tree") else {
+        return;
+    };
+    let w = t.work();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(TREE_PROGRAM).arg(&w);
+    let root = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        (0..4).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 >= 3))
+    }) {
+        t.fail(&format!("the tree did not start: {}", describe(root)));
+    }
+    let pids: Vec<i32> = (0..4).map(|l| tree_counter(&w, l).unwrap().0).collect();
+    for &p in &pids[1..] {
+        t.track(p);
+    }
+    let zombie = fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .find(|&c| proc_state(c) == Some('Z'));
+    let Some(zombie) = zombie else {
+        t.fail("no zombie child")
+    };
+    t.dump(root, &["-R"]);
+    // Parents first: the orphans (and the zombie) come to us, the subreaper.
+    for &p in &pids {
+        kill_and_reap(p);
+    }
+    if let Err(e) = reap(zombie, Duration::from_secs(10)) {
+        t.fail(&format!("the zombie {zombie} was not reaped: {e}"));
+    }
+    let images = t.images();
+
+    let out = t.criu_ok(&["show", "-D", s(&images)]).stdout;
+    let row = |pid: i32| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))
+            .map(str::to_owned)
+    };
+    for &p in &pids {
+        if row(p).is_none() || !out.contains(&format!("== pid {p} (")) {
+            t.fail(&format!("criu show lacks process {p}:\n{out}"));
+        }
+    }
+    match row(zombie) {
+        Some(l) if l.contains("zombie") && l.contains("exit code 7") => {}
+        _ => t.fail(&format!(
+            "criu show lacks the zombie {zombie} with exit code 7:\n{out}"
+        )),
+    }
+    if out.contains(&format!("== pid {zombie} ")) {
+        t.fail(&format!("criu show has a section for the zombie:\n{out}"));
+    }
+    for &p in &pids {
+        if !out.contains(&format!("tid {p} (")) {
+            t.fail(&format!("criu show lacks the thread of {p}:\n{out}"));
+        }
+    }
+
+    let out = t.criu_ok(&["show", "-D", s(&images), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| t.fail(&format!("show --json is not JSON: {e}\n{out}")));
+    if v["show_format"] != 1 {
+        t.fail(&format!("show_format changed:\n{out}"));
+    }
+    let procs = v["processes"].as_array().cloned().unwrap_or_default();
+    let got: Vec<i64> = procs.iter().filter_map(|p| p["pid"].as_i64()).collect();
+    if got != pids.iter().map(|&p| i64::from(p)).collect::<Vec<_>>() {
+        t.fail(&format!("processes {got:?}, expected {pids:?}:\n{out}"));
+    }
+    for p in &procs {
+        check_thread_states(&t, p, &out);
+    }
+    let zombies = v["zombies"].as_array().cloned().unwrap_or_default();
+    match zombies.as_slice() {
+        [z] if z["pid"] == zombie
+            && z["ppid"] == root
+            && z["state"] == "zombie"
+            && z["exit_code"] == 7
+            && z["status"] == 7 << 8
+            && z["signal"].is_null() => {}
+        _ => t.fail(&format!(
+            "zombies should be [pid {zombie}, exit code 7]:\n{out}"
+        )),
+    }
+}
+
+fn task_ids(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn show_threads() {
+    let Some(t) = Test::new("show_threads") else {
+        return;
+    };
+    const PROGRAM: &str = r#"
+import sys, threading, time
+def work():
+    while True:
+        time.sleep(0.01)
+for i in range(4):
+    threading.Thread(target=work, daemon=True).start()
+open(sys.argv[1], "w").write("ready")
+while True:
+    time.sleep(0.05)
+"#;
+    let ready = t.work().join("ready");
+    let pid = t
+        .spawn_target(
+            std::process::Command::new("python3")
+                .arg("-c")
+                .arg(PROGRAM)
+                .arg(&ready),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        ready.exists() && task_ids(pid).len() == 5
+    }) {
+        t.fail(&format!("python3 threads did not start: {}", describe(pid)));
+    }
+    let tids = task_ids(pid);
+    t.dump(pid, &["-R"]);
+    let still = task_ids(pid);
+    kill_and_reap(pid);
+    if still != tids {
+        t.fail(&format!(
+            "threads changed during the dump: {tids:?} -> {still:?}"
+        ));
+    }
+    let images = t.images();
+
+    let out = t.criu_ok(&["show", "-D", s(&images)]).stdout;
+    let shown: Vec<i32> = out
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("tid "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let mut sorted = shown.clone();
+    sorted.sort_unstable();
+    if sorted != tids || shown.first() != Some(&pid) || !out.contains("Threads (5)") {
+        t.fail(&format!(
+            "criu show should list threads {tids:?}, leader first:\n{out}"
+        ));
+    }
+    if !out.lines().any(|l| l.trim_start().starts_with("blocked:")) {
+        t.fail(&format!(
+            "criu show lacks the per-thread blocked mask:\n{out}"
+        ));
+    }
+
+    let out = t.criu_ok(&["show", "-D", s(&images), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| t.fail(&format!("show --json is not JSON: {e}\n{out}")));
+    let p = &v["processes"][0];
+    let mut threads: Vec<i32> = p["threads"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|x| x.as_i64().map(|x| x as i32))
+        .collect();
+    if threads.first() != Some(&pid) {
+        t.fail(&format!(
+            "threads should start with the leader {pid}:\n{out}"
+        ));
+    }
+    threads.sort_unstable();
+    if threads != tids {
+        t.fail(&format!("threads {threads:?}, /proc says {tids:?}:\n{out}"));
+    }
+    check_thread_states(&t, p, &out);
+    if v["zombies"].as_array().map(Vec::len) != Some(0) {
+        t.fail(&format!("zombies should be []:\n{out}"));
+    }
+
+    // A non-leader thread's core file decodes on its own.
+    let tid = *tids
+        .iter()
+        .find(|&&x| x != pid)
+        .expect("a non-leader thread");
+    let core = images.join(format!("core-{tid}.img"));
+    let out = t.criu_ok(&["show", "-f", s(&core), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| t.fail(&format!("show -f --json is not JSON: {e}\n{out}")));
+    if v["kind"] != "core" || v["records"][0]["tid"] != tid {
+        t.fail(&format!("show -f core-{tid}.img: {out}"));
+    }
+    let out = t.criu_ok(&["show", "-f", s(&core)]).stdout;
+    if !out.contains("core image") || !out.contains(&format!("tid: {tid}")) {
+        t.fail(&format!("show -f core-{tid}.img: {out}"));
+    }
 }

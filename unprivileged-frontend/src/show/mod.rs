@@ -85,11 +85,33 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
     let inv: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
     let mut processes = Vec::new();
+    let mut zombies = Vec::new();
+    let mut order = Vec::new();
     for t in tree {
         let pid = t.pid;
+        order.push(pid);
+        if let Some(status) = t.zombie {
+            // A zombie has no image but its pstree entry.
+            zombies.push(view::zombie(&t, status));
+            continue;
+        }
+        let tids = if t.threads.is_empty() {
+            vec![pid]
+        } else {
+            t.threads.clone()
+        };
+        let mut thread_cores = Vec::with_capacity(tids.len());
+        for &tid in &tids {
+            thread_cores.push(read_single::<CoreEntry>(&d.core(tid), Kind::Core)?);
+        }
+        let core = match tids.iter().position(|&x| x == pid) {
+            Some(i) => thread_cores[i].clone(),
+            None => read_single::<CoreEntry>(&d.core(pid), Kind::Core)?,
+        };
         let (pages_file, pages_bytes, runs) = read_pagemap(&d.pagemap(pid))?;
         let p = ProcessImages {
-            core: read_single::<CoreEntry>(&d.core(pid), Kind::Core)?,
+            core,
+            thread_cores,
             mm: read_single::<MmEntry>(&d.mm(pid), Kind::Mm)?,
             fs: read_single::<FsEntry>(&d.fs(pid), Kind::Fs)?,
             files: read_image::<FdEntry>(&d.files(pid), Kind::Files)?,
@@ -119,6 +141,8 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
         dir: dir.display().to_string(),
         inventory: view::inventory(&inv),
         processes,
+        zombies,
+        order,
     })
 }
 
@@ -164,17 +188,25 @@ pub fn render(c: &Checkpoint) -> String {
         "  {:>8} {:>8} {:>8} {:>8} {:>7}  {:<8} COMMAND",
         "PID", "PPID", "PGID", "SID", "THREADS", "STATE"
     );
-    for p in &c.processes {
+    for &pid in &c.order {
+        let row = if let Some(p) = c.processes.iter().find(|p| p.pid == pid) {
+            (
+                p.ppid,
+                p.pgid,
+                p.sid,
+                p.threads.len(),
+                p.state,
+                p.comm.clone(),
+            )
+        } else if let Some(z) = c.zombies.iter().find(|z| z.pid == pid) {
+            (z.ppid, z.pgid, z.sid, 0, z.state, zombie_text(z))
+        } else {
+            continue;
+        };
         let _ = writeln!(
             o,
             "  {:>8} {:>8} {:>8} {:>8} {:>7}  {:<8} {}",
-            p.pid,
-            p.ppid,
-            p.pgid,
-            p.sid,
-            p.threads.len(),
-            p.state,
-            p.comm
+            pid, row.0, row.1, row.2, row.3, row.4, row.5
         );
     }
     for p in &c.processes {
@@ -276,6 +308,11 @@ pub fn render(c: &Checkpoint) -> String {
             );
         }
 
+        let _ = writeln!(o, "\n  Threads ({}):", p.thread_states.len());
+        for th in &p.thread_states {
+            render_thread(&mut o, th);
+        }
+
         let t = &p.timers;
         let _ = writeln!(o, "\n  Timers:");
         if t.itimers.is_empty() && t.posix.is_empty() {
@@ -302,6 +339,63 @@ pub fn render(c: &Checkpoint) -> String {
         }
     }
     o
+}
+
+/// What a zombie's wait status says, for the COMMAND column.
+fn zombie_text(z: &view::ZombieView) -> String {
+    match (z.exit_code, &z.signal) {
+        (Some(code), _) => format!("<defunct, exit code {code}>"),
+        (None, Some(sig)) => format!(
+            "<defunct, killed by {sig}{}>",
+            yes(z.core_dumped, ", core dumped")
+        ),
+        (None, None) => format!("<defunct, status {:#x}>", z.status),
+    }
+}
+
+fn render_thread(o: &mut String, th: &view::ThreadView) {
+    let r = &th.regs;
+    let _ = writeln!(
+        o,
+        "    tid {} ({}){}  rip {}  rsp {}  fs_base {}",
+        th.tid,
+        th.comm,
+        yes(th.leader, " leader"),
+        r.rip,
+        r.rsp,
+        r.fs_base
+    );
+    let _ = writeln!(o, "      blocked: {}", sig_list(&th.blocked));
+    if !th.pending.is_empty() {
+        let names: Vec<&str> = th.pending.iter().map(|x| x.name.as_str()).collect();
+        let _ = writeln!(o, "      pending: {}", names.join(", "));
+    }
+    if let Some(st) = &th.altstack {
+        let _ = writeln!(
+            o,
+            "      altstack {:#x} size {} flags {:#x}",
+            st.sp, st.size, st.flags
+        );
+    }
+    let mut misc = Vec::new();
+    if let Some(rs) = &th.rseq {
+        misc.push(format!("rseq {:#x} len {} sig {}", rs.ptr, rs.len, rs.sig));
+    }
+    if let Some(rl) = &th.robust_list {
+        misc.push(format!("robust_list {:#x} len {}", rl.head, rl.len));
+    }
+    if th.clear_child_tid != 0 {
+        misc.push(format!("clear_child_tid {:#x}", th.clear_child_tid));
+    }
+    if th.pdeath_sig != 0 {
+        misc.push(format!(
+            "pdeath_sig {}",
+            view::signal_name(i64::from(th.pdeath_sig))
+        ));
+    }
+    if !misc.is_empty() {
+        let _ = writeln!(o, "      {}", misc.join("  "));
+    }
 }
 
 fn sig_list(sigs: &[u32]) -> String {

@@ -3,8 +3,8 @@
 //! the image records change.
 
 use crate::images::types::{
-    CoreEntry, Creds, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PstreeEntry, Vma,
-    VmaKind,
+    CoreEntry, Creds, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PstreeEntry,
+    UserRegs, Vma, VmaKind,
 };
 use serde::Serialize;
 
@@ -20,8 +20,109 @@ pub struct Checkpoint {
     pub dir: String,
     /// From `inventory.img`.
     pub inventory: InventoryView,
-    /// One per process of `pstree.img`, root first.
+    /// One per live process of `pstree.img`, root first (tree order).
     pub processes: Vec<ProcessView>,
+    /// One per zombie of `pstree.img`, in tree order (added within
+    /// `show_format` 1; empty when there is none).
+    pub zombies: Vec<ZombieView>,
+    /// Every PID of `pstree.img`, in its order (for the overview).
+    #[serde(skip)]
+    pub order: Vec<i32>,
+}
+
+/// A zombie: exited, not yet reaped by its parent. It has no images but
+/// its `pstree.img` entry.
+#[derive(Serialize, Debug)]
+pub struct ZombieView {
+    /// PID.
+    pub pid: i32,
+    /// Parent PID.
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// Always `zombie`.
+    pub state: &'static str,
+    /// Raw wait status as dumped.
+    pub status: i32,
+    /// Exit code when it exited normally, else null.
+    pub exit_code: Option<i32>,
+    /// Number of the signal that killed it, else null.
+    pub signo: Option<i32>,
+    /// Its name (`SIGKILL`), else null.
+    pub signal: Option<String>,
+    /// Killed by a signal and dumped core.
+    pub core_dumped: bool,
+}
+
+/// One thread of a live process, from its `core-TID.img`.
+#[derive(Serialize, Debug)]
+pub struct ThreadView {
+    /// Thread ID.
+    pub tid: i32,
+    /// The thread group leader (its TID is the PID).
+    pub leader: bool,
+    /// Thread name.
+    pub comm: String,
+    /// A summary of the registers, hex text.
+    pub regs: RegsView,
+    /// Blocked signal numbers.
+    pub blocked: Vec<u32>,
+    /// Signals queued to this thread only (the shared queue is in the
+    /// process's `signals.pending`).
+    pub pending: Vec<PendingView>,
+    /// Alternate signal stack, null when disabled.
+    pub altstack: Option<AltStackView>,
+    /// rseq registration, null when none.
+    pub rseq: Option<RseqView>,
+    /// Robust futex list, null when none.
+    pub robust_list: Option<RobustListView>,
+    /// `clear_child_tid` address (0: none).
+    pub clear_child_tid: u64,
+    /// Parent-death signal number (0: none).
+    pub pdeath_sig: i32,
+}
+
+/// Registers most useful to look at, as hex text.
+#[derive(Serialize, Debug)]
+pub struct RegsView {
+    /// Instruction pointer.
+    pub rip: String,
+    /// Stack pointer.
+    pub rsp: String,
+    /// Frame pointer.
+    pub rbp: String,
+    /// Return value / syscall number.
+    pub rax: String,
+    /// Syscall number at the freeze (`0xffffffffffffffff`: not in one).
+    pub orig_rax: String,
+    /// Flags.
+    pub eflags: String,
+    /// TLS base.
+    pub fs_base: String,
+    /// GS base.
+    pub gs_base: String,
+}
+
+/// An rseq registration.
+#[derive(Serialize, Debug)]
+pub struct RseqView {
+    /// Address of `struct rseq`.
+    pub ptr: u64,
+    /// Registered size.
+    pub len: u32,
+    /// Signature, hex text.
+    pub sig: String,
+}
+
+/// A robust futex list.
+#[derive(Serialize, Debug)]
+pub struct RobustListView {
+    /// Head address.
+    pub head: u64,
+    /// Length of the head in bytes.
+    pub len: u64,
 }
 
 /// The inventory.
@@ -59,6 +160,9 @@ pub struct ProcessView {
     pub sid: i32,
     /// Thread IDs, leader first.
     pub threads: Vec<i32>,
+    /// Each thread's own state, in the order of `threads` (added within
+    /// `show_format` 1).
+    pub thread_states: Vec<ThreadView>,
     /// `running` or `stopped`.
     pub state: &'static str,
     /// Command name.
@@ -517,6 +621,25 @@ pub fn siginfo_signo(raw: &[u8]) -> i32 {
         .unwrap_or(0)
 }
 
+fn pending_view(p: &crate::images::types::PendingSignal) -> PendingView {
+    let signo = siginfo_signo(&p.siginfo);
+    PendingView {
+        signo,
+        name: signal_name(i64::from(signo)),
+        shared: p.shared,
+    }
+}
+
+fn altstack(c: &CoreEntry) -> Option<AltStackView> {
+    (c.sigaltstack.flags & libc::SS_DISABLE == 0 && c.sigaltstack.size != 0).then_some(
+        AltStackView {
+            sp: c.sigaltstack.sp,
+            size: c.sigaltstack.size,
+            flags: c.sigaltstack.flags,
+        },
+    )
+}
+
 fn signals(c: &CoreEntry) -> SignalsView {
     let actions = c
         .sigactions
@@ -534,29 +657,11 @@ fn signals(c: &CoreEntry) -> SignalsView {
             mask: mask_signals(a.mask),
         })
         .collect();
-    let pending = c
-        .pending
-        .iter()
-        .map(|p| {
-            let signo = siginfo_signo(&p.siginfo);
-            PendingView {
-                signo,
-                name: signal_name(i64::from(signo)),
-                shared: p.shared,
-            }
-        })
-        .collect();
-    let altstack = (c.sigaltstack.flags & libc::SS_DISABLE == 0 && c.sigaltstack.size != 0)
-        .then_some(AltStackView {
-            sp: c.sigaltstack.sp,
-            size: c.sigaltstack.size,
-            flags: c.sigaltstack.flags,
-        });
     SignalsView {
         blocked: mask_signals(c.sigmask),
-        pending,
+        pending: c.pending.iter().map(pending_view).collect(),
         actions,
-        altstack,
+        altstack: altstack(c),
     }
 }
 
@@ -586,12 +691,84 @@ fn timers(c: &CoreEntry) -> TimersView {
     TimersView { itimers, posix }
 }
 
+fn regs(r: &UserRegs) -> RegsView {
+    let h = |x: u64| format!("{x:#x}");
+    RegsView {
+        rip: h(r.rip),
+        rsp: h(r.rsp),
+        rbp: h(r.rbp),
+        rax: h(r.rax),
+        orig_rax: h(r.orig_rax),
+        eflags: h(r.eflags),
+        fs_base: h(r.fs_base),
+        gs_base: h(r.gs_base),
+    }
+}
+
+/// The view of one thread of process `pid`.
+pub fn thread(pid: i32, c: &CoreEntry) -> ThreadView {
+    ThreadView {
+        tid: c.tid,
+        leader: c.tid == pid,
+        comm: c.comm.clone(),
+        regs: regs(&c.regs),
+        blocked: mask_signals(c.sigmask),
+        pending: c
+            .pending
+            .iter()
+            .filter(|p| !p.shared)
+            .map(pending_view)
+            .collect(),
+        altstack: altstack(c),
+        rseq: c.rseq.map(|r| RseqView {
+            ptr: r.ptr,
+            len: r.len,
+            sig: format!("{:#x}", r.sig),
+        }),
+        robust_list: (c.robust_list.0 != 0).then_some(RobustListView {
+            head: c.robust_list.0,
+            len: c.robust_list.1,
+        }),
+        clear_child_tid: c.clear_child_tid,
+        pdeath_sig: c.pdeath_sig,
+    }
+}
+
+/// Decode a raw wait status: (exit code, signal, core dumped).
+pub fn wait_status(status: i32) -> (Option<i32>, Option<i32>, bool) {
+    if status & 0x7f == 0 {
+        (Some((status >> 8) & 0xff), None, false)
+    } else {
+        (None, Some(status & 0x7f), status & 0x80 != 0)
+    }
+}
+
+/// The view of a zombie, from its `pstree.img` entry and wait status.
+pub fn zombie(t: &PstreeEntry, status: i32) -> ZombieView {
+    let (exit_code, signo, core_dumped) = wait_status(status);
+    ZombieView {
+        pid: t.pid,
+        ppid: t.ppid,
+        pgid: t.pgid,
+        sid: t.sid,
+        state: "zombie",
+        status,
+        exit_code,
+        signo,
+        signal: signo.map(|s| signal_name(i64::from(s))),
+        core_dumped,
+    }
+}
+
 /// Everything read for one process.
 pub struct ProcessImages {
     /// `pstree.img` entry.
     pub tree: PstreeEntry,
-    /// `core-PID.img`.
+    /// `core-PID.img` (the leader's).
     pub core: CoreEntry,
+    /// `core-TID.img` of every thread in `tree.threads`, in that order
+    /// (the leader's included).
+    pub thread_cores: Vec<CoreEntry>,
     /// `mm-PID.img`.
     pub mm: MmEntry,
     /// `fs-PID.img`.
@@ -612,6 +789,11 @@ pub fn process(p: &ProcessImages) -> ProcessView {
         pgid: p.tree.pgid,
         sid: p.tree.sid,
         threads: p.tree.threads.clone(),
+        thread_states: p
+            .thread_cores
+            .iter()
+            .map(|c| thread(p.tree.pid, c))
+            .collect(),
         state: if p.core.stopped { "stopped" } else { "running" },
         comm: p.core.comm.clone(),
         exe: p.mm.exe.clone(),
@@ -647,6 +829,26 @@ mod tests {
             sa_flags((libc::SA_RESTART as u64) | 0x0400_0000),
             vec!["SA_RESTORER", "SA_RESTART"]
         );
+    }
+
+    #[test]
+    fn wait_statuses() {
+        assert_eq!(wait_status(7 << 8), (Some(7), None, false));
+        assert_eq!(wait_status(0), (Some(0), None, false));
+        assert_eq!(wait_status(9), (None, Some(9), false));
+        assert_eq!(wait_status(0x80 | 11), (None, Some(11), true));
+        let t = PstreeEntry {
+            pid: 5,
+            ppid: 4,
+            pgid: 4,
+            sid: 4,
+            threads: Vec::new(),
+            zombie: Some(15),
+        };
+        let z = zombie(&t, 15);
+        assert_eq!(z.signal.as_deref(), Some("SIGTERM"));
+        assert_eq!(z.exit_code, None);
+        assert_eq!(z.state, "zombie");
     }
 
     #[test]
