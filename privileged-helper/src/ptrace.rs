@@ -296,6 +296,10 @@ fn run_at_gadget(t: &mut Tracee, gadget: u64, nr: u64, args: [u64; 6]) -> Result
                 let child = new_task_stop(t.pid)?;
                 t.new_tasks.push(child);
             }
+            // A task seized while in group-stop (state T) re-traps once
+            // with PTRACE_EVENT_STOP when first resumed (ptrace(2),
+            // "group-stop"), before it runs the instruction: resume again.
+            Stop::Event if syscall_stops == 0 && events < 16 => events += 1,
             Stop::Event | Stop::OtherEvent(_) => {
                 t.last_stop = LastStop::Interrupt;
                 return Err(Fail::bare(ErrorKind::UnexpectedStop));

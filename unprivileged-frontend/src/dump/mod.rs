@@ -144,8 +144,53 @@ fn zombie_status(pid: i32) -> Result<i32> {
         .ok_or_else(|| Error::parse(&p, "no exit_code field"))
 }
 
+/// A process whose leader has exited while other threads still run (its
+/// leader shows as a zombie but /proc/PID/task lists live threads): it is
+/// half gone, and a leader cannot be recreated as a zombie with live threads.
+fn check_half_exited(pid: i32, st: &crate::proc::Status) -> Result<()> {
+    if !matches!(st.state, 'Z' | 'X') {
+        return Ok(());
+    }
+    let others: Vec<i32> = list_ids(&format!("/proc/{pid}/task"))
+        .into_iter()
+        .filter(|&t| t != pid)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "pid {pid} is exiting: its main thread has exited while threads {others:?} still run; such a process cannot be dumped (nothing was changed)"
+    )))
+}
+
+/// Refusals for one thread before it is seized: traced by someone else, or
+/// waiting in vfork(2) for a child that has not exec'd or exited yet (it
+/// could not be stopped until then).
+fn precheck_thread(pid: i32, tid: i32) -> Result<()> {
+    let p = std::path::PathBuf::from(format!("/proc/{pid}/task/{tid}/status"));
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(()); // gone: the caller notices
+    };
+    let st = crate::proc::parse_status(&text).map_err(|d| Error::parse(&p, d))?;
+    if st.tracer_pid != 0 {
+        return Err(Error::Refused(format!(
+            "pid {pid} thread {tid} is being traced by pid {} (another debugger?); nothing was changed",
+            st.tracer_pid
+        )));
+    }
+    let wchan =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
+    if wchan.contains("vfork") {
+        return Err(Error::Refused(format!(
+            "pid {pid} thread {tid} is inside vfork(), waiting for its child to exec or exit; it cannot be stopped until then (nothing was changed)"
+        )));
+    }
+    Ok(())
+}
+
 /// Refusals for a process found in the tree, before it is seized.
 fn precheck_member(pid: i32, st: &crate::proc::Status) -> Result<()> {
+    check_half_exited(pid, st)?;
     if st.tracer_pid != 0 {
         return Err(Error::Refused(format!(
             "pid {pid} (in the tree) is being traced by pid {} (another debugger?); nothing was changed",
@@ -201,6 +246,7 @@ fn seize_tree(h: &mut Helper, root: i32, tree: &mut Tree) -> Result<()> {
                 if tree.procs[i].threads.contains(&tid) {
                     continue;
                 }
+                precheck_thread(pid, tid)?;
                 match h.seize(tid) {
                     Ok(()) => {}
                     Err(_) if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
@@ -354,6 +400,7 @@ fn precheck(pid: i32) -> Result<()> {
             st.tracer_pid
         )));
     }
+    check_half_exited(pid, &st)?;
     match st.state {
         'Z' | 'X' => {
             return Err(Error::Refused(format!(
