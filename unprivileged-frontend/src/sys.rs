@@ -72,6 +72,21 @@ pub fn get_robust_list(tid: i32) -> std::io::Result<(u64, u64)> {
     Ok((head, len as u64))
 }
 
+/// `kcmp(2)` with `KCMP_FILE` as an ordering of fd `a` against fd `b` of
+/// `pid` (the kernel's order of open file descriptions); `None` when the
+/// kernel gives no order or the call fails.
+pub fn kcmp_file_order(pid: i32, a: i32, b: i32) -> Option<std::cmp::Ordering> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    match r {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    }
+}
+
 /// `kcmp(2)` with `KCMP_FILE`: whether fd `a` and fd `b` of `pid` are the
 /// same open file description.
 ///

@@ -33,7 +33,7 @@ pub fn collect(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
     fds.sort_unstable();
 
     let mut out: Vec<FdEntry> = Vec::new();
-    let mut links: Vec<(i32, String)> = Vec::new();
+    let mut reps: Vec<i32> = Vec::new();
     for fd in fds {
         let link = proc::read_link(&proc::path(pid, &format!("fd/{fd}")))?;
         let ipath = proc::path(pid, &format!("fdinfo/{fd}"));
@@ -42,29 +42,50 @@ pub fn collect(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
         let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
 
-        // The same open file description as a lower descriptor?
-        let mut dup_of = None;
-        for (other, olink) in &links {
-            if *olink == link && crate::sys::same_file_description(pid, *other, fd).unwrap_or(false)
-            {
-                dup_of = Some(*other);
-                break;
+        // The same open file description as a lower descriptor? `reps` holds
+        // one descriptor per description seen so far, sorted in the kernel's
+        // kcmp(2) order, so each lookup is a binary search.
+        match find_description(pid, &reps, fd) {
+            Ok(of) => {
+                out.push(FdEntry {
+                    fd,
+                    cloexec,
+                    kind: FdKind::Dup { of },
+                });
+                continue;
             }
-        }
-        links.push((fd, link.clone()));
-        if let Some(of) = dup_of {
-            out.push(FdEntry {
-                fd,
-                cloexec,
-                kind: FdKind::Dup { of },
-            });
-            continue;
+            Err(at) => reps.insert(at, fd),
         }
 
         let kind = classify(pid, fd, &link, flags, info.pos, shell_job)?;
         out.push(FdEntry { fd, cloexec, kind });
     }
     Ok(out)
+}
+
+/// Look `fd` up among `reps` (sorted by kcmp(2) `KCMP_FILE` order): `Ok`
+/// with the descriptor of the same open file description, or `Err` with
+/// where `fd` goes in the order. If the kernel gives no order (kcmp says
+/// "unordered" or fails), compare with every one instead.
+fn find_description(pid: i32, reps: &[i32], fd: i32) -> std::result::Result<i32, usize> {
+    let mut lo = 0;
+    let mut hi = reps.len();
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match crate::sys::kcmp_file_order(pid, reps[mid], fd) {
+            Some(std::cmp::Ordering::Equal) => return Ok(reps[mid]),
+            Some(std::cmp::Ordering::Less) => lo = mid + 1,
+            Some(std::cmp::Ordering::Greater) => hi = mid,
+            None => {
+                return reps
+                    .iter()
+                    .copied()
+                    .find(|&r| crate::sys::same_file_description(pid, r, fd).unwrap_or(false))
+                    .ok_or(reps.len())
+            }
+        }
+    }
+    Err(lo)
 }
 
 fn classify(

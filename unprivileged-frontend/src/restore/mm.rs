@@ -461,6 +461,11 @@ fn apply_advice(h: &mut Helper, r: &Remote, v: &Vma) -> Result<()> {
     Ok(())
 }
 
+/// `MADV_POPULATE_WRITE` (see madvise(2)).
+const MADV_POPULATE_WRITE: u64 = 23;
+/// Runs at least this long (bytes) are pre-populated before being read.
+const POPULATE_MIN: u64 = 64 * 1024;
+
 /// Read every run from the pages file (open in the task as `fd`) straight
 /// into place: one `pread64` per run, looping only on short reads.
 ///
@@ -476,6 +481,16 @@ pub fn fill_pages(
     let mut total = 0u64;
     for run in runs {
         let len = run.nr_pages * PAGE;
+        if len >= POPULATE_MIN {
+            // Allocate the run's pages in one call rather than one page fault
+            // per page inside pread64 (see madvise(2), MADV_POPULATE_WRITE,
+            // Linux 5.14+). Only a speed-up: a refusal changes nothing.
+            let _ = r.raw(
+                h,
+                libc::SYS_madvise,
+                [run.vaddr, len, MADV_POPULATE_WRITE, 0, 0, 0],
+            );
+        }
         let mut done = 0;
         while done < len {
             let what = format!(
