@@ -163,6 +163,21 @@ impl Server {
                 self.create_stub(Pid::from_raw(pid), &targets, fds)
             }
             Request::WaitExit { pid } => self.wait_exit(pid),
+            Request::SetNextPid { parent, pid } => {
+                self.recheck(parent)?;
+                match self.tracees.get(&parent) {
+                    Some(t) if t.kind == Kind::Stub => {}
+                    Some(_) => return Err(bad),
+                    None => return Err(not_traced()),
+                }
+                let spawner = self.spawner.as_mut().ok_or(Fail::bare(ErrorKind::Clone))?;
+                spawner
+                    .next_pid(Pid::from_raw(pid))
+                    .map_err(on(ErrorKind::Clone))?;
+                self.log
+                    .done("set-next-pid", parent, format_args!("next={pid}"));
+                Ok(Response::Ok)
+            }
             Request::Release { pid, how } => {
                 self.recheck(pid)?;
                 let t = self.tracees.remove(&pid).ok_or(not_traced())?;
@@ -767,6 +782,19 @@ mod tests {
                 ErrorKind::NotTraced,
             ),
             (Request::WaitExit { pid: 5 }, vec![], ErrorKind::NotTraced),
+            (
+                Request::SetNextPid { parent: 5, pid: 1 },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SetNextPid {
+                    parent: 5,
+                    pid: 100,
+                },
+                vec![],
+                ErrorKind::NotTraced,
+            ),
             (
                 Request::Seize {
                     pid: getpid().as_raw(),

@@ -24,6 +24,13 @@ pub enum SpawnRequest {
         /// Target descriptor numbers.
         fds: Vec<i32>,
     },
+    /// Write `pid - 1` to `/proc/sys/kernel/ns_last_pid`, so the next PID
+    /// the kernel hands out is `pid` (if it is free). Answered
+    /// `Created(pid)`.
+    NextPid {
+        /// The wanted PID.
+        pid: i32,
+    },
 }
 
 /// Spawner → helper.
@@ -96,6 +103,18 @@ impl Spawner {
         }
     }
 
+    /// Make `pid` the next PID the kernel hands out (see
+    /// [`SpawnRequest::NextPid`]). Returns the errno of the failure.
+    pub fn next_pid(&mut self, pid: Pid) -> Result<(), Errno> {
+        let req = SpawnRequest::NextPid { pid: pid.as_raw() };
+        self.chan.send(&req, &[]).map_err(|_| Errno::EPIPE)?;
+        match self.chan.recv() {
+            Ok((SpawnReply::Created(p), extra)) if p == pid.as_raw() && extra.is_empty() => Ok(()),
+            Ok((SpawnReply::Failed(e), _)) => Err(Errno::from_raw(e)),
+            _ => Err(Errno::EPROTO),
+        }
+    }
+
     /// Close the channel (the spawner exits on end of stream) and reap it.
     pub fn shutdown(self) {
         let pid = self.pid;
@@ -109,8 +128,15 @@ fn serve(sock: OwnedFd, creds: Option<&Caller>) {
     let sock_fd = sock.as_raw_fd();
     let mut chan: Channel<SpawnReply, SpawnRequest> = Channel::new(sock);
     let helper = nix::unistd::getppid();
-    while let Ok((SpawnRequest::Create { pid, fds: targets }, received)) = chan.recv() {
-        let reply = match create(pid, &targets, &received, sock_fd, helper, creds) {
+    while let Ok((req, received)) = chan.recv() {
+        let result = match req {
+            SpawnRequest::Create { pid, fds: targets } => {
+                create(pid, &targets, &received, sock_fd, helper, creds)
+            }
+            SpawnRequest::NextPid { pid } if received.is_empty() => set_last_pid(pid),
+            SpawnRequest::NextPid { .. } => Err(Errno::EINVAL),
+        };
+        let reply = match result {
             Ok(child) => SpawnReply::Created(child.as_raw()),
             Err(e) => SpawnReply::Failed(e as i32),
         };
@@ -119,6 +145,17 @@ fn serve(sock: OwnedFd, creds: Option<&Caller>) {
             break;
         }
     }
+}
+
+/// `/proc/sys/kernel/ns_last_pid` = `pid - 1` (needs
+/// `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN`, which the spawner keeps).
+fn set_last_pid(pid: i32) -> Result<Pid, Errno> {
+    if pid <= 1 {
+        return Err(Errno::EINVAL);
+    }
+    std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(Pid::from_raw(pid))
 }
 
 fn create(

@@ -270,6 +270,18 @@ pub enum Request {
         /// Created task.
         pid: Pid,
     },
+    /// Make `pid` the next PID the kernel hands out in the helper's PID
+    /// namespace (the spawner writes `pid - 1` to
+    /// `/proc/sys/kernel/ns_last_pid`), so that a fork or clone injected
+    /// next into the stub `parent` gets it without `set_tid`, which needs a
+    /// capability the stub lacks in setuid mode. Another process of the
+    /// system may fork first and take it: the caller checks the PID it got.
+    SetNextPid {
+        /// A stub created on this channel that will fork or clone next.
+        parent: Pid,
+        /// The wanted PID.
+        pid: Pid,
+    },
 }
 
 /// The operation a failing request was doing, so the frontend can say which
@@ -534,6 +546,7 @@ impl Request {
             Request::DumpPages { .. } => "dump-pages",
             Request::Release { .. } => "release",
             Request::WaitExit { .. } => "wait-exit",
+            Request::SetNextPid { .. } => "set-next-pid",
         }
     }
 
@@ -555,7 +568,8 @@ impl Request {
             | Request::WriteMemory { pid, .. }
             | Request::DumpPages { pid, .. }
             | Request::Release { pid, .. }
-            | Request::WaitExit { pid } => Some(*pid),
+            | Request::WaitExit { pid }
+            | Request::SetNextPid { parent: pid, .. } => Some(*pid),
         }
     }
 
@@ -603,6 +617,9 @@ impl Request {
                 check_range(*addr, data.len() as u64)?;
             }
             Request::SetGadget { addr, .. } => check_range(*addr, 2)?,
+            Request::SetNextPid { pid, .. } if *pid <= 1 => {
+                return Err("next pid must be above 1");
+            }
             Request::DumpPages { runs, .. } => {
                 if runs.len() > MAX_PAGE_RUNS {
                     return Err("too many page runs");

@@ -699,3 +699,153 @@ fn hostile_frames_to_the_setuid_helper() {
         t.fail(&format!("the helper ended with {st:?} after a clean close"));
     }
 }
+
+/// A python3 tree run by the user: the parent forks a child; each starts a
+/// second thread and writes `PID COUNTER` to `c<level>` every 50 ms. With `argv[2]` = "other", the
+/// program starts as root, the child drops to uid/gid 65533 and the parent
+/// to the user (dumpable again, no groups, no capabilities).
+const USER_TREE: &str = r#"
+import ctypes, os, sys, threading, time
+d = sys.argv[1]
+other = len(sys.argv) > 2
+lvl = 0
+if os.fork() == 0:
+    lvl = 1
+threading.Thread(target=time.sleep, args=(1e9,), daemon=True).start()
+uid = 65533 if (other and lvl == 1) else 65534
+if other:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)
+n = 0
+while True:
+    n += 1
+    open(d + f"/c{lvl}.tmp", "w").write(f"{os.getpid()} {n}")
+    os.replace(d + f"/c{lvl}.tmp", d + f"/c{lvl}")
+    time.sleep(0.05)
+"#;
+
+fn tree_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
+    let text = read(&dir.join(format!("c{lvl}")))?;
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Starts [`USER_TREE`] (as the user, or as root with `other`) and returns
+/// the pids of parent and child once both count.
+fn start_user_tree(t: &Test, other: bool) -> [i32; 2] {
+    let w = t.work();
+    let mut cmd = if other {
+        Command::new("/usr/bin/python3")
+    } else {
+        as_user(Path::new("/usr/bin/python3"))
+    };
+    cmd.arg("-c").arg(USER_TREE).arg(&w);
+    if other {
+        cmd.arg("other");
+    }
+    let root = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        (0..2).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 >= 3))
+    }) {
+        t.fail(&format!(
+            "the user's tree did not start: {}",
+            describe(root)
+        ));
+    }
+    let pids = [root, tree_counter(&w, 1).unwrap().0];
+    t.track(pids[1]);
+    pids
+}
+
+fn tree_counts_on(t: &Test, when: &str) {
+    let w = t.work();
+    let start: Vec<u64> = (0..2)
+        .map(|l| tree_counter(&w, l).map_or(0, |c| c.1))
+        .collect();
+    if !wait_for(Duration::from_secs(5), || {
+        (0..2).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 > start[l as usize] + 2))
+    }) {
+        t.fail(&format!("{when}: not every process of the tree counts on"));
+    }
+}
+
+#[test]
+fn user_dumps_and_restores_own_tree() {
+    let Some((t, inst)) = setup("setuid_tree") else {
+        return;
+    };
+    let pids = start_user_tree(&t, false);
+    let run = criu_as_user(&t, &inst, &strs(&dump_args(&t, pids[0])));
+    must_succeed(&t, &run);
+    reap_dumped(&t, pids[0]);
+    // The killed child was reparented to us (the test is a subreaper).
+    if let Err(e) = reap(pids[1], Duration::from_secs(10)) {
+        t.fail(&format!("dumped child {} was not killed: {e}", pids[1]));
+    }
+    let run = criu_as_user(&t, &inst, &strs(&restore_args(&t)));
+    must_succeed(&t, &run);
+    for p in pids {
+        t.track(p);
+        t.assert_running_untouched(p, "after the restore as the user");
+        if status_field(p, "Threads:").as_deref() != Some("2") {
+            t.fail(&format!("restored {p} lost its thread: {}", describe(p)));
+        }
+        if status_field(p, "Uid:").as_deref() != Some("65534\t65534\t65534\t65534") {
+            t.fail(&format!("restored {p} has another uid: {}", describe(p)));
+        }
+    }
+    if ppid(pids[1]) != Some(pids[0]) {
+        t.fail(&format!(
+            "restored child's parent changed: {}",
+            describe(pids[1])
+        ));
+    }
+    tree_counts_on(&t, "after the restore as the user");
+    for p in pids {
+        kill_and_reap(p);
+    }
+}
+
+#[test]
+fn user_cannot_dump_a_tree_with_another_users_child() {
+    let Some((t, inst)) = setup("setuid_tree_other") else {
+        return;
+    };
+    // The child runs as another user and writes there too.
+    chmod(&t.work(), 0o777);
+    let pids = start_user_tree(&t, true);
+    for (p, uids) in pids.iter().zip(["65534", "65533"]) {
+        if !wait_for(Duration::from_secs(5), || {
+            status_field(*p, "Uid:").is_some_and(|u| u.split_whitespace().all(|x| x == uids))
+        }) {
+            t.fail(&format!("{p} did not become uid {uids}: {}", describe(*p)));
+        }
+    }
+    refused_dump(
+        &t,
+        &inst,
+        pids[0],
+        &[&format!(
+            "pid {}: real uid 65533 differs from yours (65534)",
+            pids[1]
+        )],
+    );
+    t.assert_running_untouched(pids[1], "after the refused dump");
+    tree_counts_on(&t, "after the refused dump");
+    if fs::read_dir(t.images())
+        .expect("read images")
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("inventory"))
+        })
+    {
+        t.fail("a refused dump wrote an inventory");
+    }
+    for p in pids {
+        kill_and_reap(p);
+    }
+}

@@ -310,6 +310,13 @@ impl Helper {
         self.expect_ok(Request::SetGadget { pid, addr }, &[])
     }
 
+    /// Make `pid` the next PID the kernel hands out, for a fork or clone
+    /// injected next into the stub `parent` (setuid mode, where the stub
+    /// may not use `set_tid`).
+    pub fn set_next_pid(&mut self, parent: Pid, pid: Pid) -> HResult<()> {
+        self.expect_ok(Request::SetNextPid { parent, pid }, &[])
+    }
+
     /// Run one system call in the task; returns the raw result (`-errno`).
     ///
     /// Errors: the helper could not run it.

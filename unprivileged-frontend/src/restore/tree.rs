@@ -38,7 +38,16 @@ pub fn encode_clone_args(flags: u64, exit_signal: u64, tid_addr: u64) -> Vec<u8>
 /// first instruction); the scratch area holds the arguments.
 ///
 /// Errors: the call failed (EEXIST: the ID is taken) or made another ID.
+///
+/// In setuid mode the stub runs with the caller's credentials and may not
+/// use `set_tid` (it needs `CAP_CHECKPOINT_RESTORE`): the helper makes
+/// `tid` the next PID the kernel hands out instead, and clone3 goes without
+/// `set_tid`; if another process of the system forked in between and took
+/// the PID, the restore fails (and can be retried).
 pub fn clone_in(h: &mut Helper, r: &Remote, flags: u64, exit_signal: u64, tid: i32) -> Result<()> {
+    if h.caller_uid != 0 {
+        return clone_next_pid(h, r, flags, exit_signal, tid);
+    }
     let tid_addr = r.put(h, 128, &tid.to_le_bytes())?;
     let args = r.put(h, 0, &encode_clone_args(flags, exit_signal, tid_addr))?;
     let what = format!("clone3(set_tid {tid})");
@@ -55,6 +64,88 @@ pub fn clone_in(h: &mut Helper, r: &Remote, flags: u64, exit_signal: u64, tid: i
         )));
     }
     debug!("pid {}: created {tid}", r.pid);
+    Ok(())
+}
+
+/// Tries of [`clone_next_pid`] before giving up.
+const NEXT_PID_TRIES: u32 = 8;
+
+/// Setuid mode: `SetNextPid`, then `clone3` without `set_tid`. When another
+/// process of the system took the PID in between, the task made with the
+/// wrong PID is undone (a thread exits; a process is killed and reaped by
+/// the stub, whose `SIGCHLD` is dropped) and it is tried again.
+fn clone_next_pid(
+    h: &mut Helper,
+    r: &Remote,
+    flags: u64,
+    exit_signal: u64,
+    tid: i32,
+) -> Result<()> {
+    let mut args = encode_clone_args(flags, exit_signal, 0);
+    // No set_tid: set_tid_size = 0.
+    args[72..80].copy_from_slice(&0u64.to_le_bytes());
+    let args = r.put(h, 0, &args)?;
+    let what = format!("clone3(next pid {tid})");
+    // Where the kernel's allocation stood: put back after each clone, or
+    // every other fork of the system would take the PIDs just above `tid`,
+    // which the tree may still need.
+    let before: Option<i32> = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    for attempt in 1..=NEXT_PID_TRIES {
+        h.set_next_pid(r.pid, tid)?;
+        let got = r.call(
+            h,
+            &what,
+            libc::SYS_clone3,
+            [args, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0],
+        )?;
+        if got == tid as u64 {
+            debug!("pid {}: created {tid}", r.pid);
+            if let Some(last) = before.filter(|&b| b > tid) {
+                h.set_next_pid(r.pid, last + 1)?;
+            }
+            return Ok(());
+        }
+        info!(
+            "pid {}: {what} made {got} (another process took {tid}), attempt {attempt}",
+            r.pid
+        );
+        undo_clone(h, r, flags, got as i32)?;
+    }
+    Err(Error::Refused(format!(
+        "pid {}: other processes kept taking pid {tid} during the restore; try again",
+        r.pid
+    )))
+}
+
+/// Remove a task just made by an injected clone with the wrong PID.
+fn undo_clone(h: &mut Helper, r: &Remote, flags: u64, got: i32) -> Result<()> {
+    if flags & libc::CLONE_THREAD as u64 != 0 {
+        // exit(2) of that thread only; it is gone at the call's exit.
+        let tr = Remote { pid: got, ..*r };
+        return match tr.raw(h, libc::SYS_exit, [0; 6]) {
+            Err(Error::Helper(HelperError::Failed {
+                kind: ErrorKind::Gone,
+                ..
+            })) => Ok(()),
+            Ok(ret) => Err(Error::Unsupported(format!(
+                "pid {got}: exit returned {ret}"
+            ))),
+            Err(e) => Err(e),
+        };
+    }
+    h.release(got, ReleaseMode::Kill)?;
+    r.call(
+        h,
+        &format!("wait4({got})"),
+        libc::SYS_wait4,
+        [got as u64, 0, libc::__WALL as u64, 0, 0, 0],
+    )?;
+    // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}): drop its SIGCHLD.
+    let set = r.put(h, 256, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = r.put(h, 272, &[0u8; 16])?;
+    r.raw(h, libc::SYS_rt_sigtimedwait, [set, 0, ts, 8, 0, 0])?;
     Ok(())
 }
 
