@@ -84,9 +84,16 @@ fn tree_with_groups_and_a_zombie() {
     if after != before {
         t.fail(&format!("tree shape changed: {before:?} -> {after:?}"));
     }
+    let zombie_comm = comm(zombie);
     if proc_state(zombie) != Some('Z') || ppid(zombie) != Some(root) {
         t.fail(&format!(
             "pid {zombie} is not a zombie child of {root} again"
+        ));
+    }
+    if zombie_comm != comm(root) {
+        t.fail(&format!(
+            "the zombie is named {zombie_comm:?}, not its parent's {:?}",
+            comm(root)
         ));
     }
     if !wait_for(Duration::from_secs(10), || {

@@ -213,7 +213,16 @@ pub fn create_processes(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     set_groups(h, ck)?;
     for e in ck.tree.iter() {
         if let Some(status) = e.zombie {
-            make_zombie(h, e.pid, status)?;
+            // A zombie has no core image; it was forked by its parent and
+            // most likely still bears the parent's name, which is better
+            // than the stub's "criu-helper".
+            let name = ck
+                .procs
+                .iter()
+                .find(|p| p.pstree.pid == e.ppid)
+                .map(|p| p.core.comm.as_str())
+                .unwrap_or("");
+            make_zombie(h, e.pid, status, name)?;
         }
     }
     Ok(())
@@ -275,7 +284,17 @@ fn set_groups(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
 /// Make a stub exit as the dumped zombie did: `exit_group(code)`, or killed
 /// by its signal. The helper consumes the tracer's notice only, so the
 /// parent stub holds the zombie.
-fn make_zombie(h: &mut Helper, pid: i32, status: i32) -> Result<()> {
+fn make_zombie(h: &mut Helper, pid: i32, status: i32, name: &str) -> Result<()> {
+    if !name.is_empty() {
+        let b = boot_scratch(h, pid)?;
+        let p = b.put_cstr(h, 0, name)?;
+        b.call(
+            h,
+            &format!("prctl(PR_SET_NAME, {name})"),
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, p, 0, 0, 0, 0],
+        )?;
+    }
     let r = Remote::new(pid);
     let sig = status & 0x7f;
     if sig == 0 {
