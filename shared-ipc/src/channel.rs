@@ -88,7 +88,13 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
         loop {
-            match sendmsg::<()>(self.sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            match sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(n) if n == bytes.len() => return Ok(()),
                 Ok(_) => {
                     return Err(ChannelError::Io {
@@ -100,7 +106,12 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => {
                     return Err(ChannelError::Closed)
                 }
-                Err(errno) => return Err(ChannelError::Io { op: "sendmsg", errno }),
+                Err(errno) => {
+                    return Err(ChannelError::Io {
+                        op: "sendmsg",
+                        errno,
+                    })
+                }
             }
         }
     }
@@ -139,7 +150,12 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::ECONNRESET) => return Err(ChannelError::Closed),
-                Err(errno) => return Err(ChannelError::Io { op: "recvmsg", errno }),
+                Err(errno) => {
+                    return Err(ChannelError::Io {
+                        op: "recvmsg",
+                        errno,
+                    })
+                }
             }
         };
         if flags.contains(MsgFlags::MSG_CTRUNC) || fds.len() > MAX_FDS_PER_FRAME {
@@ -163,9 +179,18 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
     #[doc(hidden)]
     pub fn send_raw_for_test(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
         let iov = [IoSlice::new(bytes)];
-        sendmsg::<()>(self.sock.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
-            .map(|_| ())
-            .map_err(|errno| ChannelError::Io { op: "sendmsg", errno })
+        sendmsg::<()>(
+            self.sock.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|errno| ChannelError::Io {
+            op: "sendmsg",
+            errno,
+        })
     }
 }
 
@@ -210,7 +235,9 @@ mod tests {
     fn hostile_frames_are_rejected() {
         let (mut front, mut helper) = pair();
         // Oversized datagram: cut by the kernel and flagged MSG_TRUNC.
-        front.send_raw_for_test(&vec![0u8; MAX_FRAME + 100]).unwrap();
+        front
+            .send_raw_for_test(&vec![0u8; MAX_FRAME + 100])
+            .unwrap();
         assert!(matches!(
             helper.recv(),
             Err(ChannelError::Frame(FrameError::Oversized(_)))

@@ -37,8 +37,8 @@ pub enum FrameError {
 /// Errors: [`FrameError::Oversized`] when the frame would exceed
 /// [`MAX_FRAME`] bytes, [`FrameError::Malformed`] if serialisation fails.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = postcard::to_extend(msg, vec![0u8; 4])
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let mut out =
+        postcard::to_extend(msg, vec![0u8; 4]).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
     if out.len() > MAX_FRAME {
@@ -67,8 +67,8 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
             actual: payload.len(),
         });
     }
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<T>(payload)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes(rest.len()));
     }
