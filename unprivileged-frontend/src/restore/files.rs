@@ -1,7 +1,7 @@
 //! Descriptors and filesystem context of a restored task, by injected calls:
 //! each file is reopened by path in the task and moved to its number.
 
-use super::mm::{close_in, open_in};
+use super::mm::close_in;
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::images::types::{FdEntry, FdKind, FileId, FsEntry, MmEntry, VmaKind};
@@ -86,18 +86,39 @@ fn set_cloexec(h: &mut Helper, r: &Remote, fd: i32, cloexec: bool) -> Result<()>
     Ok(())
 }
 
-/// Open `path` in the task and put it at `target`.
+/// The path last written to the scratch area by [`open_at_target`], so a
+/// run of descriptors on the same file (10,000 `/dev/null`s) writes it once.
+type PathCache = Option<(String, u64)>;
+
+/// Open `path` in the task and put it at `target`. Descriptors are restored
+/// in ascending order, so the kernel's lowest free number usually is
+/// `target` already: then one `openat` (with `O_CLOEXEC` as dumped) does it.
 fn open_at_target(
     h: &mut Helper,
     r: &Remote,
+    cache: &mut PathCache,
     path: &str,
     flags: i32,
     target: i32,
     cloexec: bool,
 ) -> Result<()> {
-    let tmp = open_in(h, r, path, flags)?;
+    let addr = match cache {
+        Some((p, a)) if p == path => *a,
+        _ => {
+            let a = r.put_cstr(h, 0, path)?;
+            *cache = Some((path.to_string(), a));
+            a
+        }
+    };
+    let fl = flags | if cloexec { libc::O_CLOEXEC } else { 0 };
+    let tmp = r.call(
+        h,
+        &format!("openat({path})"),
+        libc::SYS_openat,
+        [libc::AT_FDCWD as i64 as u64, addr, fl as u64, 0, 0, 0],
+    )? as i32;
     if tmp == target {
-        return set_cloexec(h, r, target, cloexec);
+        return Ok(());
     }
     dup3(h, r, tmp, target, cloexec)?;
     close_in(h, r, tmp)
@@ -108,11 +129,12 @@ fn open_at_target(
 ///
 /// Errors: an injected call failed (naming the path).
 pub fn restore_fds(h: &mut Helper, r: &Remote, files: &[FdEntry]) -> Result<()> {
+    let mut cache: PathCache = None;
     for f in files {
         match &f.kind {
             FdKind::Reg { file, flags, pos } => {
                 let fl = reopen_flags(*flags);
-                open_at_target(h, r, &file.path, fl, f.fd, f.cloexec)?;
+                open_at_target(h, r, &mut cache, &file.path, fl, f.fd, f.cloexec)?;
                 if *pos != 0 && fl & libc::O_PATH == 0 {
                     r.call(
                         h,
@@ -123,7 +145,15 @@ pub fn restore_fds(h: &mut Helper, r: &Remote, files: &[FdEntry]) -> Result<()> 
                 }
             }
             FdKind::Device { path, flags } => {
-                open_at_target(h, r, path, reopen_flags(*flags), f.fd, f.cloexec)?;
+                open_at_target(
+                    h,
+                    r,
+                    &mut cache,
+                    path,
+                    reopen_flags(*flags),
+                    f.fd,
+                    f.cloexec,
+                )?;
             }
             FdKind::Dup { of } => dup3(h, r, *of, f.fd, f.cloexec)?,
             FdKind::Inherited { was } => {
