@@ -146,6 +146,10 @@ pub struct Status {
     pub seccomp: u32,
     /// A kernel thread (`Kthread: 1`, Linux 6.x).
     pub kthread: bool,
+    /// Ignored signals (`SigIgn`), bit `n - 1` for signal `n`.
+    pub sig_ign: u64,
+    /// Signals with a handler (`SigCgt`).
+    pub sig_cgt: u64,
 }
 
 /// Parse `/proc/PID/status`.
@@ -187,6 +191,8 @@ pub fn parse_status(text: &str) -> std::result::Result<Status, String> {
             "NoNewPrivs" => s.no_new_privs = val == "1",
             "Seccomp" => s.seccomp = val.parse().map_err(|e| format!("{key}: {e}"))?,
             "Kthread" => s.kthread = val == "1",
+            "SigIgn" => s.sig_ign = hex(val)?,
+            "SigCgt" => s.sig_cgt = hex(val)?,
             _ => {}
         }
     }

@@ -153,10 +153,25 @@ pub fn collect(
     let pid = r.pid;
     let mut core = collect_thread(h, r, pid, regs, xstate, sigmask)?;
 
-    // Signal actions: rt_sigaction(sig, NULL, &old, 8) for each signal.
+    // Signal actions: rt_sigaction(sig, NULL, &old, 8) for each signal that
+    // is caught or ignored (SigCgt/SigIgn of /proc/PID/status), and SIGCHLD,
+    // whose SA_NOCLDWAIT/SA_NOCLDSTOP matter even with SIG_DFL. The others
+    // are at their default and need no call.
     let mut sigactions = Vec::new();
+    let status = proc::read_status(pid)?;
+    let non_default = status.sig_cgt | status.sig_ign | 1 << (libc::SIGCHLD - 1);
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        if non_default & (1 << (sig - 1)) == 0 {
+            sigactions.push(SigAction {
+                sig,
+                handler: 0,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            });
             continue;
         }
         r.call(

@@ -342,6 +342,10 @@ pub fn restore_thread_state(h: &mut Helper, r: &Remote, core: &CoreEntry, tgid: 
 /// Every signal but SIGKILL and SIGSTOP gets the dumped action, or the
 /// default when the image has none (the stub inherited the helper's).
 fn restore_sigactions(h: &mut Helper, r: &Remote, acts: &[SigAction]) -> Result<()> {
+    // A stub whose actions are all at their default (no SigCgt/SigIgn bit)
+    // only needs the non-default ones of the image set.
+    let st = crate::proc::read_status(r.pid)?;
+    let stub_default = st.sig_cgt == 0 && st.sig_ign == 0;
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
@@ -354,6 +358,9 @@ fn restore_sigactions(h: &mut Helper, r: &Remote, acts: &[SigAction]) -> Result<
             mask: 0,
         };
         let a = acts.iter().find(|a| a.sig == sig).unwrap_or(&dfl);
+        if stub_default && *a == dfl {
+            continue;
+        }
         let addr = r.put(h, 0, &encode_sigaction(a))?;
         r.call(
             h,
