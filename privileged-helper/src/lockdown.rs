@@ -24,12 +24,13 @@ const ROOT_KEEP: &[Capability] = &[
     Capability::CAP_KILL,
 ];
 
-/// What the spawner keeps in setuid mode: clone3(2) `set_tid`
-/// (`CAP_CHECKPOINT_RESTORE`, or `CAP_SYS_ADMIN` before Linux 5.9) and the
-/// stub's drop to the caller's IDs (`CAP_SETUID`, `CAP_SETGID`).
+/// What the spawner keeps in setuid mode: clone3(2) `set_tid` and writing
+/// `ns_last_pid` (`CAP_CHECKPOINT_RESTORE`, Linux 5.9+), and the stub's drop
+/// to the caller's IDs (`CAP_SETUID`, `CAP_SETGID`). Deliberately not
+/// `CAP_SYS_ADMIN` (nor `CAP_SYS_RESOURCE`): with either, fork(2) skips the
+/// caller's `RLIMIT_NPROC`, and stubs would let a user exceed it.
 const SPAWNER_KEEP: &[Capability] = &[
     Capability::CAP_CHECKPOINT_RESTORE,
-    Capability::CAP_SYS_ADMIN,
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
 ];

@@ -148,7 +148,7 @@ fn serve(sock: OwnedFd, creds: Option<&Caller>) {
 }
 
 /// `/proc/sys/kernel/ns_last_pid` = `pid - 1` (needs
-/// `CAP_CHECKPOINT_RESTORE` or `CAP_SYS_ADMIN`, which the spawner keeps).
+/// `CAP_CHECKPOINT_RESTORE`, which the spawner keeps).
 fn set_last_pid(pid: i32) -> Result<Pid, Errno> {
     if pid <= 1 {
         return Err(Errno::EINVAL);

@@ -98,10 +98,12 @@ pub fn reset_signal_dispositions() {
     }
 }
 
-/// Ignore `SIGPIPE` so that writing to a closed image pipe is an `EPIPE`
-/// error, not the death of the helper.
+/// Ignore `SIGPIPE` and `SIGXFSZ` so that writing to a closed image pipe,
+/// or past the caller's `RLIMIT_FSIZE`, is an `EPIPE`/`EFBIG` error, not the
+/// death of the helper before its clean-up.
 pub fn ignore_sigpipe() {
     set_disposition(libc::SIGPIPE, libc::SIG_IGN);
+    set_disposition(libc::SIGXFSZ, libc::SIG_IGN);
 }
 
 fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) {

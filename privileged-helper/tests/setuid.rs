@@ -55,15 +55,30 @@ impl Helper {
     /// Start the installed helper as uid/gid 65534 with no supplementary
     /// groups, the channel at descriptor 3, and say hello.
     fn start() -> Helper {
+        Helper::start_as(USER, None)
+    }
+
+    /// [`Helper::start`] as `uid`, optionally with `RLIMIT_NPROC` set to
+    /// `nproc` (soft and hard) before the helper runs.
+    fn start_as(uid: u32, nproc: Option<u64>) -> Helper {
         let (ours, theirs) = seqpacket_pair().unwrap();
         let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(installed_helper());
         // std calls setgroups(0) before setuid when root drops to a uid.
-        cmd.uid(USER).gid(USER);
+        cmd.uid(uid).gid(uid);
         // SAFETY: the closure only makes async-signal-safe calls (dup2,
-        // fcntl) between fork and exec.
+        // fcntl, setrlimit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(n) = nproc {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 let r = if raw == 3 {
                     libc::fcntl(3, libc::F_SETFD, 0)
                 } else {
@@ -89,7 +104,7 @@ impl Helper {
             r,
             Response::Hello {
                 version: PROTOCOL_VERSION,
-                caller_uid: USER
+                caller_uid: uid
             }
         );
         h
@@ -576,4 +591,58 @@ fn security_events_go_to_syslog_under_the_filter() {
     );
     own.assert_untouched();
     root_task.assert_untouched();
+}
+
+/// Stubs count against the caller's `RLIMIT_NPROC` like any fork of theirs:
+/// the spawner holds neither `CAP_SYS_ADMIN` nor `CAP_SYS_RESOURCE`, with
+/// which the kernel would skip the limit.
+#[test]
+fn stubs_obey_the_callers_process_limit() {
+    if !is_root() {
+        return;
+    }
+    // A uid of its own, so that no other test's processes are counted.
+    const UID: u32 = 65532;
+    const LIMIT: u64 = 6;
+    let mut h = Helper::start_as(UID, Some(LIMIT));
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut free = ((pid_max / 4 * 3 + 3000).max(1500)..pid_max)
+        .filter(|p| !Path::new(&format!("/proc/{p}")).exists());
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut made = Vec::new();
+    let mut refused = None;
+    for _ in 0..2 * LIMIT {
+        let pid = free.next().unwrap();
+        match h.call_fds(Request::CreateStub { pid, fds: vec![0] }, &[null.as_fd()]) {
+            Response::Stub { .. } => made.push(pid),
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    for &pid in &made {
+        let _ = h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Kill,
+        });
+    }
+    h.finish();
+    assert!(
+        (made.len() as u64) < LIMIT,
+        "{} stubs created under RLIMIT_NPROC {LIMIT}",
+        made.len()
+    );
+    assert_eq!(
+        refused,
+        Some(Response::Error {
+            kind: ErrorKind::Clone,
+            errno: libc::EAGAIN
+        }),
+        "the stub beyond the limit should fail with EAGAIN"
+    );
 }
