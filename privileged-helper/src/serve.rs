@@ -150,7 +150,7 @@ impl Server {
         req.check_bounds().map_err(|_| bad)?;
         let fds_wanted = match &req {
             Request::CreateStub { fds, .. } => fds.len(),
-            Request::DumpPages { .. } => 1,
+            Request::DumpPages { .. } | Request::SpliceToImage { .. } => 1,
             _ => 0,
         };
         if fds.len() != fds_wanted {
@@ -195,6 +195,21 @@ impl Server {
                 self.recheck(pid)?;
                 let image = fds.into_iter().next().ok_or(bad)?;
                 self.dump_pages(pid, &runs, image)
+            }
+            Request::SpliceToImage { pid, pipe_fd, len } => {
+                self.recheck(pid)?;
+                let image = fds.into_iter().next().ok_or(bad)?;
+                let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
+                if t.kind != Kind::Target {
+                    return Err(bad);
+                }
+                let r = pages::splice_from_pipe(t.pidfd.as_fd(), pipe_fd, len, image.as_fd());
+                let n = match &r {
+                    Ok(n) => *n,
+                    Err((n, _)) => *n,
+                };
+                t.spliced = t.spliced.saturating_add(n);
+                r.map(Response::PagesWritten).map_err(|(_, f)| f)
             }
             other => {
                 let pid = other.pid().ok_or(bad)?;
@@ -250,8 +265,8 @@ impl Server {
             "release",
             t.pid.as_raw(),
             format_args!(
-                "{kind} how={how} syscalls_injected={} memory_writes={}",
-                t.injected, t.writes
+                "{kind} how={how} syscalls_injected={} memory_writes={} spliced_bytes={}",
+                t.injected, t.writes, t.spliced
             ),
         );
     }
@@ -311,6 +326,7 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
+            spliced: 0,
             tgid,
             new_tasks: Vec::new(),
         };
@@ -373,6 +389,7 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
+            spliced: 0,
             tgid: pid,
             new_tasks: Vec::new(),
         };
@@ -407,6 +424,7 @@ impl Server {
                 pending_signal: None,
                 injected: 0,
                 writes: 0,
+                spliced: 0,
                 tgid,
                 new_tasks: Vec::new(),
             })
@@ -793,6 +811,33 @@ mod tests {
                     pid: 100,
                 },
                 vec![],
+                ErrorKind::NotTraced,
+            ),
+            (
+                Request::SpliceToImage {
+                    pid: 5,
+                    pipe_fd: 3,
+                    len: 4096,
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SpliceToImage {
+                    pid: 5,
+                    pipe_fd: 3,
+                    len: 0,
+                },
+                vec![dev_null()],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SpliceToImage {
+                    pid: 5,
+                    pipe_fd: 3,
+                    len: 4096,
+                },
+                vec![dev_null()],
                 ErrorKind::NotTraced,
             ),
             (

@@ -190,6 +190,20 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
         "pwrite64",
         "write task memory through /proc/PID/mem",
     ),
+    Allowed {
+        nr: libc::SYS_pidfd_getfd,
+        name: "pidfd_getfd",
+        why: "take the read end of the pipe a seized target vmspliced its pages into (SpliceToImage); the kernel allows it only to a tracer",
+        args: Args::OneOf {
+            index: 2,
+            values: &[(0, "no flags")],
+        },
+    },
+    any(
+        libc::SYS_splice,
+        "splice",
+        "move pages from the target's pipe to the image descriptor (one copy, SpliceToImage)",
+    ),
     any(
         libc::SYS_process_vm_readv,
         "process_vm_readv",

@@ -282,7 +282,27 @@ pub enum Request {
         /// The wanted PID.
         pid: Pid,
     },
+    /// Move `len` bytes from a pipe of a seized target to the descriptor
+    /// sent with this frame (an image file the frontend opened), at its
+    /// current offset. The helper takes a copy of the task's descriptor
+    /// `pipe_fd` with pidfd_getfd(2), checks that it is a pipe, and
+    /// splice(2)s from it without blocking (`SPLICE_F_NONBLOCK`): a pipe
+    /// holding fewer than `len` bytes is an error ([`ErrorKind::Pipe`] with
+    /// `EAGAIN`), never a wait. The frontend fills the pipe with an injected
+    /// vmsplice(2) of the task's own pages, so pages are copied once.
+    SpliceToImage {
+        /// Seized target (not a stub).
+        pid: Pid,
+        /// Read end of the pipe, as a descriptor number in the task.
+        pipe_fd: i32,
+        /// Bytes to move, 1 ..= [`MAX_SPLICE`].
+        len: u64,
+    },
 }
+
+/// Most bytes one [`Request::SpliceToImage`] moves (a pipe holds at most
+/// `/proc/sys/fs/pipe-max-size` unless its owner has `CAP_SYS_RESOURCE`).
+pub const MAX_SPLICE: u64 = 1 << 30;
 
 /// The operation a failing request was doing, so the frontend can say which
 /// step went wrong without the helper sending prose.
@@ -332,6 +352,9 @@ pub enum ErrorKind {
     Release,
     /// Waiting for the task failed.
     Wait,
+    /// Taking the task's pipe (pidfd_getfd) failed, it is not a pipe, or it
+    /// held fewer bytes than asked.
+    Pipe,
 }
 
 /// A response from the helper.
@@ -372,7 +395,8 @@ pub enum Response {
     SyscallResult(i64),
     /// Bytes read from task memory.
     Memory(Vec<u8>),
-    /// Bytes written to the image descriptor by [`Request::DumpPages`].
+    /// Bytes written to the image descriptor by [`Request::DumpPages`] or
+    /// [`Request::SpliceToImage`].
     PagesWritten(u64),
     /// How a waited-for task ended.
     Exit(ExitStatus),
@@ -547,6 +571,7 @@ impl Request {
             Request::Release { .. } => "release",
             Request::WaitExit { .. } => "wait-exit",
             Request::SetNextPid { .. } => "set-next-pid",
+            Request::SpliceToImage { .. } => "splice-to-image",
         }
     }
 
@@ -569,7 +594,8 @@ impl Request {
             | Request::DumpPages { pid, .. }
             | Request::Release { pid, .. }
             | Request::WaitExit { pid }
-            | Request::SetNextPid { parent: pid, .. } => Some(*pid),
+            | Request::SetNextPid { parent: pid, .. }
+            | Request::SpliceToImage { pid, .. } => Some(*pid),
         }
     }
 
@@ -620,6 +646,14 @@ impl Request {
             Request::SetNextPid { pid, .. } if *pid <= 1 => {
                 return Err("next pid must be above 1");
             }
+            Request::SpliceToImage { pipe_fd, len, .. } => {
+                if !(0..1 << 20).contains(pipe_fd) {
+                    return Err("descriptor number out of range");
+                }
+                if *len == 0 || *len > MAX_SPLICE {
+                    return Err("splice length out of range");
+                }
+            }
             Request::DumpPages { runs, .. } => {
                 if runs.len() > MAX_PAGE_RUNS {
                     return Err("too many page runs");
@@ -669,6 +703,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Clone => "creating the process (clone3 with set_tid) failed",
             ErrorKind::Release => "releasing the task failed",
             ErrorKind::Wait => "waiting for the task failed",
+            ErrorKind::Pipe => "moving pages through the task's pipe failed",
         };
         f.write_str(s)
     }

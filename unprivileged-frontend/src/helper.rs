@@ -394,6 +394,25 @@ impl Helper {
         Ok(total)
     }
 
+    /// Move exactly `len` bytes from the pipe whose read end is descriptor
+    /// `pipe_fd` of the task to `out` at its current offset (the task filled
+    /// the pipe with an injected vmsplice); returns the bytes written.
+    ///
+    /// Errors: the helper's failure (`Pipe` with EAGAIN when the pipe held
+    /// fewer bytes, `ImageWrite` e.g. with ENOSPC).
+    pub fn splice_to_image(
+        &mut self,
+        pid: Pid,
+        pipe_fd: i32,
+        len: u64,
+        out: &impl AsFd,
+    ) -> HResult<u64> {
+        match self.call(Request::SpliceToImage { pid, pipe_fd, len }, &[out.as_fd()])? {
+            Response::PagesWritten(n) => Ok(n),
+            other => Err(unexpected("splice-to-image", other)),
+        }
+    }
+
     /// Stop tracing a task.
     ///
     /// Errors: the helper's failure.

@@ -1,7 +1,9 @@
 //! The address space: mappings from `/proc/PID/smaps`, mm fields from
 //! `/proc/PID/stat`, and the pages worth storing, found with
 //! `/proc/PID/pagemap` (see Documentation/admin-guide/mm/pagemap.rst) and
-//! copied by the helper straight into `pages-PID.img`.
+//! copied straight into `pages-PID.img`: through a pipe of the task's
+//! (`super::splice`, one copy) or, for unreadable mappings and when that
+//! path fails, by the helper's `DumpPages` (two copies).
 
 use crate::error::{Error, Result};
 use crate::helper::Helper;
@@ -10,11 +12,12 @@ use crate::images::types::{
 };
 use crate::images::{ImageDir, ImageWriter, Kind};
 use crate::proc::{self, SmapsVma, Stat};
+use crate::remote::Remote;
 use shared_ipc::PageRun;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Page size in bytes.
-const PAGE: u64 = 4096;
+pub(super) const PAGE: u64 = 4096;
 /// pagemap bit 63: page present in RAM.
 const PM_PRESENT: u64 = 1 << 63;
 /// pagemap bit 62: page swapped out.
@@ -185,13 +188,13 @@ fn wants_page(kind: &VmaKind, ent: u64, zero_pfn: Option<u64>) -> bool {
     }
 }
 
-/// Find the runs of pages to store and have the helper copy them into
-/// `pages-PID.img`, writing `pagemap-PID.img` alongside. Returns the bytes
-/// stored.
+/// Find the runs of pages to store and write them into `pages-PID.img`,
+/// writing `pagemap-PID.img` alongside. Returns the bytes stored.
 ///
 /// Errors: pagemap unreadable, image write failures (ENOSPC included), or
 /// the helper's failure to read the task's memory.
-pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Result<u64> {
+pub fn write_pages(h: &mut Helper, remote: &Remote, mm: &MmEntry, dir: &ImageDir) -> Result<u64> {
+    let pid = remote.pid;
     let pm_path = proc::path(pid, "pagemap");
     let pm = std::fs::File::open(&pm_path).map_err(|e| Error::proc(&pm_path, e))?;
     let zero_pfn = zero_page_pfn();
@@ -202,14 +205,18 @@ pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Re
     let pages = std::fs::File::create(&pages_path).map_err(|e| Error::file(&pages_path, e))?;
 
     let mut runs: Vec<PageRun> = Vec::new();
+    // Per run: its mapping is readable, so the task can vmsplice it.
+    let mut readable: Vec<bool> = Vec::new();
     let mut total = 0u64;
     let mut buf = vec![0u8; (PM_CHUNK * 8) as usize];
     for v in &mm.vmas {
+        let can_read = v.prot & libc::PROT_READ as u32 != 0;
         if v.kind == VmaKind::SharedAnon {
             runs.push(PageRun {
                 addr: v.start,
                 len: v.end - v.start,
             });
+            readable.push(can_read);
             continue;
         }
         if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_))
@@ -232,7 +239,10 @@ pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Re
                 match runs.last_mut() {
                     // Runs never cross a mapping boundary.
                     Some(r) if r.addr + r.len == a && a != v.start => r.len += PAGE,
-                    _ => runs.push(PageRun { addr: a, len: PAGE }),
+                    _ => {
+                        runs.push(PageRun { addr: a, len: PAGE });
+                        readable.push(can_read);
+                    }
                 }
             }
             addr += n * PAGE;
@@ -255,7 +265,20 @@ pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Re
     }
     w.finish()?;
 
-    let written = h.dump_pages(pid, &runs, &pages)?;
+    let pipe = super::splice::TaskPipe::open(h, remote)?;
+    let copied = copy_runs(
+        h,
+        remote,
+        pipe.as_ref(),
+        &runs,
+        &readable,
+        &pages,
+        &pages_path,
+    );
+    // The pipe goes away whatever happened: the task keeps its descriptors.
+    let closed = pipe.map_or(Ok(()), |p| p.close(h, remote));
+    let written = copied?;
+    closed?;
     if written != total {
         return Err(Error::Unsupported(format!(
             "pid {pid}: {written} bytes of memory copied, {total} expected"
@@ -263,6 +286,56 @@ pub fn write_pages(h: &mut Helper, pid: i32, mm: &MmEntry, dir: &ImageDir) -> Re
     }
     pages.sync_all().map_err(|e| Error::file(&pages_path, e))?;
     Ok(total)
+}
+
+/// Copy `runs` in order to `pages` (positioned at 0): runs of readable
+/// mappings through the task's pipe when there is one, the others with
+/// `DumpPages`. If the pipe path fails, the image is cut back to what was
+/// written and everything from there on goes through `DumpPages`.
+fn copy_runs(
+    h: &mut Helper,
+    remote: &Remote,
+    mut pipe: Option<&super::splice::TaskPipe>,
+    runs: &[PageRun],
+    readable: &[bool],
+    pages: &std::fs::File,
+    pages_path: &std::path::Path,
+) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let pid = remote.pid;
+    let mut done = 0u64;
+    let mut i = 0;
+    while i < runs.len() {
+        let j = i + readable[i..]
+            .iter()
+            .take_while(|&&r| r == readable[i])
+            .count();
+        let seg = &runs[i..j];
+        i = j;
+        let Some(p) = pipe.filter(|_| readable[j - 1]) else {
+            done += h.dump_pages(pid, seg, pages)?;
+            continue;
+        };
+        match super::splice::write_runs(h, remote, p, seg, pages) {
+            Ok(n) => done += n,
+            Err((n, e)) => {
+                crate::info!(
+                    "pid {pid}: the pipe page path failed after {} bytes ({e}); copying the rest",
+                    done + n
+                );
+                done += n;
+                pipe = None;
+                let mut f = pages;
+                let cut = f
+                    .set_len(done)
+                    .and_then(|()| f.seek(SeekFrom::Start(done)).map(drop));
+                cut.map_err(|e| Error::file(pages_path, e))?;
+                let rest = super::splice::skip_bytes(seg, n);
+                done += h.dump_pages(pid, &rest, pages)?;
+            }
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod files;
 mod mm;
+mod splice;
 mod task;
 
 use crate::cli::DumpArgs;
@@ -515,7 +516,7 @@ fn collect_and_write(
     }
     write_image(&dir.fs(pid), Kind::Fs, &[&fs])?;
     write_image(&dir.files(pid), Kind::Files, &fds)?;
-    let bytes = mm::write_pages(h, pid, &mm, dir)?;
+    let bytes = mm::write_pages(h, remote, &mm, dir)?;
     info!("pid {pid}: {bytes} bytes of memory written");
     write_image(&dir.mm(pid), Kind::Mm, &[&mm])?;
     Ok(())
