@@ -3,9 +3,10 @@
 //! buffer, then one write to the image. A run the call cannot read (e.g.
 //! `PROT_NONE`) is read with pread(2) on `/proc/PID/mem` instead.
 //!
-//! The faster path, [`splice_from_pipe`], copies nothing itself: the task
-//! has vmsplice(2)d its own pages into a pipe of its own (an injected call),
-//! and the pipe is splice(2)d into the image, so the pages are copied once.
+//! The faster path copies nothing here: the task vmsplice(2)s its own
+//! pages into a pipe of its own (injected calls), [`take_pipe`] hands the
+//! frontend the pipe's read end, and the frontend splice(2)s it into the
+//! image, so the pages are copied once.
 
 use crate::ptrace::{on, Fail};
 use crate::sys;
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use shared_ipc::{ErrorKind, PageRun};
 use std::fs::File;
 use std::io::{IoSliceMut, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 /// Size of the one copy buffer, allocated on first use and kept. 1 MiB fits
@@ -138,36 +139,16 @@ pub fn dump(
     Ok(total)
 }
 
-/// `Request::SpliceToImage`: move exactly `len` bytes from descriptor
-/// `pipe_fd` of the task `pidfd` refers to into `image`, at its current
-/// offset. The descriptor is taken with pidfd_getfd(2) and must be a pipe
-/// (or FIFO); the splice never waits on the pipe (`SPLICE_F_NONBLOCK`), so a
-/// pipe with fewer bytes is `Pipe`/`EAGAIN` (or `EPIPE` at end of file).
-/// On failure, the bytes already moved come with the error (for the log).
-pub fn splice_from_pipe(
-    pidfd: BorrowedFd<'_>,
-    pipe_fd: i32,
-    len: u64,
-    image: BorrowedFd<'_>,
-) -> Result<u64, (u64, Fail)> {
+/// `Request::TakePipe`: a copy of descriptor `pipe_fd` of the task
+/// `pidfd` refers to (pidfd_getfd(2)), which must be a pipe or FIFO.
+pub fn take_pipe(pidfd: BorrowedFd<'_>, pipe_fd: i32) -> Result<OwnedFd, Fail> {
     use nix::sys::stat::{fstat, SFlag};
-    let pipe = sys::pidfd_getfd(pidfd, pipe_fd).map_err(|e| (0, on(ErrorKind::Pipe)(e)))?;
-    let st = fstat(pipe.as_raw_fd()).map_err(|e| (0, on(ErrorKind::Pipe)(e)))?;
+    let pipe = sys::pidfd_getfd(pidfd, pipe_fd).map_err(on(ErrorKind::Pipe))?;
+    let st = fstat(pipe.as_raw_fd()).map_err(on(ErrorKind::Pipe))?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-        return Err((0, Fail::new(ErrorKind::Pipe, libc::EINVAL)));
+        return Err(Fail::new(ErrorKind::Pipe, libc::EINVAL));
     }
-    let mut moved = 0u64;
-    while moved < len {
-        let want = (len - moved).min(isize::MAX as u64) as usize;
-        match sys::splice_nonblock(pipe.as_fd(), image, want) {
-            Ok(0) => return Err((moved, Fail::new(ErrorKind::Pipe, libc::EPIPE))),
-            Ok(n) => moved += n as u64,
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => return Err((moved, Fail::new(ErrorKind::Pipe, libc::EAGAIN))),
-            Err(e) => return Err((moved, on(ErrorKind::ImageWrite)(e))),
-        }
-    }
-    Ok(moved)
+    Ok(pipe)
 }
 
 fn write_image(image: &mut File, data: &[u8]) -> Result<(), Fail> {

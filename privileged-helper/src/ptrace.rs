@@ -178,8 +178,6 @@ pub struct Tracee {
     pub injected: u32,
     /// `WriteMemory` requests so far (for the security log).
     pub writes: u32,
-    /// Bytes moved by `SpliceToImage` so far (for the security log).
-    pub spliced: u64,
     /// Its thread group ID (its pid for a process, the leader's for a thread).
     pub tgid: Pid,
     /// Tasks the last injected call created (`clone3`, `fork`...), already

@@ -32,6 +32,8 @@ pub struct Server {
     tracees: BTreeMap<i32, Tracee>,
     released_children: BTreeSet<i32>,
     page_buf: Vec<u8>,
+    /// A descriptor to send with the next response (`TakePipe`).
+    out_fd: Option<OwnedFd>,
     greeted: bool,
     /// Pids the frontend may never seize: the helper, its parent, the spawner.
     forbidden: [Pid; 3],
@@ -62,6 +64,7 @@ impl Server {
             tracees: BTreeMap::new(),
             released_children: BTreeSet::new(),
             page_buf: Vec::new(),
+            out_fd: None,
             greeted: false,
             forbidden,
             caller,
@@ -78,7 +81,9 @@ impl Server {
                 Err(_) => break EXIT_PROTOCOL,
             };
             let (resp, next) = self.handle(req, fds);
-            if self.chan.send(&resp, &[]).is_err() {
+            let out = self.out_fd.take();
+            let out: Vec<_> = out.iter().map(AsFd::as_fd).collect();
+            if self.chan.send(&resp, &out).is_err() {
                 break EXIT_PROTOCOL;
             }
             if let Next::Exit = next {
@@ -150,7 +155,7 @@ impl Server {
         req.check_bounds().map_err(|_| bad)?;
         let fds_wanted = match &req {
             Request::CreateStub { fds, .. } => fds.len(),
-            Request::DumpPages { .. } | Request::SpliceToImage { .. } => 1,
+            Request::DumpPages { .. } => 1,
             _ => 0,
         };
         if fds.len() != fds_wanted {
@@ -196,20 +201,16 @@ impl Server {
                 let image = fds.into_iter().next().ok_or(bad)?;
                 self.dump_pages(pid, &runs, image)
             }
-            Request::SpliceToImage { pid, pipe_fd, len } => {
+            Request::TakePipe { pid, pipe_fd } => {
                 self.recheck(pid)?;
-                let image = fds.into_iter().next().ok_or(bad)?;
-                let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
+                let t = self.tracees.get(&pid).ok_or(not_traced())?;
                 if t.kind != Kind::Target {
                     return Err(bad);
                 }
-                let r = pages::splice_from_pipe(t.pidfd.as_fd(), pipe_fd, len, image.as_fd());
-                let n = match &r {
-                    Ok(n) => *n,
-                    Err((n, _)) => *n,
-                };
-                t.spliced = t.spliced.saturating_add(n);
-                r.map(Response::PagesWritten).map_err(|(_, f)| f)
+                self.out_fd = Some(pages::take_pipe(t.pidfd.as_fd(), pipe_fd)?);
+                self.log
+                    .done("take-pipe", pid, format_args!("fd={pipe_fd}"));
+                Ok(Response::Pipe)
             }
             other => {
                 let pid = other.pid().ok_or(bad)?;
@@ -265,8 +266,8 @@ impl Server {
             "release",
             t.pid.as_raw(),
             format_args!(
-                "{kind} how={how} syscalls_injected={} memory_writes={} spliced_bytes={}",
-                t.injected, t.writes, t.spliced
+                "{kind} how={how} syscalls_injected={} memory_writes={}",
+                t.injected, t.writes
             ),
         );
     }
@@ -326,7 +327,6 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
-            spliced: 0,
             tgid,
             new_tasks: Vec::new(),
         };
@@ -389,7 +389,6 @@ impl Server {
             pending_signal: None,
             injected: 0,
             writes: 0,
-            spliced: 0,
             tgid: pid,
             new_tasks: Vec::new(),
         };
@@ -424,7 +423,6 @@ impl Server {
                 pending_signal: None,
                 injected: 0,
                 writes: 0,
-                spliced: 0,
                 tgid,
                 new_tasks: Vec::new(),
             })
@@ -694,6 +692,7 @@ mod tests {
             tracees: BTreeMap::new(),
             released_children: BTreeSet::new(),
             page_buf: Vec::new(),
+            out_fd: None,
             greeted: false,
             forbidden: [getpid(), getppid(), getpid()],
             caller: Caller {
@@ -814,30 +813,21 @@ mod tests {
                 ErrorKind::NotTraced,
             ),
             (
-                Request::SpliceToImage {
+                Request::TakePipe { pid: 5, pipe_fd: 3 },
+                vec![dev_null()],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::TakePipe {
                     pid: 5,
-                    pipe_fd: 3,
-                    len: 4096,
+                    pipe_fd: -1,
                 },
                 vec![],
                 ErrorKind::BadRequest,
             ),
             (
-                Request::SpliceToImage {
-                    pid: 5,
-                    pipe_fd: 3,
-                    len: 0,
-                },
-                vec![dev_null()],
-                ErrorKind::BadRequest,
-            ),
-            (
-                Request::SpliceToImage {
-                    pid: 5,
-                    pipe_fd: 3,
-                    len: 4096,
-                },
-                vec![dev_null()],
+                Request::TakePipe { pid: 5, pipe_fd: 3 },
+                vec![],
                 ErrorKind::NotTraced,
             ),
             (

@@ -155,29 +155,6 @@ pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// splice(2) of up to `len` bytes from the pipe `from` to `to` at their
-/// current offsets, with `SPLICE_F_MOVE | SPLICE_F_NONBLOCK` (never waits on
-/// the pipe). Returns the bytes moved (0 at end of file).
-pub fn splice_nonblock(
-    from: BorrowedFd<'_>,
-    to: BorrowedFd<'_>,
-    len: usize,
-) -> Result<usize, Errno> {
-    // SAFETY: both descriptors are borrowed and open; NULL offsets mean
-    // "use and advance the file positions", so no pointer is written.
-    let r = unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    Errno::result(r).map(|n| n as usize)
-}
-
 /// pidfd_send_signal(2) with no siginfo and no flags.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
     // SAFETY: plain syscall; the NULL siginfo means "as kill(2)".

@@ -193,17 +193,12 @@ pub const HELPER_SYSCALLS: &[Allowed] = &[
     Allowed {
         nr: libc::SYS_pidfd_getfd,
         name: "pidfd_getfd",
-        why: "take the read end of the pipe a seized target vmspliced its pages into (SpliceToImage); the kernel allows it only to a tracer",
+        why: "TakePipe: the read end of the pipe a seized target vmsplices its pages into, for the frontend; the kernel allows it only to a tracer",
         args: Args::OneOf {
             index: 2,
             values: &[(0, "no flags")],
         },
     },
-    any(
-        libc::SYS_splice,
-        "splice",
-        "move pages from the target's pipe to the image descriptor (one copy, SpliceToImage)",
-    ),
     any(
         libc::SYS_process_vm_readv,
         "process_vm_readv",

@@ -282,27 +282,21 @@ pub enum Request {
         /// The wanted PID.
         pid: Pid,
     },
-    /// Move `len` bytes from a pipe of a seized target to the descriptor
-    /// sent with this frame (an image file the frontend opened), at its
-    /// current offset. The helper takes a copy of the task's descriptor
-    /// `pipe_fd` with pidfd_getfd(2), checks that it is a pipe, and
-    /// splice(2)s from it without blocking (`SPLICE_F_NONBLOCK`): a pipe
-    /// holding fewer than `len` bytes is an error ([`ErrorKind::Pipe`] with
-    /// `EAGAIN`), never a wait. The frontend fills the pipe with an injected
-    /// vmsplice(2) of the task's own pages, so pages are copied once.
-    SpliceToImage {
+    /// Hand the frontend the read end of a pipe of a seized target, sent
+    /// with the answer [`Response::Pipe`]. The helper takes a copy of the
+    /// task's descriptor `pipe_fd` with pidfd_getfd(2) and refuses anything
+    /// that is not a pipe ([`ErrorKind::Pipe`]). The frontend created the
+    /// pipe in the task with an injected pipe2(2) and fills it with injected
+    /// vmsplice(2)s of the task's own pages, then splice(2)s it into the
+    /// image itself: pages are copied once, and the copy runs while the next
+    /// vmsplice is injected.
+    TakePipe {
         /// Seized target (not a stub).
         pid: Pid,
-        /// Read end of the pipe, as a descriptor number in the task.
+        /// A pipe end, as a descriptor number in the task.
         pipe_fd: i32,
-        /// Bytes to move, 1 ..= [`MAX_SPLICE`].
-        len: u64,
     },
 }
-
-/// Most bytes one [`Request::SpliceToImage`] moves (a pipe holds at most
-/// `/proc/sys/fs/pipe-max-size` unless its owner has `CAP_SYS_RESOURCE`).
-pub const MAX_SPLICE: u64 = 1 << 30;
 
 /// The operation a failing request was doing, so the frontend can say which
 /// step went wrong without the helper sending prose.
@@ -352,8 +346,7 @@ pub enum ErrorKind {
     Release,
     /// Waiting for the task failed.
     Wait,
-    /// Taking the task's pipe (pidfd_getfd) failed, it is not a pipe, or it
-    /// held fewer bytes than asked.
+    /// Taking the task's pipe (pidfd_getfd) failed, or it is not a pipe.
     Pipe,
 }
 
@@ -395,8 +388,7 @@ pub enum Response {
     SyscallResult(i64),
     /// Bytes read from task memory.
     Memory(Vec<u8>),
-    /// Bytes written to the image descriptor by [`Request::DumpPages`] or
-    /// [`Request::SpliceToImage`].
+    /// Bytes written to the image descriptor by [`Request::DumpPages`].
     PagesWritten(u64),
     /// How a waited-for task ended.
     Exit(ExitStatus),
@@ -414,6 +406,9 @@ pub enum Response {
         /// Why.
         reason: DenyReason,
     },
+    /// Answer to [`Request::TakePipe`]: the pipe end is the one descriptor
+    /// sent with this frame.
+    Pipe,
 }
 
 /// Which of a task's user or group IDs (see credentials(7)).
@@ -571,7 +566,7 @@ impl Request {
             Request::Release { .. } => "release",
             Request::WaitExit { .. } => "wait-exit",
             Request::SetNextPid { .. } => "set-next-pid",
-            Request::SpliceToImage { .. } => "splice-to-image",
+            Request::TakePipe { .. } => "take-pipe",
         }
     }
 
@@ -595,7 +590,7 @@ impl Request {
             | Request::Release { pid, .. }
             | Request::WaitExit { pid }
             | Request::SetNextPid { parent: pid, .. }
-            | Request::SpliceToImage { pid, .. } => Some(*pid),
+            | Request::TakePipe { pid, .. } => Some(*pid),
         }
     }
 
@@ -646,13 +641,8 @@ impl Request {
             Request::SetNextPid { pid, .. } if *pid <= 1 => {
                 return Err("next pid must be above 1");
             }
-            Request::SpliceToImage { pipe_fd, len, .. } => {
-                if !(0..1 << 20).contains(pipe_fd) {
-                    return Err("descriptor number out of range");
-                }
-                if *len == 0 || *len > MAX_SPLICE {
-                    return Err("splice length out of range");
-                }
+            Request::TakePipe { pipe_fd, .. } if !(0..1 << 20).contains(pipe_fd) => {
+                return Err("descriptor number out of range");
             }
             Request::DumpPages { runs, .. } => {
                 if runs.len() > MAX_PAGE_RUNS {
@@ -703,7 +693,7 @@ impl std::fmt::Display for ErrorKind {
             ErrorKind::Clone => "creating the process (clone3 with set_tid) failed",
             ErrorKind::Release => "releasing the task failed",
             ErrorKind::Wait => "waiting for the task failed",
-            ErrorKind::Pipe => "moving pages through the task's pipe failed",
+            ErrorKind::Pipe => "taking the task's pipe failed",
         };
         f.write_str(s)
     }

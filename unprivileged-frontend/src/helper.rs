@@ -8,7 +8,7 @@ use shared_ipc::{
     Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO,
     PROTOCOL_VERSION,
 };
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -181,6 +181,15 @@ impl Helper {
     }
 
     fn call(&mut self, req: Request, fds: &[BorrowedFd<'_>]) -> HResult<Response> {
+        self.call_fds(req, fds).map(|(r, _)| r)
+    }
+
+    /// As `call`, also returning the descriptors sent with the answer.
+    fn call_fds(
+        &mut self,
+        req: Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> HResult<(Response, Vec<OwnedFd>)> {
         let op = req.name();
         let pid = req.pid();
         if let Err(why) = req.check_bounds() {
@@ -190,7 +199,7 @@ impl Helper {
             });
         }
         self.ch.send(&req, fds)?;
-        let (resp, _fds) = self.ch.recv()?;
+        let (resp, got) = self.ch.recv()?;
         match resp {
             Response::Error { kind, errno } => Err(HelperError::Failed {
                 op,
@@ -202,7 +211,7 @@ impl Helper {
                 pid: pid.unwrap_or(0),
                 reason,
             }),
-            r => Ok(r),
+            r => Ok((r, got)),
         }
     }
 
@@ -394,22 +403,16 @@ impl Helper {
         Ok(total)
     }
 
-    /// Move exactly `len` bytes from the pipe whose read end is descriptor
-    /// `pipe_fd` of the task to `out` at its current offset (the task filled
-    /// the pipe with an injected vmsplice); returns the bytes written.
+    /// A copy of the read end of a pipe of the task (descriptor `pipe_fd`
+    /// there), for splicing pages the task vmsplices into it.
     ///
-    /// Errors: the helper's failure (`Pipe` with EAGAIN when the pipe held
-    /// fewer bytes, `ImageWrite` e.g. with ENOSPC).
-    pub fn splice_to_image(
-        &mut self,
-        pid: Pid,
-        pipe_fd: i32,
-        len: u64,
-        out: &impl AsFd,
-    ) -> HResult<u64> {
-        match self.call(Request::SpliceToImage { pid, pipe_fd, len }, &[out.as_fd()])? {
-            Response::PagesWritten(n) => Ok(n),
-            other => Err(unexpected("splice-to-image", other)),
+    /// Errors: the helper's failure (`Pipe` when it is not a pipe).
+    pub fn take_pipe(&mut self, pid: Pid, pipe_fd: i32) -> HResult<OwnedFd> {
+        match self.call_fds(Request::TakePipe { pid, pipe_fd }, &[])? {
+            (Response::Pipe, fds) if fds.len() == 1 => {
+                Ok(fds.into_iter().next().expect("one descriptor"))
+            }
+            (other, _) => Err(unexpected("take-pipe", other)),
         }
     }
 

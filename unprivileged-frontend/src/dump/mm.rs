@@ -265,18 +265,10 @@ pub fn write_pages(h: &mut Helper, remote: &Remote, mm: &MmEntry, dir: &ImageDir
     }
     w.finish()?;
 
-    let pipe = super::splice::TaskPipe::open(h, remote)?;
-    let copied = copy_runs(
-        h,
-        remote,
-        pipe.as_ref(),
-        &runs,
-        &readable,
-        &pages,
-        &pages_path,
-    );
+    let pipes = super::splice::open_pipes(h, remote)?;
+    let copied = copy_runs(h, remote, &pipes, &runs, &readable, &pages, &pages_path);
     // The pipe goes away whatever happened: the task keeps its descriptors.
-    let closed = pipe.map_or(Ok(()), |p| p.close(h, remote));
+    let closed = super::splice::close_pipes(h, remote, pipes);
     let written = copied?;
     closed?;
     if written != total {
@@ -295,7 +287,7 @@ pub fn write_pages(h: &mut Helper, remote: &Remote, mm: &MmEntry, dir: &ImageDir
 fn copy_runs(
     h: &mut Helper,
     remote: &Remote,
-    mut pipe: Option<&super::splice::TaskPipe>,
+    pipes: &[super::splice::TaskPipe],
     runs: &[PageRun],
     readable: &[bool],
     pages: &std::fs::File,
@@ -304,6 +296,7 @@ fn copy_runs(
     use std::io::{Seek, SeekFrom};
     let pid = remote.pid;
     let mut done = 0u64;
+    let mut pipes = Some(pipes).filter(|p| !p.is_empty());
     let mut i = 0;
     while i < runs.len() {
         let j = i + readable[i..]
@@ -312,7 +305,7 @@ fn copy_runs(
             .count();
         let seg = &runs[i..j];
         i = j;
-        let Some(p) = pipe.filter(|_| readable[j - 1]) else {
+        let Some(p) = pipes.filter(|_| readable[j - 1]) else {
             done += h.dump_pages(pid, seg, pages)?;
             continue;
         };
@@ -324,7 +317,7 @@ fn copy_runs(
                     done + n
                 );
                 done += n;
-                pipe = None;
+                pipes = None;
                 let mut f = pages;
                 let cut = f
                     .set_len(done)

@@ -1,11 +1,11 @@
 //! The one-copy page path of a dump, as upstream criu does it: the task
-//! vmsplice(2)s its own pages into a pipe of its own (injected calls), and
-//! the helper splice(2)s the pipe into `pages-PID.img`
-//! (`Request::SpliceToImage`). vmsplice without `SPLICE_F_GIFT` only
-//! references the pages, and the task is stopped while they sit in the
-//! pipe, so the image gets them as they are. The pipe is created here and
-//! closed before the dump goes on: the task is left with the descriptors it
-//! had.
+//! vmsplice(2)s its own pages into pipes of its own (injected calls), the
+//! helper hands us the read ends (`Request::TakePipe`), and a thread of ours
+//! splice(2)s them into `pages-PID.img` while the next vmsplice is injected
+//! into the other pipe. vmsplice without `SPLICE_F_GIFT` only references the
+//! pages, and the task is stopped while they sit in a pipe, so the image
+//! gets them as they are. The pipes are created here and closed before the
+//! dump goes on: the task is left with the descriptors it had.
 //!
 //! Anything that fails here is not fatal: the caller copies the rest with
 //! `DumpPages` (`mm::write_pages`).
@@ -15,10 +15,16 @@ use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::remote::{errno_of, Remote};
 use shared_ipc::PageRun;
+use std::collections::VecDeque;
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc;
 
 /// Where `pipe2` writes its two descriptors in the scratch area.
 const FDS_OFF: u64 = 0;
+/// Pipes used in turn: one is spliced into the image while the task
+/// vmsplices into the other.
+const PIPES: usize = 2;
 /// Where the iovec arrays for vmsplice go in the scratch area.
 const IOV_OFF: u64 = 32 * 1024;
 /// iovecs written to the task at once: 32 KiB, one `WriteMemory`.
@@ -29,12 +35,47 @@ const MAX_IOV: usize = 1024;
 /// a task without `CAP_SYS_RESOURCE` may set.
 const WANT_PIPE: u64 = 1 << 20;
 
-/// A pipe in the task: both descriptor numbers and its capacity in bytes.
+/// A pipe in the task: both descriptor numbers, its capacity in bytes and
+/// our copy of its read end.
 #[derive(Debug)]
 pub struct TaskPipe {
     rfd: i32,
     wfd: i32,
     cap: u64,
+    ours: Option<OwnedFd>,
+}
+
+/// Open up to [`PIPES`] pipes in the task (see [`TaskPipe::open`]); empty
+/// when the task cannot have one.
+///
+/// Errors: the helper's failure.
+pub fn open_pipes(h: &mut Helper, r: &Remote) -> Result<Vec<TaskPipe>> {
+    let mut v = Vec::new();
+    while v.len() < PIPES {
+        match TaskPipe::open(h, r) {
+            Ok(Some(p)) => v.push(p),
+            Ok(None) => break,
+            Err(e) => {
+                let closed = close_pipes(h, r, v);
+                return Err(closed.err().unwrap_or(e));
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Close every pipe in the task.
+///
+/// Errors: the first failure; every pipe is tried.
+pub fn close_pipes(h: &mut Helper, r: &Remote, pipes: Vec<TaskPipe>) -> Result<()> {
+    let mut first = Ok(());
+    for p in pipes {
+        let c = p.close(h, r);
+        if first.is_ok() {
+            first = c;
+        }
+    }
+    first
 }
 
 impl TaskPipe {
@@ -60,7 +101,12 @@ impl TaskPipe {
         let b = r.get(h, FDS_OFF, 8)?;
         let rfd = i32::from_ne_bytes(b[0..4].try_into().expect("4 bytes"));
         let wfd = i32::from_ne_bytes(b[4..8].try_into().expect("4 bytes"));
-        let mut pipe = TaskPipe { rfd, wfd, cap: 0 };
+        let mut pipe = TaskPipe {
+            rfd,
+            wfd,
+            cap: 0,
+            ours: None,
+        };
         let set = r.raw(
             h,
             libc::SYS_fcntl,
@@ -74,9 +120,25 @@ impl TaskPipe {
                 [wfd as u64, libc::F_GETPIPE_SZ as u64, 0, 0, 0, 0],
             ),
         };
-        match cap {
-            Ok(n) if errno_of(n).is_none() && n as u64 >= PAGE => {
-                pipe.cap = n as u64 / PAGE * PAGE;
+        let cap = match cap {
+            Ok(n) if errno_of(n).is_none() && n as u64 >= PAGE => Some(n as u64 / PAGE * PAGE),
+            other => {
+                crate::debug!("pid {}: pipe size: {other:?}; pages are copied", r.pid);
+                None
+            }
+        };
+        let ours = match cap.map(|_| h.take_pipe(r.pid, rfd)) {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                crate::debug!("pid {}: taking the pipe: {e}; pages are copied", r.pid);
+                None
+            }
+            None => None,
+        };
+        match (cap, ours) {
+            (Some(cap), Some(fd)) => {
+                pipe.cap = cap;
+                pipe.ours = Some(fd);
                 crate::debug!(
                     "pid {}: pipe {rfd}/{wfd} of {} bytes in the task",
                     r.pid,
@@ -84,8 +146,7 @@ impl TaskPipe {
                 );
                 Ok(Some(pipe))
             }
-            other => {
-                crate::debug!("pid {}: pipe size: {other:?}; pages are copied", r.pid);
+            _ => {
                 pipe.close(h, r)?;
                 Ok(None)
             }
@@ -147,69 +208,159 @@ fn chunks(pieces: &[PageRun], cap: u64) -> Vec<(usize, usize, u64)> {
     out
 }
 
-/// Write `runs` (all in readable mappings) to `image` through the pipe, in
-/// order. Returns the bytes written; on failure, the bytes that did reach
-/// the image (a prefix of the runs) and the error.
+/// What the splicing thread reports per job: the bytes it wrote, and the
+/// error that stopped it, if any.
+type Spliced = (u64, Option<std::io::Error>);
+
+/// Move exactly `len` bytes from the pipe `from` to `to`.
+fn splice_all(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u64) -> Spliced {
+    let mut moved = 0u64;
+    while moved < len {
+        let want = (len - moved).min(1 << 30) as usize;
+        match crate::sys::splice_nonblock(from, to, want) {
+            Ok(0) => return (moved, Some(std::io::Error::from_raw_os_error(libc::EPIPE))),
+            Ok(n) => moved += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (moved, Some(e)),
+        }
+    }
+    (moved, None)
+}
+
+/// Write `runs` (all in readable mappings) to `image` through the pipes, in
+/// order: the task vmsplices a chunk into one pipe while a thread splices
+/// the previous chunk from the other into the image. Returns the bytes
+/// written; on failure, the bytes that did reach the image (a prefix of the
+/// runs) and the error.
 pub fn write_runs(
     h: &mut Helper,
     r: &Remote,
-    pipe: &TaskPipe,
+    pipes: &[TaskPipe],
     runs: &[PageRun],
     image: &File,
 ) -> std::result::Result<u64, (u64, Error)> {
-    let mut done = 0u64;
-    let pieces = pieces(runs, pipe.cap);
-    for batch in pieces.chunks(IOV_BATCH) {
-        let mut iov = Vec::with_capacity(batch.len() * 16);
-        for p in batch {
-            iov.extend_from_slice(&p.addr.to_ne_bytes());
-            iov.extend_from_slice(&p.len.to_ne_bytes());
-        }
-        let iov_addr = r.put(h, IOV_OFF, &iov).map_err(|e| (done, e))?;
-        for (first, n, bytes) in chunks(batch, pipe.cap) {
-            let ret = r
-                .raw(
+    let reads: Vec<BorrowedFd<'_>> = pipes
+        .iter()
+        .filter_map(|p| p.ours.as_ref().map(AsFd::as_fd))
+        .collect();
+    if reads.len() != pipes.len() || pipes.is_empty() {
+        return Err((0, Error::Unsupported("no pipe to splice from".into())));
+    }
+    let cap = pipes.iter().map(|p| p.cap).min().unwrap_or(PAGE);
+    let img = image.as_fd();
+    std::thread::scope(|s| {
+        let (job_tx, job_rx) = mpsc::channel::<(usize, u64)>();
+        let (res_tx, res_rx) = mpsc::channel::<Spliced>();
+        let reads = &reads;
+        s.spawn(move || {
+            for (k, len) in job_rx {
+                let res = splice_all(reads[k], img, len);
+                let stop = res.1.is_some();
+                if res_tx.send(res).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let mut done = 0u64;
+        // Pipes with a job in flight, oldest first.
+        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        let mut failed: Option<Error> = None;
+        let wait_one = |in_flight: &mut VecDeque<usize>, done: &mut u64| -> Option<Error> {
+            in_flight.pop_front()?;
+            match res_rx.recv() {
+                Ok((n, None)) => {
+                    *done += n;
+                    None
+                }
+                Ok((n, Some(e))) => {
+                    *done += n;
+                    Some(Error::file("pages image (splice)", e))
+                }
+                Err(_) => Some(Error::Unsupported("the splicing thread ended".into())),
+            }
+        };
+        let mut next = 0usize;
+        let pieces = pieces(runs, cap);
+        'all: for batch in pieces.chunks(IOV_BATCH) {
+            let mut iov = Vec::with_capacity(batch.len() * 16);
+            for p in batch {
+                iov.extend_from_slice(&p.addr.to_ne_bytes());
+                iov.extend_from_slice(&p.len.to_ne_bytes());
+            }
+            let iov_addr = match r.put(h, IOV_OFF, &iov) {
+                Ok(a) => a,
+                Err(e) => {
+                    failed = Some(e);
+                    break 'all;
+                }
+            };
+            for (first, n, bytes) in chunks(batch, cap) {
+                let k = next;
+                next = (next + 1) % pipes.len();
+                // Wait until pipe k is drained (jobs end in order).
+                while in_flight.contains(&k) {
+                    if let Some(e) = wait_one(&mut in_flight, &mut done) {
+                        failed = Some(e);
+                        break 'all;
+                    }
+                }
+                let ret = r.raw(
                     h,
                     libc::SYS_vmsplice,
                     [
-                        pipe.wfd as u64,
+                        pipes[k].wfd as u64,
                         iov_addr + first as u64 * 16,
                         n as u64,
                         libc::SPLICE_F_NONBLOCK as u64,
                         0,
                         0,
                     ],
-                )
-                .map_err(|e| (done, e))?;
-            if let Some(errno) = errno_of(ret) {
-                return Err((
-                    done,
-                    Error::Injected {
-                        pid: r.pid,
-                        call: "vmsplice".into(),
-                        errno,
+                );
+                let got = match ret {
+                    Ok(v) => match errno_of(v) {
+                        None => v as u64,
+                        Some(errno) => {
+                            failed = Some(Error::Injected {
+                                pid: r.pid,
+                                call: "vmsplice".into(),
+                                errno,
+                            });
+                            break 'all;
+                        }
                     },
-                ));
-            }
-            let got = ret as u64;
-            if got > 0 {
-                let w = h
-                    .splice_to_image(r.pid, pipe.rfd, got, image)
-                    .map_err(|e| (done, e.into()))?;
-                done += w;
-            }
-            if got != bytes {
-                return Err((
-                    done,
-                    Error::Unsupported(format!(
+                    Err(e) => {
+                        failed = Some(e);
+                        break 'all;
+                    }
+                };
+                if got > 0 {
+                    if job_tx.send((k, got)).is_err() {
+                        failed = Some(Error::Unsupported("the splicing thread ended".into()));
+                        break 'all;
+                    }
+                    in_flight.push_back(k);
+                }
+                if got != bytes {
+                    failed = Some(Error::Unsupported(format!(
                         "pid {}: vmsplice moved {got} of {bytes} bytes",
                         r.pid
-                    )),
-                ));
+                    )));
+                    break 'all;
+                }
             }
         }
-    }
-    Ok(done)
+        drop(job_tx);
+        while !in_flight.is_empty() {
+            if let Some(e) = wait_one(&mut in_flight, &mut done) {
+                failed.get_or_insert(e);
+                break;
+            }
+        }
+        match failed {
+            None => Ok(done),
+            Some(e) => Err((done, e)),
+        }
+    })
 }
 
 /// The runs left after the first `skip` bytes of `runs`.
