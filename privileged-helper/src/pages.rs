@@ -78,6 +78,16 @@ pub fn peer_gone(chan: BorrowedFd<'_>) -> bool {
 /// asked before each buffer-full: when it says yes (the frontend went away)
 /// the copy stops with `ImageWrite`/`ECONNABORTED`, so a large dump does not
 /// keep the task stopped for nothing.
+///
+/// process_vm_readv(2) finds the task by PID on every call, and the helper's
+/// `CAP_SYS_PTRACE` passes the kernel's access check for any task. If an
+/// untraced thread of the target execs, the kernel gives the target's PID to
+/// that thread — possibly now running a setuid program — without any PID
+/// reuse the pidfd could notice. So after every read, and before its bytes
+/// go anywhere, `still_ours` must prove the PID is still our stopped tracee
+/// (a ptrace request succeeds only then); otherwise the bytes are dropped
+/// and the copy ends with `Gone`. The `/proc/PID/mem` fallback is bound to
+/// the address space opened at seize time and needs no such proof.
 pub fn dump(
     pid: Pid,
     mem: &File,
@@ -85,6 +95,7 @@ pub fn dump(
     image: &mut File,
     buf: &mut [u8],
     abort: &dyn Fn() -> bool,
+    still_ours: &dyn Fn() -> bool,
 ) -> Result<u64, Fail> {
     let pieces = pieces(runs);
     let mut total: u64 = 0;
@@ -111,6 +122,10 @@ pub fn dump(
             Err(Errno::ESRCH) => return Err(Fail::bare(ErrorKind::Gone)),
             Err(_) => 0,
         };
+        if !still_ours() {
+            buf[..got].fill(0);
+            return Err(Fail::bare(ErrorKind::Gone));
+        }
         write_image(image, &buf[..got])?;
         total += got as u64;
         if got == fill {

@@ -207,7 +207,15 @@ impl Server {
                 if t.kind != Kind::Target {
                     return Err(bad);
                 }
-                self.out_fd = Some(pages::take_pipe(t.pidfd.as_fd(), pipe_fd)?);
+                let pipe = pages::take_pipe(t.pidfd.as_fd(), pipe_fd)?;
+                // The pidfd names a PID, not a program: if an untraced thread
+                // exec'd since the check, the PID now belongs to it (see
+                // pages::dump). Only hand the pipe over if the PID is still
+                // our stopped tracee.
+                if sys::get_sigmask(t.pid).is_err() {
+                    return Err(Fail::bare(ErrorKind::Gone));
+                }
+                self.out_fd = Some(pipe);
                 self.log
                     .done("take-pipe", pid, format_args!("fd={pipe_fd}"));
                 Ok(Response::Pipe)
@@ -485,7 +493,17 @@ impl Server {
         let mut image = File::from(image);
         let chan = self.chan.as_fd();
         let abort = || pages::peer_gone(chan);
-        let n = pages::dump(t.pid, &t.mem, runs, &mut image, &mut self.page_buf, &abort)?;
+        let tpid = t.pid;
+        let still_ours = || sys::get_sigmask(tpid).is_ok();
+        let n = pages::dump(
+            t.pid,
+            &t.mem,
+            runs,
+            &mut image,
+            &mut self.page_buf,
+            &abort,
+            &still_ours,
+        )?;
         self.log.done(
             "dump-pages",
             pid,
