@@ -646,3 +646,156 @@ fn stubs_obey_the_callers_process_limit() {
         "the stub beyond the limit should fail with EAGAIN"
     );
 }
+
+/// Regression test for a security review finding: while the helper copies
+/// pages of the user's own task, an untraced thread of that task execs a
+/// setuid-root program, which takes over the task's PID (no PID reuse, so
+/// the pidfd does not notice). The copy must not read the new program's
+/// memory: the request ends with `Gone` and no byte of the root program's
+/// secret reaches the image. Needs a C compiler (`cc`) to build the two
+/// small programs; skipped with a message without one.
+#[test]
+fn pages_of_a_task_that_became_setuid_root_mid_copy_are_not_read() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("criu-exec-race")
+        .tempdir()
+        .unwrap()
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret_file = dir.join("secret.txt");
+    std::fs::write(&secret_file, "ROOT-ONLY-SECRET 5f3a\n").unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The setuid program keeps the secret at a fixed address (non-PIE .bss).
+    let suid_src = format!(
+        r#"#include <fcntl.h>
+#include <unistd.h>
+static char secret[4096] __attribute__((aligned(4096)));
+int main(void) {{
+    int fd = open("{}", O_RDONLY);
+    if (fd >= 0) {{ read(fd, secret, sizeof secret - 1); close(fd); }}
+    write(1, "ready\n", 6);
+    sleep(20);
+    return 0;
+}}"#,
+        secret_file.display()
+    );
+    // The user's program: 1 MiB of 'A' at 0x10000000 and a thread that execs
+    // the setuid program when a byte arrives on stdin.
+    let victim_src = format!(
+        r#"#include <pthread.h>
+#include <sys/mman.h>
+#include <string.h>
+#include <unistd.h>
+static void *thr(void *a) {{
+    char c;
+    if (read(0, &c, 1) == 1) {{
+        char *argv[] = {{"suid", 0}};
+        execv("{}/suid", argv);
+    }}
+    return 0;
+}}
+int main(void) {{
+    char *p = mmap((void *)0x10000000, 1 << 20, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    memset(p, 'A', 1 << 20);
+    pthread_t t;
+    pthread_create(&t, 0, thr, 0);
+    for (;;) pause();
+}}"#,
+        dir.display()
+    );
+    let build = |name: &str, src: &str, extra: &[&str]| -> bool {
+        let c = dir.join(format!("{name}.c"));
+        std::fs::write(&c, src).unwrap();
+        Command::new("cc")
+            .args(extra)
+            .arg("-o")
+            .arg(dir.join(name))
+            .arg(&c)
+            .arg("-lpthread")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !build("suid", &suid_src, &["-no-pie", "-fno-pie"]) || !build("victim", &victim_src, &[]) {
+        eprintln!("skipped: no C compiler to build the test programs");
+        return;
+    }
+    let suid = dir.join("suid");
+    std::os::unix::fs::chown(&suid, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let nm = Command::new("nm").arg(&suid).output().unwrap();
+    let secret_addr = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .find(|l| l.ends_with(" secret"))
+        .and_then(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .expect("address of `secret` in the setuid program");
+
+    let mut victim = Command::new(dir.join("victim"))
+        .uid(USER)
+        .gid(USER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let vpid = victim.id() as i32;
+    std::thread::sleep(Duration::from_millis(200));
+    let mut h = Helper::start();
+    assert_eq!(h.call(Request::Seize { pid: vpid }), Response::Ok);
+    let (img_r, img_w) = nix::unistd::pipe().unwrap();
+    let mut img_r = std::fs::File::from(img_r);
+    let runs = vec![
+        shared_ipc::PageRun {
+            addr: 0x1000_0000,
+            len: 1 << 20,
+        },
+        shared_ipc::PageRun {
+            addr: secret_addr & !4095,
+            len: 4096,
+        },
+    ];
+    h.chan
+        .send(&Request::DumpPages { pid: vpid, runs }, &[img_w.as_fd()])
+        .unwrap();
+    drop(img_w);
+    // The helper is now blocked writing the first buffer into the pipe.
+    let mut first = vec![0u8; 65536];
+    img_r.read_exact(&mut first).unwrap();
+    victim.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    let mut ready = [0u8; 6];
+    victim
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    let mut rest = Vec::new();
+    img_r.read_to_end(&mut rest).unwrap();
+    let (answer, _) = h.chan.recv().unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let leaked = first
+        .iter()
+        .chain(rest.iter())
+        .copied()
+        .collect::<Vec<u8>>();
+    assert!(
+        !leaked.windows(16).any(|w| w == b"ROOT-ONLY-SECRET"),
+        "the setuid-root program's memory reached the image"
+    );
+    assert_eq!(
+        answer,
+        Response::Error {
+            kind: ErrorKind::Gone,
+            errno: 0
+        }
+    );
+    drop(h.chan);
+    let _ = h.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
