@@ -145,6 +145,43 @@ pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()>
     }
     restore_posix_timers(h, r, &core.posix_timers)?;
     restore_rlimits(h, r, core)?;
+    restore_task_common(h, r, core)?;
+    for p in &core.pending {
+        let signo =
+            u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
+        let a = r.put(h, 0, &p.siginfo)?;
+        let pid = r.pid as u64;
+        if p.shared {
+            r.call(
+                h,
+                &format!("rt_sigqueueinfo({signo})"),
+                libc::SYS_rt_sigqueueinfo,
+                [pid, signo, a, 0, 0, 0],
+            )?;
+        } else {
+            r.call(
+                h,
+                &format!("rt_tgsigqueueinfo({signo})"),
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid, pid, signo, a, 0, 0],
+            )?;
+        }
+    }
+    info!(
+        "pid {}: signal actions, timers, limits, session, credentials and {} pending signals restored",
+        r.pid,
+        core.pending.len()
+    );
+    Ok(())
+}
+
+/// What every task, leader or extra thread, gets back by calls injected in
+/// itself: execution domain, name, sigaltstack, robust list,
+/// `clear_child_tid`, credentials, parent-death signal (after the
+/// credentials, whose change clears it), no_new_privs and rseq.
+///
+/// Errors: an injected call failed.
+fn restore_task_common(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
     r.call(
         h,
         "personality",
@@ -218,32 +255,6 @@ pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()>
             [rs.ptr, rs.len as u64, 0, rs.sig as u64, 0, 0],
         )?;
     }
-    for p in &core.pending {
-        let signo =
-            u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
-        let a = r.put(h, 0, &p.siginfo)?;
-        let pid = r.pid as u64;
-        if p.shared {
-            r.call(
-                h,
-                &format!("rt_sigqueueinfo({signo})"),
-                libc::SYS_rt_sigqueueinfo,
-                [pid, signo, a, 0, 0, 0],
-            )?;
-        } else {
-            r.call(
-                h,
-                &format!("rt_tgsigqueueinfo({signo})"),
-                libc::SYS_rt_tgsigqueueinfo,
-                [pid, pid, signo, a, 0, 0],
-            )?;
-        }
-    }
-    info!(
-        "pid {}: signal actions, timers, limits, session, credentials and {} pending signals restored",
-        r.pid,
-        core.pending.len()
-    );
     Ok(())
 }
 
@@ -254,71 +265,7 @@ pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()>
 ///
 /// Errors: an injected call failed.
 pub fn restore_thread_state(h: &mut Helper, r: &Remote, core: &CoreEntry, tgid: i32) -> Result<()> {
-    r.call(
-        h,
-        "personality",
-        libc::SYS_personality,
-        [core.personality as u64, 0, 0, 0, 0, 0],
-    )?;
-    let comm: String = core.comm.chars().take(15).collect();
-    let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
-    name.push(0);
-    let a = r.put(h, 0, &name)?;
-    r.call(
-        h,
-        "prctl(PR_SET_NAME)",
-        libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
-    )?;
-    if core.sigaltstack.flags & libc::SS_DISABLE == 0 {
-        let a = r.put(h, 0, &encode_stack(&core.sigaltstack))?;
-        r.call(h, "sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
-    }
-    let (head, len) = core.robust_list;
-    if head != 0 {
-        r.call(
-            h,
-            "set_robust_list",
-            libc::SYS_set_robust_list,
-            [head, len, 0, 0, 0, 0],
-        )?;
-    }
-    r.call(
-        h,
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [core.clear_child_tid, 0, 0, 0, 0, 0],
-    )?;
-    restore_creds(h, r, &core.creds)?;
-    r.call(
-        h,
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_PDEATHSIG as u64,
-            core.pdeath_sig as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    if core.creds.no_new_privs {
-        r.call(
-            h,
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
-    }
-    if let Some(rs) = core.rseq {
-        r.call(
-            h,
-            &format!("rseq({:#x})", rs.ptr),
-            libc::SYS_rseq,
-            [rs.ptr, rs.len as u64, 0, rs.sig as u64, 0, 0],
-        )?;
-    }
+    restore_task_common(h, r, core)?;
     for p in core.pending.iter().filter(|p| !p.shared) {
         let signo =
             u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
