@@ -199,7 +199,24 @@ pub fn let_go(pid: Pid) -> Fail {
 /// delivered are delivered on the way, as the kernel would have.
 /// Detaches again on failure.
 pub fn seize(pid: Pid, opts: Options) -> Result<(), Fail> {
+    seize_checked(pid, opts, &|| Ok(()))
+}
+
+/// [`seize`] with `check` run between `PTRACE_SEIZE` and `PTRACE_INTERRUPT`.
+/// `PTRACE_SEIZE` finds the task by PID; if the PID changed hands since the
+/// caller's last check (an untraced thread exec'd a setuid program and took
+/// it over), `check` fails and the task is let go before it was ever
+/// stopped.
+pub fn seize_checked(
+    pid: Pid,
+    opts: Options,
+    check: &dyn Fn() -> Result<(), Fail>,
+) -> Result<(), Fail> {
     ptrace::seize(pid, opts).map_err(on(ErrorKind::Seize))?;
+    if let Err(f) = check() {
+        let _ = ptrace::detach(pid, None);
+        return Err(f);
+    }
     let r = ptrace::interrupt(pid)
         .map_err(on(ErrorKind::Interrupt))
         .and_then(|()| wait_event_stop(pid));

@@ -302,9 +302,11 @@ impl Server {
             return Err(Fail::bare(ErrorKind::Gone));
         }
         check_task(pid, &pidfd, &self.caller)?;
-        pt::seize(
+        let caller = &self.caller;
+        pt::seize_checked(
             pid,
             Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXEC,
+            &|| check_task(pid, &pidfd, caller),
         )?;
         let saved = check_task(pid, &pidfd, &self.caller)
             .and_then(|()| open_mem(pid))
