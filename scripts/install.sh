@@ -3,7 +3,8 @@
 #   $DESTDIR$PREFIX/bin/criu                      0755
 #   $DESTDIR$PREFIX/libexec/criu/criu-helper      root:root 4755 (setuid root)
 #
-# Usage: scripts/install.sh [PREFIX] [DESTDIR]     (PREFIX defaults to /usr/local)
+# Usage: scripts/install.sh [PREFIX] [DESTDIR]     (PREFIX defaults to /usr/local;
+#        DESTDIR may also come from the environment, the argument wins)
 #        scripts/install.sh --uninstall [PREFIX] [DESTDIR]
 #
 # The helper's final path ($PREFIX/libexec/criu/criu-helper, without DESTDIR)
@@ -20,7 +21,7 @@ if [ "${1:-}" = "--uninstall" ]; then
     shift
 fi
 PREFIX="${1:-/usr/local}"
-DESTDIR="${2:-}"
+DESTDIR="${2:-${DESTDIR:-}}"
 case "$PREFIX" in
 /*) ;;
 *)
@@ -42,11 +43,11 @@ CRIU_HELPER_PATH="$PREFIX/libexec/criu/criu-helper" \
     cargo build --release --workspace --bins
 
 install -d -m 0755 "$bin_dir" "$helper_dir"
-install -m 0755 target/release/criu "$bin_dir/criu"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/criu" "$bin_dir/criu"
 # Install under a temporary name and rename, so a running criu never sees
 # a half-written or not-yet-setuid helper.
 tmp="$helper_dir/.criu-helper.new"
-install -m 0755 target/release/criu-helper "$tmp"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/criu-helper" "$tmp"
 if [ "$(id -u)" = 0 ]; then
     chown root:root "$tmp"
     chmod 4755 "$tmp"

@@ -154,13 +154,14 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "userfaultfd",
         what: "userfaultfd(2)",
-        lost: "lazy restore of pages (lazy-pages) will not work",
+        lost: "lazy restore of pages (lazy-pages, not implemented yet) would not work",
         class: Class::Optional,
     },
     Feature {
         name: "tcp_repair",
         what: "setsockopt(TCP_REPAIR) (needs CAP_NET_ADMIN)",
-        lost: "established TCP connections cannot be dumped or restored",
+        lost: "established TCP connections could not be dumped or restored (sockets are not \
+               supported yet; this probes the kernel for when they are)",
         class: Class::Optional,
     },
     Feature {
@@ -672,7 +673,16 @@ fn setuid_report(caller: u32) -> String {
         ),
         Err(e) => (format!("cannot stat: {e}"), false),
     };
-    if setuid {
+    // A setuid bit on a filesystem mounted nosuid is ignored by exec(2).
+    let nosuid = nix::sys::statvfs::statvfs(path.as_str())
+        .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID))
+        .unwrap_or(false);
+    if setuid && nosuid {
+        format!(
+            "helper {path} ({install}) is setuid root but its filesystem is mounted nosuid, so \
+             it does not run with privilege: install it on a filesystem mounted without nosuid"
+        )
+    } else if setuid {
         format!(
             "setuid mode: helper {path} ({install}, setuid root); caller uid {caller}: you may \
              dump, restore and exec only processes whose uids and gids are all {caller} and \
