@@ -919,3 +919,42 @@ pub fn reap_dumped(t: &Test, pid: i32) {
         )),
     }
 }
+
+/// The python3 process tree several tests use: a root, three levels of
+/// children (the first leads a second process group) and a zombie child of
+/// the root that exited with code 7 (reaped, with its status written to
+/// `reaped`, when the root gets SIGUSR1). Each live process writes
+/// `c<level>` = "<pid> <counter>" every 50 ms in the directory `argv[1]`.
+pub const TREE_PROGRAM: &str = r#"
+import os, sys, time, signal
+d = sys.argv[1]
+z = os.fork()
+if z == 0:
+    os._exit(7)
+def reap(*a):
+    p, s = os.waitpid(z, 0)
+    open(d + "/reaped", "w").write(str(os.waitstatus_to_exitcode(s)))
+signal.signal(signal.SIGUSR1, reap)
+lvl = 0
+for i in range(3):
+    c = os.fork()
+    if c:
+        break
+    lvl += 1
+    if lvl == 1:
+        os.setpgid(0, 0)
+n = 0
+while True:
+    n += 1
+    open(d + f"/c{lvl}.tmp", "w").write(f"{os.getpid()} {n}")
+    os.replace(d + f"/c{lvl}.tmp", d + f"/c{lvl}")
+    time.sleep(0.05)
+"#;
+
+/// The `c<level>` file of a counting process tree ([`TREE_PROGRAM`] and
+/// the other trees of the tests): its pid and counter.
+pub fn level_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
+    let text = read(&dir.join(format!("c{lvl}")))?;
+    let mut it = text.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}

@@ -726,12 +726,6 @@ while True:
     time.sleep(0.05)
 "#;
 
-fn tree_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
-    let text = read(&dir.join(format!("c{lvl}")))?;
-    let mut it = text.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
 /// Starts [`USER_TREE`] (as the user, or as root with `other`) and returns
 /// the pids of parent and child once both count.
 fn start_user_tree(t: &Test, other: bool) -> [i32; 2] {
@@ -747,14 +741,14 @@ fn start_user_tree(t: &Test, other: bool) -> [i32; 2] {
     }
     let root = t.spawn_target(&mut cmd).id() as i32;
     if !wait_for(Duration::from_secs(20), || {
-        (0..2).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 >= 3))
+        (0..2).all(|l| level_counter(&w, l).is_some_and(|c| c.1 >= 3))
     }) {
         t.fail(&format!(
             "the user's tree did not start: {}",
             describe(root)
         ));
     }
-    let pids = [root, tree_counter(&w, 1).unwrap().0];
+    let pids = [root, level_counter(&w, 1).unwrap().0];
     t.track(pids[1]);
     pids
 }
@@ -762,10 +756,10 @@ fn start_user_tree(t: &Test, other: bool) -> [i32; 2] {
 fn tree_counts_on(t: &Test, when: &str) {
     let w = t.work();
     let start: Vec<u64> = (0..2)
-        .map(|l| tree_counter(&w, l).map_or(0, |c| c.1))
+        .map(|l| level_counter(&w, l).map_or(0, |c| c.1))
         .collect();
     if !wait_for(Duration::from_secs(5), || {
-        (0..2).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 > start[l as usize] + 2))
+        (0..2).all(|l| level_counter(&w, l).is_some_and(|c| c.1 > start[l as usize] + 2))
     }) {
         t.fail(&format!("{when}: not every process of the tree counts on"));
     }

@@ -323,42 +323,6 @@ fn show_refuses_damaged_and_foreign_files() {
     t.criu_ok(&["show", "-D", s(&bad)]);
 }
 
-/// The process tree of tests/tests/trees.rs: a root, three levels of
-/// children (the first leads a second process group) and a zombie child of
-/// the root that exited with code 7. Each live process writes
-/// `c<level>` = "<pid> <counter>".
-const TREE_PROGRAM: &str = r#"
-import os, sys, time, signal
-d = sys.argv[1]
-z = os.fork()
-if z == 0:
-    os._exit(7)
-def reap(*a):
-    p, s = os.waitpid(z, 0)
-    open(d + "/reaped", "w").write(str(os.waitstatus_to_exitcode(s)))
-signal.signal(signal.SIGUSR1, reap)
-lvl = 0
-for i in range(3):
-    c = os.fork()
-    if c:
-        break
-    lvl += 1
-    if lvl == 1:
-        os.setpgid(0, 0)
-n = 0
-while True:
-    n += 1
-    open(d + f"/c{lvl}.tmp", "w").write(f"{os.getpid()} {n}")
-    os.replace(d + f"/c{lvl}.tmp", d + f"/c{lvl}")
-    time.sleep(0.05)
-"#;
-
-fn tree_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
-    let text = read(&dir.join(format!("c{lvl}")))?;
-    let mut it = text.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
 /// Every process's `thread_states` lists its `threads`, in order, each with
 /// a register summary.
 fn check_thread_states(t: &Test, p: &serde_json::Value, out: &str) {
@@ -402,11 +366,11 @@ fn show_tree_with_a_zombie() {
     cmd.arg("-c").arg(TREE_PROGRAM).arg(&w);
     let root = t.spawn_target(&mut cmd).id() as i32;
     if !wait_for(Duration::from_secs(20), || {
-        (0..4).all(|l| tree_counter(&w, l).is_some_and(|c| c.1 >= 3))
+        (0..4).all(|l| level_counter(&w, l).is_some_and(|c| c.1 >= 3))
     }) {
         t.fail(&format!("the tree did not start: {}", describe(root)));
     }
-    let pids: Vec<i32> = (0..4).map(|l| tree_counter(&w, l).unwrap().0).collect();
+    let pids: Vec<i32> = (0..4).map(|l| level_counter(&w, l).unwrap().0).collect();
     for &p in &pids[1..] {
         t.track(p);
     }

@@ -4,7 +4,6 @@
 //! whose restore fails in its deepest child (nothing of it may be left).
 
 use criu_tests::*;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,12 +29,6 @@ while True:
     time.sleep(0.05)
 "#;
 
-fn counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
-    let text = read(&dir.join(format!("c{lvl}")))?;
-    let mut it = text.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
 /// Starts the chain with `levels` processes and returns their pids, root
 /// first, once every one counts.
 fn start_chain(t: &Test, levels: u32, deep_cwd: bool) -> Vec<i32> {
@@ -51,11 +44,13 @@ fn start_chain(t: &Test, levels: u32, deep_cwd: bool) -> Vec<i32> {
     }
     let root = t.spawn_target(&mut cmd).id() as i32;
     if !wait_for(Duration::from_secs(20), || {
-        (0..levels).all(|l| counter(&w, l).is_some_and(|c| c.1 >= 3))
+        (0..levels).all(|l| level_counter(&w, l).is_some_and(|c| c.1 >= 3))
     }) {
         t.fail(&format!("the chain did not start: {}", describe(root)));
     }
-    let pids: Vec<i32> = (0..levels).map(|l| counter(&w, l).unwrap().0).collect();
+    let pids: Vec<i32> = (0..levels)
+        .map(|l| level_counter(&w, l).unwrap().0)
+        .collect();
     for &p in &pids {
         t.track(p);
     }
@@ -66,10 +61,10 @@ fn start_chain(t: &Test, levels: u32, deep_cwd: bool) -> Vec<i32> {
 fn assert_counting(t: &Test, levels: u32, when: &str) {
     let w = t.work();
     let start: Vec<u64> = (0..levels)
-        .map(|l| counter(&w, l).map_or(0, |c| c.1))
+        .map(|l| level_counter(&w, l).map_or(0, |c| c.1))
         .collect();
     if !wait_for(Duration::from_secs(5), || {
-        (0..levels).all(|l| counter(&w, l).is_some_and(|c| c.1 > start[l as usize] + 2))
+        (0..levels).all(|l| level_counter(&w, l).is_some_and(|c| c.1 > start[l as usize] + 2))
     }) {
         t.fail(&format!("{when}: not every process counts on"));
     }
@@ -86,9 +81,9 @@ fn assert_stopped(t: &Test, pid: i32, lvl: u32, when: &str) {
             describe(pid)
         ));
     }
-    let before = counter(&t.work(), lvl);
+    let before = level_counter(&t.work(), lvl);
     std::thread::sleep(Duration::from_millis(300));
-    if counter(&t.work(), lvl) != before || proc_state(pid) != Some('T') {
+    if level_counter(&t.work(), lvl) != before || proc_state(pid) != Some('T') {
         t.fail(&format!("{when}: pid {pid} runs although stopped"));
     }
 }
@@ -247,11 +242,11 @@ fn process_whose_main_thread_exited_is_refused() {
         .spawn_target(Command::new("python3").arg("-c").arg(HALF_EXITED).arg(&w))
         .id() as i32;
     if !wait_for(Duration::from_secs(20), || {
-        (0..2).all(|l| counter(&w, l).is_some_and(|c| c.1 >= 8))
+        (0..2).all(|l| level_counter(&w, l).is_some_and(|c| c.1 >= 8))
     }) {
         t.fail(&format!("the program did not start: {}", describe(root)));
     }
-    let child = counter(&w, 1).unwrap().0;
+    let child = level_counter(&w, 1).unwrap().0;
     t.track(child);
     if proc_state(child) != Some('Z') {
         t.fail(&format!(

@@ -5,55 +5,22 @@
 //! reaps exit code 7.
 
 use criu_tests::*;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-const PROGRAM: &str = r#"
-import os, sys, time, signal
-d = sys.argv[1]
-z = os.fork()
-if z == 0:
-    os._exit(7)
-def reap(*a):
-    p, s = os.waitpid(z, 0)
-    open(d + "/reaped", "w").write(str(os.waitstatus_to_exitcode(s)))
-signal.signal(signal.SIGUSR1, reap)
-lvl = 0
-for i in range(3):
-    c = os.fork()
-    if c:
-        break
-    lvl += 1
-    if lvl == 1:
-        os.setpgid(0, 0)
-n = 0
-while True:
-    n += 1
-    open(d + f"/c{lvl}.tmp", "w").write(f"{os.getpid()} {n}")
-    os.replace(d + f"/c{lvl}.tmp", d + f"/c{lvl}")
-    time.sleep(0.05)
-"#;
-
-fn counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
-    let text = read(&dir.join(format!("c{lvl}")))?;
-    let mut it = text.split_whitespace();
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
 
 #[test]
 fn tree_with_groups_and_a_zombie() {
     let Some(t) = Test::new("trees") else { return };
     let w = t.work();
     let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(PROGRAM).arg(&w);
+    cmd.arg("-c").arg(TREE_PROGRAM).arg(&w);
     let root = t.spawn_target(&mut cmd).id() as i32;
     if !wait_for(Duration::from_secs(20), || {
-        (0..4).all(|l| counter(&w, l).is_some_and(|c| c.1 >= 3))
+        (0..4).all(|l| level_counter(&w, l).is_some_and(|c| c.1 >= 3))
     }) {
         t.fail(&format!("the tree did not start: {}", describe(root)));
     }
-    let pids: Vec<i32> = (0..4).map(|l| counter(&w, l).unwrap().0).collect();
+    let pids: Vec<i32> = (0..4).map(|l| level_counter(&w, l).unwrap().0).collect();
     for &p in &pids[1..] {
         t.track(p);
     }
@@ -77,7 +44,7 @@ fn tree_with_groups_and_a_zombie() {
             t.fail(&format!("dumped child {p} was not killed: {e}"));
         }
     }
-    let at_dump: Vec<u64> = (0..4).map(|l| counter(&w, l).unwrap().1).collect();
+    let at_dump: Vec<u64> = (0..4).map(|l| level_counter(&w, l).unwrap().1).collect();
 
     t.restore_detached(root, &[]);
     let after: Vec<_> = pids.iter().map(|&p| shape(p)).collect();
@@ -97,12 +64,12 @@ fn tree_with_groups_and_a_zombie() {
         ));
     }
     if !wait_for(Duration::from_secs(10), || {
-        (0..4).all(|l| counter(&w, l).is_some_and(|c| c.1 > at_dump[l as usize]))
+        (0..4).all(|l| level_counter(&w, l).is_some_and(|c| c.1 > at_dump[l as usize]))
     }) {
         t.fail("not every counter goes on after restore");
     }
     for l in 0..4 {
-        let now = counter(&w, l).unwrap().1;
+        let now = level_counter(&w, l).unwrap().1;
         if now > at_dump[l as usize] + 200 {
             t.fail(&format!(
                 "counter {l} jumped {} -> {now}",
