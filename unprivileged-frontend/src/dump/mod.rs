@@ -490,7 +490,7 @@ fn collect_and_write(
 ) -> Result<()> {
     let pid = remote.pid;
     info!("collecting task state of pid {pid}");
-    let core = task::collect(h, remote, p.stopped, regs, xstate, sigmask)?;
+    let core = task::collect(h, remote, status, p.stopped, regs, xstate, sigmask)?;
     let mut thread_cores = Vec::new();
     for &tid in &p.threads[1..] {
         // One thread at a time, sharing the process's scratch area.

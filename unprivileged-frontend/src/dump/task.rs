@@ -145,6 +145,7 @@ fn creds_of(status: &Status, securebits: u32) -> Creds {
 pub fn collect(
     h: &mut Helper,
     r: &Remote,
+    status: &Status,
     stopped: bool,
     regs: UserRegs,
     xstate: Vec<u8>,
@@ -158,7 +159,6 @@ pub fn collect(
     // whose SA_NOCLDWAIT/SA_NOCLDSTOP matter even with SIG_DFL. The others
     // are at their default and need no call.
     let mut sigactions = Vec::new();
-    let status = proc::read_status(pid)?;
     let non_default = status.sig_cgt | status.sig_ign | 1 << (libc::SIGCHLD - 1);
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
