@@ -6,8 +6,7 @@
 
 use criu_tests::*;
 use shared_ipc::{seqpacket_pair, Channel, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,25 +14,11 @@ use std::time::Duration;
 /// installed and it waits in recvmsg for the next frame).
 fn start_helper() -> (Child, Channel<Request, Response>) {
     let (ours, theirs) = seqpacket_pair().expect("socketpair");
-    let raw = theirs.as_raw_fd();
     let mut cmd = Command::new(&bins().helper);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: only async-signal-safe dup2/fcntl between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    criu_frontend::sys::pass_fd_as(&mut cmd, theirs, shared_ipc::HELPER_CHANNEL_FD);
     let child = cmd.spawn().expect("start criu-helper");
-    drop(theirs);
+    drop(cmd);
     let mut ch = Channel::new(ours);
     ch.send(
         &Request::Hello {

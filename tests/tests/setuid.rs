@@ -601,29 +601,14 @@ fn log_file_the_user_cannot_write_is_refused() {
 /// The installed helper started directly by the user, its channel at fd 3.
 fn start_helper_as_user(inst: &Install) -> (std::process::Child, std::os::fd::OwnedFd) {
     let (ours, theirs) = seqpacket_pair().expect("socketpair");
-    let raw = theirs.as_raw_fd();
     let mut cmd = Command::new(&inst.helper);
     cmd.uid(USER)
         .gid(USER)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    // SAFETY: the closure only calls dup2 and fcntl, which are
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let r = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(raw, 3)
-            };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    criu_frontend::sys::pass_fd_as(&mut cmd, theirs, shared_ipc::HELPER_CHANNEL_FD);
     let child = cmd.spawn().expect("start the setuid helper");
-    drop(theirs);
+    drop(cmd);
     (child, ours)
 }
 
