@@ -2,20 +2,15 @@
 //! (ptrace of a sibling, clone3 with set_tid) and skip with a message
 //! otherwise.
 
+mod common;
+use common::*;
 use shared_ipc::{
-    seqpacket_pair, Channel, ErrorKind, PageRun, ReleaseMode, Request, Response, HELLO_MAGIC,
-    PROTOCOL_VERSION,
+    ErrorKind, PageRun, ReleaseMode, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
 };
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsFd;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
-
-struct Helper {
-    child: Child,
-    chan: Channel<Request, Response>,
-}
 
 fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -27,39 +22,7 @@ fn is_root() -> bool {
 
 impl Helper {
     fn start() -> Helper {
-        let (ours, theirs) = seqpacket_pair().unwrap();
-        let raw = theirs.as_raw_fd();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_criu-helper"));
-        // SAFETY: the closure only makes async-signal-safe calls (dup2,
-        // fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = if raw == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, 3)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        drop(theirs);
-        Helper {
-            child,
-            chan: Channel::new(ours),
-        }
-    }
-
-    fn call(&mut self, req: Request) -> Response {
-        self.call_fds(req, &[])
-    }
-
-    fn call_fds(&mut self, req: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Response {
-        self.chan.send(&req, fds).unwrap();
-        self.chan.recv().unwrap().0
+        Helper::spawn(Command::new(env!("CARGO_BIN_EXE_criu-helper")))
     }
 
     fn hello(&mut self) {
@@ -90,59 +53,6 @@ fn sleeper() -> Child {
     // Let it reach nanosleep.
     wait_for(|| proc_state(c.id() as i32) == Some('S'));
     c
-}
-
-fn proc_state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("State:"))
-        .and_then(|v| v.trim().chars().next())
-}
-
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// A `syscall` instruction in the target's vdso, and the vdso's start.
-fn vdso_gadget(h: &mut Helper, pid: i32) -> (u64, u64) {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
-    let range = line.split_whitespace().next().unwrap();
-    let (a, b) = range.split_once('-').unwrap();
-    let start = u64::from_str_radix(a, 16).unwrap();
-    let end = u64::from_str_radix(b, 16).unwrap();
-    let mut bytes = Vec::new();
-    let mut addr = start;
-    while addr < end {
-        let len = (end - addr).min(shared_ipc::MAX_MEM_IO as u64) as u32;
-        match h.call(Request::ReadMemory { pid, addr, len }) {
-            Response::Memory(m) => bytes.extend_from_slice(&m),
-            r => panic!("reading the vdso: {r:?}"),
-        }
-        addr += u64::from(len);
-    }
-    let off = bytes.windows(2).position(|w| w == [0x0f, 0x05]).unwrap();
-    (start + off as u64, start)
-}
-
-fn syscall(h: &mut Helper, pid: i32, nr: u64, args: [u64; 6]) -> i64 {
-    match h.call(Request::Syscall { pid, nr, args }) {
-        Response::SyscallResult(r) => r,
-        r => panic!("syscall {nr}: {r:?}"),
-    }
 }
 
 #[test]
@@ -203,8 +113,8 @@ fn seize_inject_dump_and_resume() {
         Response::Ok
     );
 
-    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
-    let addr = syscall(&mut h, pid, 9, [0, 4096, 3, 0x22, u64::MAX, 0]);
+    assert_eq!(h.syscall(pid, 39, [0; 6]), i64::from(pid));
+    let addr = h.syscall(pid, 9, [0, 4096, 3, 0x22, u64::MAX, 0]);
     assert!(addr > 0 && addr % 4096 == 0, "mmap returned {addr}");
     let addr = addr as u64;
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -237,7 +147,7 @@ fn seize_inject_dump_and_resume() {
         Response::PagesWritten(4096)
     );
     // A PROT_NONE page still dumps (through /proc/PID/mem).
-    assert_eq!(syscall(&mut h, pid, 10, [addr, 4096, 0, 0, 0, 0]), 0);
+    assert_eq!(h.syscall(pid, 10, [addr, 4096, 0, 0, 0, 0]), 0);
     assert_eq!(
         h.call_fds(Request::DumpPages { pid, runs }, &[image.as_fd()]),
         Response::PagesWritten(4096)
@@ -259,7 +169,7 @@ fn seize_inject_dump_and_resume() {
             ..
         }
     ));
-    assert_eq!(syscall(&mut h, pid, 11, [addr, 4096, 0, 0, 0, 0]), 0);
+    assert_eq!(h.syscall(pid, 11, [addr, 4096, 0, 0, 0, 0]), 0);
 
     assert_eq!(
         h.call(Request::Release {
@@ -311,7 +221,7 @@ fn interrupted_sleep_finishes_normally() {
         h.call(Request::SetGadget { pid, addr: gadget }),
         Response::Ok
     );
-    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
+    assert_eq!(h.syscall(pid, 39, [0; 6]), i64::from(pid));
     assert_eq!(
         h.call(Request::Release {
             pid,
@@ -368,7 +278,7 @@ fn create_stub_with_chosen_pid() {
         std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
         std::path::PathBuf::from("/dev/null")
     );
-    assert_eq!(syscall(&mut h, pid, 39, [0; 6]), i64::from(pid));
+    assert_eq!(h.syscall(pid, 39, [0; 6]), i64::from(pid));
     // The same PID again is taken.
     let null2 = std::fs::File::open("/dev/null").unwrap();
     assert!(matches!(

@@ -3,17 +3,19 @@
 //! The test binary must run as root (to install the copy and to start
 //! targets of other users); otherwise each test is skipped with a message.
 
+mod common;
+use common::*;
 use shared_ipc::{
-    seqpacket_pair, CapSet, Channel, DenyReason, ErrorKind, IdField, ReleaseMode, Request,
-    Response, HELLO_MAGIC, PROTOCOL_VERSION,
+    CapSet, DenyReason, ErrorKind, IdField, ReleaseMode, Request, Response, HELLO_MAGIC,
+    PROTOCOL_VERSION,
 };
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// CAP_NET_RAW is 13, CAP_SYS_PTRACE 19 (linux/capability.h).
 /// The unprivileged user the helper is run by.
@@ -46,11 +48,6 @@ fn installed_helper() -> &'static Path {
     })
 }
 
-struct Helper {
-    child: Child,
-    chan: Channel<Request, Response>,
-}
-
 impl Helper {
     /// Start the installed helper as uid/gid 65534 with no supplementary
     /// groups, the channel at descriptor 3, and say hello.
@@ -61,16 +58,14 @@ impl Helper {
     /// [`Helper::start`] as `uid`, optionally with `RLIMIT_NPROC` set to
     /// `nproc` (soft and hard) before the helper runs.
     fn start_as(uid: u32, nproc: Option<u64>) -> Helper {
-        let (ours, theirs) = seqpacket_pair().unwrap();
-        let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(installed_helper());
         // std calls setgroups(0) before setuid when root drops to a uid.
         cmd.uid(uid).gid(uid);
-        // SAFETY: the closure only makes async-signal-safe calls (dup2,
-        // fcntl, setrlimit) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(n) = nproc {
+        if let Some(n) = nproc {
+            // SAFETY: the closure only calls the async-signal-safe
+            // setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
                     let lim = libc::rlimit {
                         rlim_cur: n,
                         rlim_max: n,
@@ -78,24 +73,11 @@ impl Helper {
                     if libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                }
-                let r = if raw == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(raw, 3)
-                };
-                if r < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
+            }
         }
-        let child = cmd.spawn().unwrap();
-        drop(theirs);
-        let mut h = Helper {
-            child,
-            chan: Channel::new(ours),
-        };
+        let mut h = Helper::spawn(cmd);
         let r = h.call(Request::Hello {
             magic: HELLO_MAGIC,
             version: PROTOCOL_VERSION,
@@ -110,48 +92,11 @@ impl Helper {
         h
     }
 
-    fn call(&mut self, req: Request) -> Response {
-        self.call_fds(req, &[])
-    }
-
-    fn call_fds(&mut self, req: Request, fds: &[std::os::fd::BorrowedFd<'_>]) -> Response {
-        self.chan.send(&req, fds).unwrap();
-        self.chan.recv().unwrap().0
-    }
-
-    fn syscall(&mut self, pid: i32, nr: u64, args: [u64; 6]) -> i64 {
-        match self.call(Request::Syscall { pid, nr, args }) {
-            Response::SyscallResult(r) => r,
-            r => panic!("syscall {nr}: {r:?}"),
-        }
-    }
-
     fn finish(mut self) {
         drop(self.chan);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "helper ended with {status:?}");
     }
-}
-
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-}
-
-fn proc_state(pid: i32) -> Option<char> {
-    status_field(pid, "State:").and_then(|v| v.chars().next())
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 /// A process that is killed when dropped.
@@ -299,30 +244,6 @@ fn refuses_a_task_of_the_user_with_saved_uid_root() {
 }
 
 /// A `syscall` instruction in the target's vdso.
-fn vdso_gadget(h: &mut Helper, pid: i32) -> u64 {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
-    let (a, b) = line
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .split_once('-')
-        .unwrap();
-    let start = u64::from_str_radix(a, 16).unwrap();
-    let end = u64::from_str_radix(b, 16).unwrap();
-    let mut bytes = Vec::new();
-    let mut addr = start;
-    while addr < end {
-        let len = (end - addr).min(shared_ipc::MAX_MEM_IO as u64) as u32;
-        match h.call(Request::ReadMemory { pid, addr, len }) {
-            Response::Memory(m) => bytes.extend_from_slice(&m),
-            r => panic!("reading the vdso: {r:?}"),
-        }
-        addr += u64::from(len);
-    }
-    start + bytes.windows(2).position(|w| w == [0x0f, 0x05]).unwrap() as u64
-}
-
 #[test]
 fn seizes_the_users_own_task_and_runs_locked_down() {
     if !is_root() {
@@ -351,7 +272,7 @@ fn seizes_the_users_own_task_and_runs_locked_down() {
 
     assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
     assert_eq!(proc_state(pid), Some('t'));
-    let gadget = vdso_gadget(&mut h, pid);
+    let gadget = vdso_gadget(&mut h, pid).0;
     assert_eq!(
         h.call(Request::SetGadget { pid, addr: gadget }),
         Response::Ok
@@ -382,7 +303,7 @@ fn a_task_that_execs_while_traced_is_let_go() {
     let pid = t.pid();
     let mut h = Helper::start();
     assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
-    let gadget = vdso_gadget(&mut h, pid);
+    let gadget = vdso_gadget(&mut h, pid).0;
     assert_eq!(
         h.call(Request::SetGadget { pid, addr: gadget }),
         Response::Ok
