@@ -863,6 +863,22 @@ impl Test {
         now
     }
 
+    /// A copy of `criu-helper` installed setuid root (root:root 4755) in
+    /// this test's directory, which is made reachable (0755) by uid 65534.
+    pub fn setuid_helper(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.root().join("install");
+        fs::create_dir(&dir).expect("mkdir install");
+        for p in [self.root(), dir.as_path()] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let helper = dir.join("criu-helper");
+        fs::copy(&bins().helper, &helper).expect("copy helper");
+        std::os::unix::fs::chown(&helper, Some(0), Some(0)).expect("chown helper");
+        fs::set_permissions(&helper, fs::Permissions::from_mode(0o4755)).expect("chmod");
+        helper
+    }
+
     /// Fails unless `pid` is running: not stopped, not traced, not a zombie.
     pub fn assert_running_untouched(&self, pid: i32, when: &str) {
         let ok = wait_for(Duration::from_secs(3), || {

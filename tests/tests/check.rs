@@ -135,7 +135,6 @@ fn children_of_self() -> Vec<i32> {
 /// install (path, owner, mode) and the caller's uid.
 #[test]
 fn check_reports_a_setuid_install() {
-    use std::os::unix::fs::PermissionsExt;
     let Some(t) = Test::new("check_setuid") else {
         return;
     };
@@ -147,14 +146,7 @@ fn check_reports_a_setuid_install() {
         eprintln!("check_setuid: skipped: setpriv not installed");
         return;
     }
-    let dir = t.root().join("install");
-    std::fs::create_dir(&dir).expect("mkdir install");
-    for p in [t.root(), dir.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let helper = dir.join("criu-helper");
-    std::fs::copy(&bins().helper, &helper).expect("copy helper");
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let helper = t.setuid_helper();
     let env = format!("CRIU_HELPER={}", helper.display());
     let wrapper = [
         "env",

@@ -129,7 +129,6 @@ fn exec_refusals_leave_the_target_alone() {
 /// refused target is left running and untraced.
 #[test]
 fn exec_as_a_user_with_a_setuid_helper() {
-    use std::os::unix::fs::PermissionsExt;
     let Some(t) = Test::new("exec_setuid") else {
         return;
     };
@@ -137,15 +136,7 @@ fn exec_as_a_user_with_a_setuid_helper() {
         eprintln!("exec_setuid: skipped: setpriv not installed");
         return;
     }
-    // The user (nobody) must reach the test directory and the binaries.
-    let dir = t.root().join("install");
-    std::fs::create_dir(&dir).expect("mkdir install");
-    for p in [t.root(), dir.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let helper = dir.join("criu-helper");
-    std::fs::copy(&bins().helper, &helper).expect("copy helper");
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let helper = t.setuid_helper();
     let env = format!("CRIU_HELPER={}", helper.display());
     let as_nobody = [
         "env",
