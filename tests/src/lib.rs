@@ -863,6 +863,18 @@ impl Test {
         now
     }
 
+    /// Fails unless the workload `w`, started by this test, was left
+    /// unharmed: running and untraced, still our child, still counting, and
+    /// its self-check passes.
+    pub fn assert_workload_unharmed(&self, w: &Workload, when: &str) {
+        self.assert_running_untouched(w.pid, when);
+        if ppid(w.pid) != Some(std::process::id() as i32) {
+            self.fail(&format!("{when}: its parent changed: {}", describe(w.pid)));
+        }
+        self.assert_progressing(w, when);
+        self.workload_check(w, when);
+    }
+
     /// A copy of `criu-helper` installed setuid root (root:root 4755) in
     /// this test's directory, which is made reachable (0755) by uid 65534.
     pub fn setuid_helper(&self) -> PathBuf {

@@ -53,12 +53,7 @@ fn restore_while_original_runs() {
         ],
         &[&format!("pid {} is already in use", w.pid)],
     );
-    t.assert_running_untouched(w.pid, "after the refused restore");
-    if ppid(w.pid) != Some(std::process::id() as i32) {
-        t.fail(&format!("the original changed parent: {}", describe(w.pid)));
-    }
-    t.assert_progressing(&w, "after the refused restore");
-    t.workload_check(&w, "original after the refused restore");
+    t.assert_workload_unharmed(&w, "after the refused restore");
     kill_and_reap(w.pid);
 }
 
@@ -258,12 +253,7 @@ fn refused_dump(name: &str, wrapper: &[&str], images: impl FnOnce(&Test) -> std:
     if run.stderr.trim().is_empty() {
         t.fail("the refused dump printed no error line");
     }
-    t.assert_running_untouched(w.pid, "after the refused dump");
-    if ppid(w.pid) != Some(std::process::id() as i32) {
-        t.fail(&format!("the process changed parent: {}", describe(w.pid)));
-    }
-    t.assert_progressing(&w, "after the refused dump");
-    t.workload_check(&w, "after the refused dump");
+    t.assert_workload_unharmed(&w, "after the refused dump");
     kill_and_reap(w.pid);
 }
 
