@@ -48,7 +48,7 @@ pub enum HelperError {
     /// detached as it is, a stub killed); a task that exec'd (`Exec`) was
     /// let go running its new program. Either way the helper answers
     /// `NotTraced` for it afterwards.
-    #[error("pid {pid}: {reason}")]
+    #[error("pid {pid}: {reason}; {}", deny_hint(reason))]
     Denied {
         /// The task.
         pid: Pid,
@@ -67,11 +67,29 @@ pub enum HelperError {
 
 fn describe(op: &str, pid: Option<Pid>, kind: ErrorKind, errno: i32) -> String {
     let who = pid.map(|p| format!("pid {p}: ")).unwrap_or_default();
-    if errno != 0 {
+    let mut s = if errno != 0 {
         let e = nix::errno::Errno::from_raw(errno);
         format!("{who}{kind} ({op}): {}", e.desc())
     } else {
         format!("{who}{kind} ({op})")
+    };
+    if kind == ErrorKind::Seize && errno == libc::EPERM {
+        s.push_str(
+            "; the kernel does not let this task be traced (init, a kernel thread, or one \
+             protected by a security module); choose another process",
+        );
+    }
+    s
+}
+
+/// What the user can do about a refusal.
+fn deny_hint(reason: &DenyReason) -> &'static str {
+    match reason {
+        DenyReason::Exec => "it started another program while being worked on; try again",
+        _ => {
+            "with the setuid helper you may only checkpoint your own processes that hold no \
+             capabilities; run criu as root for others"
+        }
     }
 }
 

@@ -98,12 +98,15 @@ fn classify(
 ) -> Result<FdKind> {
     let unsupported = |what: String| {
         Err(Error::Unsupported(format!(
-            "pid {pid} fd {fd}: {what} ({link}) is not supported yet"
+            "pid {pid} fd {fd}: {what} ({link}) is not supported yet; close it in the process (or start it without it) before dumping"
         )))
     };
     if !link.starts_with('/') {
         // pipe:[N], socket:[N], anon_inode:[eventfd], ...
         if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
+            crate::warn!(
+                "pid {pid} fd {fd} is {link}, whose other end is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
+            );
             return Ok(FdKind::Inherited {
                 was: link.to_string(),
             });

@@ -313,7 +313,7 @@ fn check_pipes(tree: &Tree) -> Result<()> {
             let mode = info.flags & libc::O_ACCMODE as u32;
             if let Some((_, _, opid, ofd)) = ends.iter().find(|e| e.0 == link && e.1 != mode) {
                 return Err(Error::Unsupported(format!(
-                    "pid {opid} fd {ofd} and pid {} fd {fd} are the two ends of {link}; pipes between processes of the tree are not supported yet",
+                    "pid {opid} fd {ofd} and pid {} fd {fd} are the two ends of {link}; pipes inside the dumped tree are not supported yet: close them before dumping",
                     p.pid
                 )));
             }
@@ -368,16 +368,19 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
 }
 
 fn check_images_dir(dir: &Path) -> Result<()> {
-    let md = std::fs::metadata(dir).map_err(|e| Error::file(dir, e))?;
+    let unusable = |e: std::io::Error| {
+        Error::Refused(format!(
+            "cannot write images to {}: {e}; give -D an existing directory you can write to",
+            dir.display()
+        ))
+    };
+    let md = std::fs::metadata(dir).map_err(unusable)?;
     if !md.is_dir() {
-        return Err(Error::file(
-            dir,
-            std::io::Error::from_raw_os_error(libc::ENOTDIR),
-        ));
+        return Err(unusable(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
     }
     // Prove we can write there before touching the task.
     let probe = dir.join(".criu-write-test");
-    std::fs::write(&probe, b"").map_err(|e| Error::file(dir, e))?;
+    std::fs::write(&probe, b"").map_err(unusable)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

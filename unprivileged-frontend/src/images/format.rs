@@ -41,7 +41,7 @@ pub enum ImageError {
         source: std::io::Error,
     },
     /// The file ends inside the header or a record.
-    #[error("{path}: truncated at offset {offset} ({what})")]
+    #[error("{path}: truncated at offset {offset} ({what} cut short); the image is incomplete, dump again")]
     Truncated {
         /// The image file.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum ImageError {
         what: &'static str,
     },
     /// The magic is not the one of this kind of image.
-    #[error("{path}: not a {expected} image (bad magic at offset 0)")]
+    #[error("{path}: not a {expected} image (bad magic at offset 0); is -D the directory criu dump wrote?")]
     BadMagic {
         /// The image file.
         path: PathBuf,
@@ -69,7 +69,7 @@ pub enum ImageError {
         found: u32,
     },
     /// A record length is larger than [`MAX_RECORD`].
-    #[error("{path}: record at offset {offset} claims {len} bytes, more than the limit")]
+    #[error("{path}: record at offset {offset} claims {len} bytes, more than the limit; the image is damaged, dump again")]
     TooLarge {
         /// The image file.
         path: PathBuf,
@@ -79,7 +79,9 @@ pub enum ImageError {
         len: u64,
     },
     /// The payload's checksum is wrong.
-    #[error("{path}: checksum mismatch in record at offset {offset}")]
+    #[error(
+        "{path}: checksum mismatch in record at offset {offset}; the image is damaged, dump again"
+    )]
     Checksum {
         /// The image file.
         path: PathBuf,
@@ -87,7 +89,9 @@ pub enum ImageError {
         offset: u64,
     },
     /// The payload does not decode to a record.
-    #[error("{path}: corrupt record at offset {offset}: {detail}")]
+    #[error(
+        "{path}: corrupt record at offset {offset}: {detail}; the image is damaged, dump again"
+    )]
     Corrupt {
         /// The image file.
         path: PathBuf,

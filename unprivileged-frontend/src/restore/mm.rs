@@ -570,7 +570,7 @@ pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
         open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?
     } else {
         warn!(
-            "pid {}: setuid mode cannot set the exe link to {}; /proc/{}/exe still points at criu-helper",
+            "pid {}: setuid mode cannot set the exe link to {}; /proc/{}/exe still points at criu-helper (restore as root to set it)",
             r.pid, mm.exe, r.pid
         );
         -1

@@ -178,7 +178,10 @@ pub fn pid_in_use_message(pid: i32, status: &str) -> String {
             field("PPid:")
         )
     } else {
-        format!("pid {pid} is already in use by {}", field("Name:"))
+        format!(
+            "pid {pid} is already in use by {}; restore needs the dumped PIDs free: stop that process (or wait until it exits) and try again",
+            field("Name:")
+        )
     }
 }
 
@@ -318,7 +321,7 @@ mod tests {
             "pid 5 is held by a zombie (not yet reaped by its parent 77); wait for it to be reaped"
         );
         let s = "Name:\tbash\nState:\tS (sleeping)\nPPid:\t1\n";
-        assert_eq!(pid_in_use_message(5, s), "pid 5 is already in use by bash");
+        assert!(pid_in_use_message(5, s).starts_with("pid 5 is already in use by bash; "));
     }
 
     #[test]

@@ -85,6 +85,25 @@ impl Checkpoint {
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let abs = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
     let d = ImageDir::new(&abs);
+    if !d.inventory().exists() {
+        let any_image = std::fs::read_dir(&abs)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".img"))
+            })
+            .unwrap_or(false);
+        return Err(Error::Refused(if any_image {
+            format!(
+                "{}: incomplete checkpoint: inventory.img, written last by criu dump, is missing (the dump did not finish); dump again",
+                abs.display()
+            )
+        } else {
+            format!(
+                "{}: no checkpoint here (no inventory.img); give -D the directory criu dump wrote",
+                abs.display()
+            )
+        }));
+    }
     let inventory: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
     check_inventory(&d.inventory(), &inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
