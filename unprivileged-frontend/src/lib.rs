@@ -9,6 +9,7 @@ pub mod cli;
 pub mod dump;
 pub mod error;
 pub mod exec;
+pub mod fdkind;
 pub mod helper;
 pub mod images;
 pub mod log;

@@ -1,0 +1,1 @@
+//! Open file descriptions of epoll instances (see epoll(7)).

@@ -1,0 +1,1 @@
+//! Open file descriptions of memfd files (see memfd_create(2)).

@@ -1,0 +1,1 @@
+//! Open file descriptions of pipes and FIFOs (see pipe(7)).

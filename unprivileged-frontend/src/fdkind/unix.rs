@@ -1,0 +1,1 @@
+//! Open file descriptions of UNIX domain sockets (see unix(7)).
