@@ -986,3 +986,92 @@ pub fn level_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
     let mut it = text.split_whitespace();
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
+
+/// A python3 parent that maps 4 MiB of `MAP_SHARED|MAP_ANONYMOUS` memory
+/// (a pattern in every page) and `DIR/shared.dat` (4096 bytes, must exist)
+/// `MAP_SHARED`, then forks. Each process writes `DIR/<role>` (`parent`,
+/// `child`) every 50 ms: "pid n theirs file ok", where `n` is its counter, `theirs` the other's counter as read from the shared
+/// anonymous memory, `file` the child's counter as read from the shared file
+/// mapping, `ok` whether every page still holds its pattern. The parent also
+/// maps 1 MiB of shared anonymous memory of its own after the fork.
+pub const SHARED_MEMORY_PROGRAM: &str = r#"
+import mmap, os, sys, time
+d = sys.argv[1]
+N = 4 << 20
+m = mmap.mmap(-1, N)
+for i in range(4096, N, 4096):
+    m[i:i+8] = i.to_bytes(8, "little")
+f = open(d + "/shared.dat", "r+b")
+fm = mmap.mmap(f.fileno(), 4096)
+f.close()
+c = os.fork()
+role = "child" if c == 0 else "parent"
+if c:
+    own = mmap.mmap(-1, 1 << 20)
+    own[4096:4100] = b"mine"
+mine, theirs = (8, 16) if c == 0 else (16, 8)
+n = 0
+while True:
+    n += 1
+    m[mine:mine+8] = n.to_bytes(8, "little")
+    if c == 0:
+        fm[0:8] = n.to_bytes(8, "little")
+    t = int.from_bytes(m[theirs:theirs+8], "little")
+    fv = int.from_bytes(fm[0:8], "little")
+    ok = all(int.from_bytes(m[i:i+8], "little") == i for i in range(4096, N, 4096))
+    if c:
+        ok = ok and own[4096:4100] == b"mine"
+    open(d + f"/{role}.tmp", "w").write(f"{os.getpid()} {n} {t} {fv} {int(ok)}")
+    os.replace(d + f"/{role}.tmp", d + f"/{role}")
+    time.sleep(0.05)
+"#;
+
+/// One [`SHARED_MEMORY_PROGRAM`] report: pid, own counter, the other's counter as seen, the file
+/// value as seen, pages intact.
+#[derive(Debug, Clone, Copy)]
+pub struct SharingReport {
+    /// Its pid.
+    pub pid: i32,
+    /// Its own counter.
+    pub n: u64,
+    /// The other process's counter, read from the shared anonymous memory.
+    pub theirs: u64,
+    /// The child's counter, read from the shared file mapping.
+    pub file: u64,
+    /// Every page of the shared memory still holds its pattern.
+    pub ok: bool,
+}
+
+pub fn sharing_report(dir: &Path, role: &str) -> Option<SharingReport> {
+    let text = read(&dir.join(role))?;
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    (v.len() == 5).then(|| SharingReport {
+        pid: v[0] as i32,
+        n: v[1],
+        theirs: v[2],
+        file: v[3],
+        ok: v[4] == 1,
+    })
+}
+
+/// Fails unless each process of a [`SHARED_MEMORY_PROGRAM`] tree in `w`
+/// sees the other's counter (and the child's file counter) go past `since`
+/// (parent's, child's), with every page intact.
+pub fn assert_sharing(t: &Test, w: &Path, since: (u64, u64), when: &str) {
+    let ok = wait_for(Duration::from_secs(10), || {
+        let (Some(p), Some(c)) = (sharing_report(w, "parent"), sharing_report(w, "child")) else {
+            return false;
+        };
+        p.ok && c.ok && p.theirs > since.1 + 3 && p.file > since.1 + 3 && c.theirs > since.0 + 3
+    });
+    if !ok {
+        t.fail(&format!(
+            "{when}: the processes do not see each other's writes: parent {:?}, child {:?} (counters at dump: {since:?})",
+            sharing_report(w, "parent"),
+            sharing_report(w, "child")
+        ));
+    }
+}

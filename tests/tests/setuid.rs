@@ -828,3 +828,45 @@ fn user_cannot_dump_a_tree_with_another_users_child() {
         kill_and_reap(p);
     }
 }
+
+/// Memory shared across fork stays shared when the user dumps and restores
+/// their own tree through the setuid helper (the objects are re-created by
+/// plain mmap and mremap in the stubs, which need no privilege).
+#[test]
+fn user_tree_keeps_its_shared_memory() {
+    let Some((t, inst)) = setup("setuid_shared_memory") else {
+        return;
+    };
+    let w = t.work();
+    let data = w.join("shared.dat");
+    fs::write(&data, vec![0u8; 4096]).expect("shared.dat");
+    std::os::unix::fs::chown(&data, Some(USER), Some(USER)).expect("chown shared.dat");
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.arg("-c").arg(SHARED_MEMORY_PROGRAM).arg(&w);
+    let root = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        sharing_report(&w, "parent").is_some_and(|r| r.n > 3 && r.pid == root)
+            && sharing_report(&w, "child").is_some_and(|r| r.n > 3)
+    }) {
+        t.fail(&format!("the tree did not start: {}", describe(root)));
+    }
+    let child = sharing_report(&w, "child").unwrap().pid;
+    t.track(child);
+    let run = criu_as_user(&t, &inst, &strs(&dump_args(&t, root)));
+    must_succeed(&t, &run);
+    reap_dumped(&t, root);
+    if let Err(e) = reap(child, Duration::from_secs(10)) {
+        t.fail(&format!("dumped child {child} was not killed: {e}"));
+    }
+    let at_dump = (
+        sharing_report(&w, "parent").unwrap().n,
+        sharing_report(&w, "child").unwrap().n,
+    );
+    let run = criu_as_user(&t, &inst, &strs(&restore_args(&t)));
+    must_succeed(&t, &run);
+    t.track(root);
+    t.track(child);
+    assert_sharing(&t, &w, at_dump, "after the user's restore");
+    kill_and_reap(root);
+    kill_and_reap(child);
+}

@@ -43,14 +43,14 @@ fn kind_of(v: &SmapsVma, pid: i32) -> Result<VmaKind> {
         "[vsyscall]" => VmaKind::Vsyscall,
         "" | "[heap]" | "[stack]" => {
             if v.shared() {
-                VmaKind::SharedAnon
+                VmaKind::SharedAnon { shmid: v.inode }
             } else {
                 VmaKind::Anon
             }
         }
         n if n.starts_with("[anon:") => VmaKind::Anon,
-        n if n.starts_with("[anon_shmem:") => VmaKind::SharedAnon,
-        "/dev/zero (deleted)" if v.shared() => VmaKind::SharedAnon,
+        n if n.starts_with("[anon_shmem:") => VmaKind::SharedAnon { shmid: v.inode },
+        "/dev/zero (deleted)" if v.shared() => VmaKind::SharedAnon { shmid: v.inode },
         n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
         n if n.starts_with("/memfd:") => return unsupported("a memfd mapping"),
         n if n.ends_with(" (deleted)") => return unsupported("a mapping of a deleted file"),
@@ -117,7 +117,7 @@ pub fn collect(pid: i32, stat: &Stat, brk: u64, vmas: &[SmapsVma]) -> Result<MmE
         } else {
             libc::MAP_PRIVATE
         } as u32;
-        if matches!(kind, VmaKind::Anon | VmaKind::SharedAnon) {
+        if matches!(kind, VmaKind::Anon | VmaKind::SharedAnon { .. }) {
             flags |= libc::MAP_ANONYMOUS as u32;
         }
         if v.has_flag("gd") {
@@ -128,7 +128,7 @@ pub fn collect(pid: i32, stat: &Stat, brk: u64, vmas: &[SmapsVma]) -> Result<MmE
             end: v.end,
             prot,
             flags,
-            pgoff: if matches!(kind, VmaKind::File(_)) {
+            pgoff: if matches!(kind, VmaKind::File(_) | VmaKind::SharedAnon { .. }) {
                 v.offset
             } else {
                 0
@@ -183,17 +183,60 @@ fn wants_page(kind: &VmaKind, ent: u64, zero_pfn: Option<u64>) -> bool {
         }
         // A private file page that is anonymous (not PM_FILE) was written.
         VmaKind::File(_) => ent & PM_SWAPPED != 0 || (ent & PM_PRESENT != 0 && ent & PM_FILE == 0),
-        VmaKind::SharedAnon => true,
+        VmaKind::SharedAnon { .. } => true,
         _ => false,
     }
 }
 
+/// The parts of shared memory objects ([`VmaKind::SharedAnon`]) whose
+/// pages are already stored, by `shmid`: byte ranges in the object, so a
+/// process of the tree that maps memory an earlier one stored does not
+/// store it again.
+#[derive(Debug, Default)]
+pub struct SharedStored {
+    ranges: std::collections::HashMap<u64, Vec<(u64, u64)>>,
+}
+
+impl SharedStored {
+    /// The parts of `[start, end)` of object `shmid` not stored yet, which
+    /// are then counted as stored.
+    fn take(&mut self, shmid: u64, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let done = self.ranges.entry(shmid).or_default();
+        let mut left = vec![(start, end)];
+        for &(a, b) in done.iter() {
+            left = left
+                .into_iter()
+                .flat_map(|(s, e)| {
+                    let mut out = Vec::new();
+                    if s < a.min(e) {
+                        out.push((s, a.min(e)));
+                    }
+                    if b.max(s) < e {
+                        out.push((b.max(s), e));
+                    }
+                    out
+                })
+                .collect();
+        }
+        done.extend(left.iter().copied());
+        left
+    }
+}
+
 /// Find the runs of pages to store and write them into `pages-PID.img`,
-/// writing `pagemap-PID.img` alongside. Returns the bytes stored.
+/// writing `pagemap-PID.img` alongside. Returns the bytes stored. Shared
+/// anonymous memory already stored for an earlier process of the tree
+/// (`shared`) is left out.
 ///
 /// Errors: pagemap unreadable, image write failures (ENOSPC included), or
 /// the helper's failure to read the task's memory.
-pub fn write_pages(h: &mut Helper, remote: &Remote, mm: &MmEntry, dir: &ImageDir) -> Result<u64> {
+pub fn write_pages(
+    h: &mut Helper,
+    remote: &Remote,
+    mm: &MmEntry,
+    dir: &ImageDir,
+    shared: &mut SharedStored,
+) -> Result<u64> {
     let pid = remote.pid;
     let pm_path = proc::path(pid, "pagemap");
     let pm = std::fs::File::open(&pm_path).map_err(|e| Error::proc(&pm_path, e))?;
@@ -211,12 +254,15 @@ pub fn write_pages(h: &mut Helper, remote: &Remote, mm: &MmEntry, dir: &ImageDir
     let mut buf = vec![0u8; (PM_CHUNK * 8) as usize];
     for v in &mm.vmas {
         let can_read = v.prot & libc::PROT_READ as u32 != 0;
-        if v.kind == VmaKind::SharedAnon {
-            runs.push(PageRun {
-                addr: v.start,
-                len: v.end - v.start,
-            });
-            readable.push(can_read);
+        if let VmaKind::SharedAnon { shmid } = v.kind {
+            let len = v.end - v.start;
+            for (s, e) in shared.take(shmid, v.pgoff, v.pgoff + len) {
+                runs.push(PageRun {
+                    addr: v.start + (s - v.pgoff),
+                    len: e - s,
+                });
+                readable.push(can_read);
+            }
             continue;
         }
         if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_))
@@ -352,5 +398,17 @@ mod tests {
         assert!(wants_page(&file, PM_PRESENT | 5, zero));
         assert!(!wants_page(&file, PM_PRESENT | PM_FILE | 5, zero));
         assert!(!wants_page(&VmaKind::Vdso, PM_PRESENT | 5, zero));
+    }
+
+    #[test]
+    fn shared_memory_stored_once() {
+        let mut s = SharedStored::default();
+        assert_eq!(s.take(7, 0, 0x4000), vec![(0, 0x4000)]);
+        assert_eq!(s.take(7, 0, 0x4000), vec![]);
+        assert_eq!(s.take(7, 0x1000, 0x6000), vec![(0x4000, 0x6000)]);
+        assert_eq!(s.take(8, 0x1000, 0x2000), vec![(0x1000, 0x2000)]);
+        let mut s = SharedStored::default();
+        s.take(1, 0x2000, 0x3000);
+        assert_eq!(s.take(1, 0, 0x5000), vec![(0, 0x2000), (0x3000, 0x5000)]);
     }
 }

@@ -328,10 +328,11 @@ fn check_pipes(tree: &Tree) -> Result<()> {
 fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
     check_pipes(tree)?;
     let mut entries = Vec::new();
+    let mut shared = mm::SharedStored::default();
     for p in &tree.procs {
         let stat = crate::proc::read_stat(p.pid)?;
         if p.zombie.is_none() {
-            dump_seized(h, p, &stat, args, dir)?;
+            dump_seized(h, p, &stat, args, dir, &mut shared)?;
         }
         entries.push(PstreeEntry {
             pid: p.pid,
@@ -427,6 +428,7 @@ fn dump_seized(
     stat: &crate::proc::Stat,
     args: &DumpArgs,
     dir: &ImageDir,
+    shared: &mut mm::SharedStored,
 ) -> Result<()> {
     let pid = p.pid;
     let status = crate::proc::read_status(pid)?;
@@ -463,7 +465,7 @@ fn dump_seized(
     remote.scratch_len = SCRATCH_LEN;
 
     let collected = collect_and_write(
-        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir,
+        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir, shared,
     );
     // The scratch area goes away whatever happened.
     let unmapped = remote.call(
@@ -490,6 +492,7 @@ fn collect_and_write(
     sigmask: u64,
     args: &DumpArgs,
     dir: &ImageDir,
+    shared: &mut mm::SharedStored,
 ) -> Result<()> {
     let pid = remote.pid;
     info!("collecting task state of pid {pid}");
@@ -519,7 +522,7 @@ fn collect_and_write(
     }
     write_image(&dir.fs(pid), Kind::Fs, &[&fs])?;
     write_image(&dir.files(pid), Kind::Files, &fds)?;
-    let bytes = mm::write_pages(h, remote, &mm, dir)?;
+    let bytes = mm::write_pages(h, remote, &mm, dir, shared)?;
     info!("pid {pid}: {bytes} bytes of memory written");
     write_image(&dir.mm(pid), Kind::Mm, &[&mm])?;
     Ok(())

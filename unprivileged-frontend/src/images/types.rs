@@ -276,8 +276,18 @@ impl MmEntry {
 pub enum VmaKind {
     /// Private anonymous memory (including `[heap]` and `[stack]`).
     Anon,
-    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`); contents stored.
-    SharedAnon,
+    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, shown as
+    /// `/dev/zero (deleted)` in proc(5) maps): a shmem object that several
+    /// mappings, in one process or in several (inherited across fork(2)),
+    /// may share. [`Vma::pgoff`] is the mapping's offset in the object.
+    SharedAnon {
+        /// Identity of the object at dump time: the inode number of its
+        /// shmem file (the inode column of `/proc/PID/maps`). Mappings with
+        /// the same `shmid` are the same memory and are restored so; the
+        /// object's pages are stored once, in the pages file of the first
+        /// process (in pstree order) that maps each part of it.
+        shmid: u64,
+    },
     /// A file mapping.
     File(FileId),
     /// `[vdso]`.
@@ -317,7 +327,8 @@ pub struct Vma {
     /// `MAP_*` bits: `MAP_SHARED` or `MAP_PRIVATE`, plus `MAP_GROWSDOWN` and
     /// `MAP_ANONYMOUS` where they apply.
     pub flags: u32,
-    /// File offset in bytes for file mappings.
+    /// Offset in bytes into the file for file mappings, into the shmem
+    /// object for [`VmaKind::SharedAnon`]; 0 for the others.
     pub pgoff: u64,
     /// Backing.
     pub kind: VmaKind,

@@ -177,12 +177,143 @@ pub fn setup_trampoline(
     ))
 }
 
-/// Unmap every mapping of the stub but the trampoline and the vDSO areas.
+/// A shared anonymous memory object of the checkpoint (every mapping with
+/// one [`VmaKind::SharedAnon`] `shmid`), re-created once in the root stub
+/// before the other processes are forked from it, so that every stub
+/// inherits the same object (see fork(2): `MAP_SHARED` mappings are shared
+/// with the child). Each process then maps its parts of it at their dumped
+/// addresses with `mremap(old_size = 0)`, which for a shared mapping makes a
+/// second mapping of the same pages (see mremap(2)), and unmaps the whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedObject {
+    /// The dumped object's id.
+    pub shmid: u64,
+    /// Where it is mapped whole in every stub until they are restored.
+    pub addr: u64,
+    /// Its size in bytes: the end of the furthest mapping of it.
+    pub size: u64,
+}
+
+impl SharedObject {
+    /// The temporary whole mapping.
+    pub fn range(&self) -> Range {
+        (self.addr, self.addr + self.size)
+    }
+}
+
+/// Every shared memory object mapped in `mms`, with its size, by `shmid`.
+pub fn shared_sizes<'a>(mms: impl IntoIterator<Item = &'a MmEntry>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for v in mms.into_iter().flat_map(|m| m.vmas.iter()) {
+        if let VmaKind::SharedAnon { shmid } = v.kind {
+            let end = v.pgoff + (v.end - v.start);
+            match out.iter_mut().find(|o| o.0 == shmid) {
+                Some(o) => o.1 = o.1.max(end),
+                None => out.push((shmid, end)),
+            }
+        }
+    }
+    out
+}
+
+/// Place the shared objects `sizes` (from [`shared_sizes`]) one after the
+/// other, a free page between them, in a hole of `occupied` (the dumped
+/// layouts of every process and the root stub's live one).
+pub fn plan_shared(sizes: &[(u64, u64)], occupied: Vec<Range>) -> Option<Vec<SharedObject>> {
+    if sizes.is_empty() {
+        return Some(Vec::new());
+    }
+    let total = sizes
+        .iter()
+        .try_fold(0u64, |t, &(_, s)| t.checked_add(s.checked_add(PAGE)?))?;
+    let mut at = layout::find_hole(occupied, total, MIN_ADDR, TASK_SIZE)?;
+    Some(
+        sizes
+            .iter()
+            .map(|&(shmid, size)| {
+                let o = SharedObject {
+                    shmid,
+                    addr: at,
+                    size,
+                };
+                at += size + PAGE;
+                o
+            })
+            .collect(),
+    )
+}
+
+/// Create the shared objects in the root stub `r` (still a copy of the
+/// helper, before any other process is forked from it).
+///
+/// Errors: an injected mmap failed or landed elsewhere.
+pub fn create_shared(h: &mut Helper, r: &Remote, objs: &[SharedObject]) -> Result<()> {
+    for o in objs {
+        let what = format!(
+            "mmap(shared memory {} at {:#x}, {} bytes)",
+            o.shmid, o.addr, o.size
+        );
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        let got = r.call(
+            h,
+            &what,
+            libc::SYS_mmap,
+            [
+                o.addr,
+                o.size,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                flags as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        if got != o.addr {
+            return Err(Error::Unsupported(format!(
+                "pid {}: {what} landed at {got:#x}",
+                r.pid
+            )));
+        }
+    }
+    if !objs.is_empty() {
+        info!(
+            "pid {}: {} shared memory objects created for the tree",
+            r.pid,
+            objs.len()
+        );
+    }
+    Ok(())
+}
+
+/// Unmap the whole temporary mappings of the shared objects (after
+/// [`map_vmas`] mapped the parts this process uses).
 ///
 /// Errors: an injected munmap failed.
-pub fn unmap_stub(h: &mut Helper, r: &Remote, tramp: Range, stub: &[SmapsVma]) -> Result<()> {
+pub fn unmap_shared(h: &mut Helper, r: &Remote, objs: &[SharedObject]) -> Result<()> {
+    for o in objs {
+        r.call(
+            h,
+            &format!("munmap(shared memory {} at {:#x})", o.shmid, o.addr),
+            libc::SYS_munmap,
+            [o.addr, o.size, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Unmap every mapping of the stub but the trampoline, the vDSO areas and
+/// `keep` (the shared objects).
+///
+/// Errors: an injected munmap failed.
+pub fn unmap_stub(
+    h: &mut Helper,
+    r: &Remote,
+    tramp: Range,
+    stub: &[SmapsVma],
+    also: &[Range],
+) -> Result<()> {
     let mut keep: Vec<Range> = live_specials(stub).into_iter().map(|x| x.1).collect();
     keep.push(tramp);
+    keep.extend_from_slice(also);
     let mapped = live_ranges(stub);
     for (s, e) in layout::complement(keep, 0, TASK_SIZE) {
         if !layout::overlaps(&mapped, s, e) {
@@ -217,8 +348,8 @@ fn mremap(h: &mut Helper, r: &Remote, from: u64, len: u64, to: u64, what: &str) 
 }
 
 /// Move the stub's vDSO areas to their dumped addresses (through a free
-/// temporary area, since mremap refuses overlapping moves), and unmap the
-/// ones the dumped task did not have.
+/// temporary area, avoiding `also` too, since mremap refuses overlapping
+/// moves), and unmap the ones the dumped task did not have.
 ///
 /// Errors: no temporary hole, or an injected call failed.
 pub fn move_specials(
@@ -227,6 +358,7 @@ pub fn move_specials(
     vmas: &[Vma],
     tramp: Range,
     stub: &[SmapsVma],
+    also: &[Range],
 ) -> Result<()> {
     let live = live_specials(stub);
     let want = image_specials(vmas);
@@ -256,6 +388,7 @@ pub fn move_specials(
     let mut occ = dumped_ranges(vmas);
     occ.extend(live.iter().map(|x| x.1));
     occ.push(tramp);
+    occ.extend_from_slice(also);
     let tmp = layout::find_hole(occ, total, MIN_ADDR, TASK_SIZE).ok_or_else(|| {
         Error::Unsupported(format!(
             "pid {}: no free area to move the vDSO through",
@@ -350,28 +483,36 @@ pub fn map_flags(v: &Vma) -> u32 {
         (libc::MAP_SHARED | libc::MAP_PRIVATE | libc::MAP_GROWSDOWN | libc::MAP_NORESERVE) as u32;
     let base = v.flags & keep | libc::MAP_FIXED as u32;
     match v.kind {
-        VmaKind::Anon | VmaKind::SharedAnon => base | libc::MAP_ANONYMOUS as u32,
+        VmaKind::Anon | VmaKind::SharedAnon { .. } => base | libc::MAP_ANONYMOUS as u32,
         _ => base,
     }
 }
 
 /// Map every dumped VMA but the vDSO areas and `[vsyscall]`, then re-apply
-/// madvise and mlock. Returns, per VMA, whether its protection was widened.
+/// madvise and mlock. Shared anonymous memory is mapped from its object in
+/// `shared` (see [`SharedObject`]). Returns, per VMA, whether its protection
+/// differs from the dumped one (widened for page filling, or the shared
+/// object's read-write).
 ///
-/// Errors: an injected call failed (opening a mapped file names the path).
+/// Errors: an injected call failed (opening a mapped file names the path),
+/// or a shared mapping's object is not in `shared`.
 pub fn map_vmas(
     h: &mut Helper,
     r: &Remote,
     mm: &MmEntry,
     runs: &[PagemapEntry],
+    shared: &[SharedObject],
 ) -> Result<Vec<bool>> {
     let pages = vmas_with_pages(&mm.vmas, runs);
     let mut widened = vec![false; mm.vmas.len()];
     for (i, v) in mm.vmas.iter().enumerate() {
-        if !matches!(
-            v.kind,
-            VmaKind::Anon | VmaKind::SharedAnon | VmaKind::File(_)
-        ) {
+        if let VmaKind::SharedAnon { shmid } = v.kind {
+            map_shared(h, r, v, shmid, shared)?;
+            widened[i] = v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            apply_advice(h, r, v)?;
+            continue;
+        }
+        if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_)) {
             continue;
         }
         let prot = map_prot(v, pages[i]);
@@ -428,6 +569,47 @@ pub fn map_vmas(
     }
     info!("pid {}: {} mappings in place", r.pid, mm.vmas.len());
     Ok(widened)
+}
+
+/// Map the part of shared object `shmid` that `v` maps at `v.start`: an
+/// `mremap` of its temporary whole mapping with `old_size` 0, which leaves
+/// that in place and maps the same pages again (see mremap(2)).
+fn map_shared(
+    h: &mut Helper,
+    r: &Remote,
+    v: &Vma,
+    shmid: u64,
+    shared: &[SharedObject],
+) -> Result<()> {
+    let len = v.end - v.start;
+    let obj = shared
+        .iter()
+        .find(|o| o.shmid == shmid && v.pgoff + len <= o.size)
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "pid {}: mapping {:#x}-{:#x} of shared memory {shmid} has no object to map",
+                r.pid, v.start, v.end
+            ))
+        })?;
+    let from = obj.addr + v.pgoff;
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let what = format!(
+        "mremap(shared memory {shmid} +{:#x} -> {:#x}-{:#x})",
+        v.pgoff, v.start, v.end
+    );
+    let got = r.call(
+        h,
+        &what,
+        libc::SYS_mremap,
+        [from, 0, len, flags, v.start, 0],
+    )?;
+    if got != v.start {
+        return Err(Error::Unsupported(format!(
+            "pid {}: {what} landed at {got:#x}",
+            r.pid
+        )));
+    }
+    Ok(())
 }
 
 fn apply_advice(h: &mut Helper, r: &Remote, v: &Vma) -> Result<()> {
@@ -529,7 +711,8 @@ pub fn fill_pages(
     Ok(())
 }
 
-/// Put back the dumped protection of every VMA widened for page filling.
+/// Put back the dumped protection of every VMA whose protection
+/// [`map_vmas`] changed.
 ///
 /// Errors: an injected mprotect failed.
 pub fn restore_prots(h: &mut Helper, r: &Remote, vmas: &[Vma], widened: &[bool]) -> Result<()> {
@@ -642,6 +825,32 @@ mod tests {
         for v in &mm.vmas {
             assert!(e <= v.start || s >= v.end || v.kind == VmaKind::Vsyscall);
         }
+    }
+
+    #[test]
+    fn shared_objects_sized_and_placed() {
+        let sh = |s, e, shmid, pgoff| {
+            let mut v = vma(
+                s,
+                e,
+                VmaKind::SharedAnon { shmid },
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            );
+            v.pgoff = pgoff;
+            v
+        };
+        let mut a = sample_mm();
+        a.vmas = vec![sh(0x100000, 0x104000, 7, 0), sh(0x200000, 0x201000, 8, 0)];
+        let mut b = sample_mm();
+        b.vmas = vec![sh(0x300000, 0x302000, 7, 0x3000)];
+        let sizes = shared_sizes([&a, &b]);
+        assert_eq!(sizes, vec![(7, 0x5000), (8, 0x1000)]);
+        let objs = plan_shared(&sizes, vec![(0x10000, 0x7fff_0000_0000)]).unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].size, 0x5000);
+        assert_eq!(objs[1].addr, objs[0].addr + 0x5000 + PAGE);
+        assert!(objs[1].range().1 <= TASK_SIZE && objs[0].addr >= 0x7fff_0000_0000);
+        assert_eq!(plan_shared(&[], vec![]), Some(vec![]));
     }
 
     #[test]

@@ -99,15 +99,51 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
 /// Create every task, then turn each stub into its dumped process.
 fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     create_stub(h, ck)?;
+    let shared = create_shared(h, ck)?;
     tree::create_processes(h, ck)?;
     for p in &ck.procs {
         let reaps = ck
             .tree
             .iter()
             .any(|e| e.ppid == p.pstree.pid && e.zombie.is_some());
-        restore_stub(h, p, reaps)?;
+        restore_stub(h, p, reaps, &shared)?;
     }
     Ok(())
+}
+
+/// Create every shared memory object of the checkpoint in the root stub,
+/// in a hole of every process's dumped layout and of the stub's own, so
+/// that the processes forked from it all inherit them (see
+/// [`mm::SharedObject`]).
+///
+/// Errors: no hole that large, or an injected call failed.
+fn create_shared(h: &mut Helper, ck: &Checkpoint) -> Result<Vec<mm::SharedObject>> {
+    let sizes = mm::shared_sizes(ck.procs.iter().map(|p| &p.mm));
+    if sizes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = ck.root().pstree.pid;
+    let mut occ: Vec<layout::Range> = ck
+        .procs
+        .iter()
+        .flat_map(|p| p.mm.vmas.iter())
+        .filter(|v| v.kind != crate::images::types::VmaKind::Vsyscall)
+        .map(|v| (v.start, v.end))
+        .collect();
+    occ.extend(
+        crate::proc::read_maps(root)?
+            .iter()
+            .filter(|m| m.end <= shared_ipc::TASK_SIZE)
+            .map(|m| (m.start, m.end)),
+    );
+    let objs = mm::plan_shared(&sizes, occ).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "no free area for the {} shared memory objects of the tree",
+            sizes.len()
+        ))
+    })?;
+    mm::create_shared(h, &Remote::new(root), &objs)?;
+    Ok(objs)
 }
 
 /// [`precheck`] for every process, and every thread ID free.
@@ -222,7 +258,12 @@ fn create_stub(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
 /// Turn a stub into the dumped process, up to its final registers; its
 /// extra threads are created and restored too. `reaps`: it has zombie
 /// children, whose `SIGCHLD` (made at restore) is dropped.
-fn restore_stub(h: &mut Helper, img: &Images, reaps: bool) -> Result<()> {
+fn restore_stub(
+    h: &mut Helper,
+    img: &Images,
+    reaps: bool,
+    shared: &[mm::SharedObject],
+) -> Result<()> {
     let pid = img.pstree.pid;
     h.set_sigmask(pid, !0)?;
     let rs = h.get_rseq(pid)?;
@@ -243,8 +284,9 @@ fn restore_stub(h: &mut Helper, img: &Images, reaps: bool) -> Result<()> {
     }
     let stub_maps = crate::proc::read_maps(pid)?;
     let (r, tramp) = mm::setup_trampoline(h, pid, &img.mm.vmas, &stub_maps)?;
-    mm::unmap_stub(h, &r, tramp, &stub_maps)?;
-    mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps)?;
+    let shared_ranges: Vec<layout::Range> = shared.iter().map(|o| o.range()).collect();
+    mm::unmap_stub(h, &r, tramp, &stub_maps, &shared_ranges)?;
+    mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps, &shared_ranges)?;
     if reaps {
         // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}): EAGAIN when none.
         let set = r.put(h, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
@@ -261,7 +303,8 @@ fn restore_stub(h: &mut Helper, img: &Images, reaps: bool) -> Result<()> {
     let high = files::high_fd_base(&img.files);
     let pages = img.pages.to_string_lossy().into_owned();
     let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
-    let widened = mm::map_vmas(h, &r, &img.mm, &img.runs)?;
+    let widened = mm::map_vmas(h, &r, &img.mm, &img.runs, shared)?;
+    mm::unmap_shared(h, &r, shared)?;
     mm::fill_pages(h, &r, pages_fd, &img.runs, &img.pages)?;
     mm::close_in(h, &r, pages_fd)?;
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;

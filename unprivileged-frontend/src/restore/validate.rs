@@ -485,10 +485,21 @@ pub fn check_mm(path: &Path, mm: &MmEntry) -> Result<()> {
             ));
         }
         match &v.kind {
-            VmaKind::SharedAnon if !shared => {
+            VmaKind::SharedAnon { .. } if !shared => {
                 return Err(invalid(
                     path,
                     format!("{what}: shared anonymous but not MAP_SHARED"),
+                ))
+            }
+            VmaKind::SharedAnon { .. }
+                if v.pgoff % PAGE != 0 || v.pgoff > TASK_SIZE =>
+            {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "{what}: offset {:#x} in its shared memory object not page aligned or too large",
+                        v.pgoff
+                    ),
                 ))
             }
             VmaKind::File(f) => {
@@ -615,7 +626,7 @@ pub fn check_files(path: &Path, files: &[FdEntry]) -> Result<()> {
 /// Whether pages may be stored for a mapping of this kind and flags.
 pub fn fillable(v: &Vma) -> bool {
     match v.kind {
-        VmaKind::Anon | VmaKind::SharedAnon => true,
+        VmaKind::Anon | VmaKind::SharedAnon { .. } => true,
         VmaKind::File(_) => v.flags & libc::MAP_SHARED as u32 == 0,
         _ => false,
     }
@@ -770,7 +781,7 @@ pub(crate) mod tests {
                 vma(
                     0x600000,
                     0x601000,
-                    VmaKind::SharedAnon,
+                    VmaKind::SharedAnon { shmid: 9 },
                     libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 ),
                 vma(0x7ffc0000, 0x7ffe0000, VmaKind::Vvar, libc::MAP_PRIVATE),

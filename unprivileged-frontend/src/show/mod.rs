@@ -236,10 +236,11 @@ pub fn render(c: &Checkpoint) -> String {
             p.pages_bytes
         );
         for v in &p.memory {
-            let what = match (&v.path, v.backing) {
-                (Some(path), _) => format!("{path} @{:#x}", v.offset),
-                (None, b) if v.name.is_empty() => b.to_string(),
-                (None, b) => format!("{b} {}", v.name),
+            let what = match (&v.path, v.shmid, v.backing) {
+                (Some(path), _, _) => format!("{path} @{:#x}", v.offset),
+                (None, Some(id), b) => format!("{b} shmid {id} @{:#x} {}", v.offset, v.name),
+                (None, None, b) if v.name.is_empty() => b.to_string(),
+                (None, None, b) => format!("{b} {}", v.name),
             };
             let _ = writeln!(
                 o,

@@ -231,7 +231,10 @@ pub struct VmaView {
     pub backing: &'static str,
     /// The file for `file` mappings, else null.
     pub path: Option<String>,
-    /// File offset.
+    /// For `shared-anon`: the shared memory object's id (its shmem inode at
+    /// dump; mappings with the same id share their memory), else null.
+    pub shmid: Option<u64>,
+    /// Offset in the file or shared memory object.
     pub offset: u64,
     /// The /proc/PID/maps name (`[heap]`, `[stack]`, a path, or empty).
     pub name: String,
@@ -573,9 +576,13 @@ fn creds(c: &Creds) -> CredsView {
 
 /// The view of one mapping.
 pub fn vma(v: &Vma, runs: &[PagemapEntry]) -> VmaView {
+    let shmid = match v.kind {
+        VmaKind::SharedAnon { shmid } => Some(shmid),
+        _ => None,
+    };
     let (backing, path) = match &v.kind {
         VmaKind::Anon => ("anon", None),
-        VmaKind::SharedAnon => ("shared-anon", None),
+        VmaKind::SharedAnon { .. } => ("shared-anon", None),
         VmaKind::File(f) => ("file", Some(f.path.clone())),
         VmaKind::Vdso => ("vdso", None),
         VmaKind::Vvar => ("vvar", None),
@@ -588,6 +595,7 @@ pub fn vma(v: &Vma, runs: &[PagemapEntry]) -> VmaView {
         prot: prot_text(v),
         backing,
         path,
+        shmid,
         offset: v.pgoff,
         name: v.name.clone(),
         bytes_stored: stored_in(v.start, v.end, runs),
