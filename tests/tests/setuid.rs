@@ -12,7 +12,7 @@
 //! The test binary must run as root (to install the setuid copy and to start
 //! the other users' targets); otherwise each test prints why it is skipped.
 
-use criu_frontend::images::types::{CoreEntry, FdEntry, FdKind};
+use criu_frontend::images::types::{CoreEntry, FileEntry, FileKind};
 use criu_frontend::images::{read_image, read_single, write_image, ImageDir, Kind};
 use criu_tests::*;
 use shared_ipc::{
@@ -529,14 +529,15 @@ fn files_are_reopened_with_the_users_rights() {
         return;
     };
     let (pid, _state) = dump_counter(&t, &inst);
-    let files_path = ImageDir::new(t.images()).files(pid);
-    let mut files: Vec<FdEntry> = read_image(&files_path, Kind::Files).expect("decode files image");
+    let files_path = ImageDir::new(t.images()).file_table();
+    let mut files: Vec<FileEntry> =
+        read_image(&files_path, Kind::FileTable).expect("decode file table image");
     let mut found = false;
     for f in &mut files {
-        if let FdKind::Reg { file, pos, .. } = &mut f.kind {
+        if let FileKind::Reg { file, pos, .. } = &mut f.kind {
             if file.path.ends_with("/data.txt") {
                 // Everything the precheck compares matches /etc/shadow, so
-                // only the open itself, in the stub, can refuse.
+                // only the open itself, by the user's criu, can refuse.
                 file.path = "/etc/shadow".into();
                 file.size = md.len();
                 file.dev = md.dev();
@@ -550,7 +551,7 @@ fn files_are_reopened_with_the_users_rights() {
     if !found {
         t.fail("files image has no descriptor on data.txt");
     }
-    write_image(&files_path, Kind::Files, &files).expect("write crafted files image");
+    write_image(&files_path, Kind::FileTable, &files).expect("write crafted file table");
     std::os::unix::fs::chown(&files_path, Some(USER), Some(USER)).expect("chown files image");
     chmod(&files_path, 0o644);
 

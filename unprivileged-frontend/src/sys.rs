@@ -72,13 +72,14 @@ pub fn get_robust_list(tid: i32) -> std::io::Result<(u64, u64)> {
     Ok((head, len as u64))
 }
 
-/// `kcmp(2)` with `KCMP_FILE` as an ordering of fd `a` against fd `b` of
-/// `pid` (the kernel's order of open file descriptions); `None` when the
+/// `kcmp(2)` with `KCMP_FILE` as an ordering of fd `a` of process `pa`
+/// against fd `b` of process `pb` (the kernel's order of open file
+/// descriptions, the same for every pair of processes); `None` when the
 /// kernel gives no order or the call fails.
-pub fn kcmp_file_order(pid: i32, a: i32, b: i32) -> Option<std::cmp::Ordering> {
+pub fn kcmp_file_order(pa: i32, a: i32, pb: i32, b: i32) -> Option<std::cmp::Ordering> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes only integers.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) };
     match r {
         0 => Some(std::cmp::Ordering::Equal),
         1 => Some(std::cmp::Ordering::Less),
@@ -87,14 +88,14 @@ pub fn kcmp_file_order(pid: i32, a: i32, b: i32) -> Option<std::cmp::Ordering> {
     }
 }
 
-/// `kcmp(2)` with `KCMP_FILE`: whether fd `a` and fd `b` of `pid` are the
-/// same open file description.
+/// `kcmp(2)` with `KCMP_FILE`: whether fd `a` of process `pa` and fd `b` of
+/// process `pb` are the same open file description.
 ///
 /// Errors: the errno of kcmp.
-pub fn same_file_description(pid: i32, a: i32, b: i32) -> std::io::Result<bool> {
+pub fn same_file_description(pa: i32, a: i32, pb: i32, b: i32) -> std::io::Result<bool> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes only integers.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }

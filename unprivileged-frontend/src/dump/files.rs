@@ -2,7 +2,7 @@
 //! filesystem context (cwd, root, umask).
 
 use crate::error::{Error, Result};
-use crate::images::types::{FdEntry, FdKind, FileId, FsEntry};
+use crate::images::types::{FdEntry, FileEntry, FileId, FileKind, FsEntry};
 use crate::proc::{self, Status};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -20,72 +20,87 @@ fn is_terminal_path(p: &str) -> bool {
     p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"
 }
 
-/// Collect every descriptor of `pid`, in fd order.
-///
-/// Errors: a descriptor of an unsupported kind (naming pid, fd and kind),
-/// unreadable /proc entries.
-pub fn collect(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
-    let dir = proc::path(pid, "fd");
-    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::proc(&dir, e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-
-    let mut out: Vec<FdEntry> = Vec::new();
-    let mut reps: Vec<i32> = Vec::new();
-    for fd in fds {
-        let link = proc::read_link(&proc::path(pid, &format!("fd/{fd}")))?;
-        let ipath = proc::path(pid, &format!("fdinfo/{fd}"));
-        let info =
-            proc::parse_fdinfo(&proc::read_text(&ipath)?).map_err(|d| Error::parse(&ipath, d))?;
-        let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-        let flags = info.flags & !(libc::O_CLOEXEC as u32);
-
-        // The same open file description as a lower descriptor? `reps` holds
-        // one descriptor per description seen so far, sorted in the kernel's
-        // kcmp(2) order, so each lookup is a binary search.
-        match find_description(pid, &reps, fd) {
-            Ok(of) => {
-                out.push(FdEntry {
-                    fd,
-                    cloexec,
-                    kind: FdKind::Dup { of },
-                });
-                continue;
-            }
-            Err(at) => reps.insert(at, fd),
-        }
-
-        let kind = classify(pid, fd, &link, flags, info.pos, shell_job)?;
-        out.push(FdEntry { fd, cloexec, kind });
-    }
-    Ok(out)
+/// The open file descriptions of the whole tree, collected process by
+/// process: each description gets one [`FileEntry`], whichever processes
+/// and descriptor numbers refer to it.
+#[derive(Default)]
+pub struct FileTable {
+    /// One (pid, fd) per description seen so far, sorted in the kernel's
+    /// kcmp(2) `KCMP_FILE` order, with the description's id.
+    reps: Vec<(i32, i32, u32)>,
+    /// The descriptions, by id.
+    pub entries: Vec<FileEntry>,
 }
 
-/// Look `fd` up among `reps` (sorted by kcmp(2) `KCMP_FILE` order): `Ok`
-/// with the descriptor of the same open file description, or `Err` with
-/// where `fd` goes in the order. If the kernel gives no order (kcmp says
-/// "unordered" or fails), compare with every one instead.
-fn find_description(pid: i32, reps: &[i32], fd: i32) -> std::result::Result<i32, usize> {
-    let mut lo = 0;
-    let mut hi = reps.len();
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        match crate::sys::kcmp_file_order(pid, reps[mid], fd) {
-            Some(std::cmp::Ordering::Equal) => return Ok(reps[mid]),
-            Some(std::cmp::Ordering::Less) => lo = mid + 1,
-            Some(std::cmp::Ordering::Greater) => hi = mid,
-            None => {
-                return reps
-                    .iter()
-                    .copied()
-                    .find(|&r| crate::sys::same_file_description(pid, r, fd).unwrap_or(false))
-                    .ok_or(reps.len())
+impl FileTable {
+    /// Collect every descriptor of `pid`, in fd order, adding the
+    /// descriptions not seen yet (in this or an earlier process) to the
+    /// table.
+    ///
+    /// Errors: a descriptor of an unsupported kind (naming pid, fd and
+    /// kind), unreadable /proc entries.
+    pub fn collect(&mut self, pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
+        let dir = proc::path(pid, "fd");
+        let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::proc(&dir, e))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+
+        let mut out: Vec<FdEntry> = Vec::new();
+        for fd in fds {
+            let link = proc::read_link(&proc::path(pid, &format!("fd/{fd}")))?;
+            let ipath = proc::path(pid, &format!("fdinfo/{fd}"));
+            let info = proc::parse_fdinfo(&proc::read_text(&ipath)?)
+                .map_err(|d| Error::parse(&ipath, d))?;
+            let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
+            let flags = info.flags & !(libc::O_CLOEXEC as u32);
+
+            // The same open file description as a descriptor seen before?
+            let at = match self.find(pid, fd) {
+                Ok(id) => {
+                    out.push(FdEntry { fd, cloexec, id });
+                    continue;
+                }
+                Err(at) => at,
+            };
+            let kind = classify(pid, fd, &link, flags, info.pos, shell_job)?;
+            let id = self.entries.len() as u32;
+            self.entries.push(FileEntry { id, kind });
+            self.reps.insert(at, (pid, fd, id));
+            out.push(FdEntry { fd, cloexec, id });
+        }
+        Ok(out)
+    }
+
+    /// Look (`pid`, `fd`) up among the representatives: `Ok` with the id of
+    /// the same open file description, or `Err` with where it goes in the
+    /// order. If the kernel gives no order (kcmp says "unordered" or
+    /// fails), compare with every one instead.
+    fn find(&self, pid: i32, fd: i32) -> std::result::Result<u32, usize> {
+        let reps = &self.reps;
+        let mut lo = 0;
+        let mut hi = reps.len();
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let (rpid, rfd, id) = reps[mid];
+            match crate::sys::kcmp_file_order(rpid, rfd, pid, fd) {
+                Some(std::cmp::Ordering::Equal) => return Ok(id),
+                Some(std::cmp::Ordering::Less) => lo = mid + 1,
+                Some(std::cmp::Ordering::Greater) => hi = mid,
+                None => {
+                    return reps
+                        .iter()
+                        .find(|&&(rp, rf, _)| {
+                            crate::sys::same_file_description(rp, rf, pid, fd).unwrap_or(false)
+                        })
+                        .map(|r| r.2)
+                        .ok_or(reps.len())
+                }
             }
         }
+        Err(lo)
     }
-    Err(lo)
 }
 
 fn classify(
@@ -95,7 +110,7 @@ fn classify(
     flags: u32,
     pos: u64,
     shell_job: bool,
-) -> Result<FdKind> {
+) -> Result<FileKind> {
     let unsupported = |what: String| {
         Err(Error::Unsupported(format!(
             "pid {pid} fd {fd}: {what} ({link}) is not supported yet; close it in the process (or start it without it) before dumping"
@@ -107,7 +122,7 @@ fn classify(
             crate::warn!(
                 "pid {pid} fd {fd} is {link}, whose other end is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
             );
-            return Ok(FdKind::Inherited {
+            return Ok(FileKind::Inherited {
                 was: link.to_string(),
             });
         }
@@ -129,7 +144,7 @@ fn classify(
                     "pid {pid} fd {fd} is the terminal {link}; it will be the restoring criu's fd {fd} (use --shell-job to say so)"
                 );
             }
-            return Ok(FdKind::Inherited {
+            return Ok(FileKind::Inherited {
                 was: link.to_string(),
             });
         }
@@ -141,7 +156,7 @@ fn classify(
     let ft = md.file_type();
     if ft.is_char_device() {
         if DEVICES.contains(&link) {
-            return Ok(FdKind::Device {
+            return Ok(FileKind::Device {
                 path: link.to_string(),
                 flags,
             });
@@ -152,7 +167,7 @@ fn classify(
         if md.nlink() == 0 {
             return unsupported("an unlinked file".into());
         }
-        return Ok(FdKind::Reg {
+        return Ok(FileKind::Reg {
             file: FileId {
                 path: link.to_string(),
                 size: md.size(),
@@ -166,7 +181,7 @@ fn classify(
     }
     if ft.is_fifo() {
         if fd <= 2 {
-            return Ok(FdKind::Inherited {
+            return Ok(FileKind::Inherited {
                 was: link.to_string(),
             });
         }

@@ -329,10 +329,11 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
     check_pipes(tree)?;
     let mut entries = Vec::new();
     let mut shared = mm::SharedStored::default();
+    let mut table = files::FileTable::default();
     for p in &tree.procs {
         let stat = crate::proc::read_stat(p.pid)?;
         if p.zombie.is_none() {
-            dump_seized(h, p, &stat, args, dir, &mut shared)?;
+            dump_seized(h, p, &stat, args, dir, &mut shared, &mut table)?;
         }
         entries.push(PstreeEntry {
             pid: p.pid,
@@ -344,6 +345,7 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
         });
     }
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
+    write_image(&dir.file_table(), Kind::FileTable, &table.entries)?;
     // The inventory is written last: a directory without it is incomplete.
     let inv = Inventory {
         format_version: crate::images::format::FORMAT_VERSION,
@@ -429,6 +431,7 @@ fn dump_seized(
     args: &DumpArgs,
     dir: &ImageDir,
     shared: &mut mm::SharedStored,
+    table: &mut files::FileTable,
 ) -> Result<()> {
     let pid = p.pid;
     let status = crate::proc::read_status(pid)?;
@@ -465,7 +468,7 @@ fn dump_seized(
     remote.scratch_len = SCRATCH_LEN;
 
     let collected = collect_and_write(
-        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir, shared,
+        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir, shared, table,
     );
     // The scratch area goes away whatever happened.
     let unmapped = remote.call(
@@ -493,6 +496,7 @@ fn collect_and_write(
     args: &DumpArgs,
     dir: &ImageDir,
     shared: &mut mm::SharedStored,
+    table: &mut files::FileTable,
 ) -> Result<()> {
     let pid = remote.pid;
     info!("collecting task state of pid {pid}");
@@ -512,7 +516,7 @@ fn collect_and_write(
     let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6])?;
     let mm = mm::collect(pid, stat, brk, vmas)?;
     info!("collecting descriptors of pid {pid}");
-    let fds = files::collect(pid, args.common.shell_job)?;
+    let fds = table.collect(pid, args.common.shell_job)?;
     let fs = files::collect_fs(pid, status)?;
 
     info!("writing images of pid {pid} to {}", dir.path().display());

@@ -19,7 +19,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Version of the image format written by this build.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Largest record payload accepted, in bytes (64 MiB).
 pub const MAX_RECORD: usize = 64 << 20;
@@ -137,6 +137,8 @@ pub enum Kind {
     Files,
     /// `pagemap-PID.img`
     Pagemap,
+    /// `files.img`: the open file descriptions of the whole tree.
+    FileTable,
 }
 
 impl Kind {
@@ -150,6 +152,7 @@ impl Kind {
             Kind::Fs => b"FS",
             Kind::Files => b"FI",
             Kind::Pagemap => b"PM",
+            Kind::FileTable => b"FT",
         };
         let mut m = *b"CRIURS\0\0";
         m[6..].copy_from_slice(tag);
@@ -166,6 +169,7 @@ impl Kind {
             Kind::Fs => "fs",
             Kind::Files => "files",
             Kind::Pagemap => "pagemap",
+            Kind::FileTable => "file table",
         }
     }
 
@@ -179,6 +183,7 @@ impl Kind {
             Kind::Fs,
             Kind::Files,
             Kind::Pagemap,
+            Kind::FileTable,
         ]
         .into_iter()
         .find(|k| k.magic() == m)

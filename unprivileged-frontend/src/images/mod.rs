@@ -1,6 +1,6 @@
 //! Image files: the container format ([`format`]) and the records
 //! ([`types`]). A checkpoint is a directory holding `inventory.img`,
-//! `pstree.img` and, per process, `core-PID.img`, `mm-PID.img`, `fs-PID.img`,
+//! `pstree.img`, `files.img` and, per process, `core-PID.img`, `mm-PID.img`, `fs-PID.img`,
 //! `files-PID.img`, `pagemap-PID.img` and the raw `pages-PID.img`.
 
 pub mod format;
@@ -48,6 +48,10 @@ impl ImageDir {
     /// `files-PID.img`
     pub fn files(&self, pid: i32) -> PathBuf {
         self.dir.join(format!("files-{pid}.img"))
+    }
+    /// `files.img`: the open file descriptions of the whole tree.
+    pub fn file_table(&self) -> PathBuf {
+        self.dir.join("files.img")
     }
     /// `pagemap-PID.img`
     pub fn pagemap(&self, pid: i32) -> PathBuf {

@@ -388,13 +388,25 @@ pub struct FdEntry {
     pub fd: i32,
     /// `FD_CLOEXEC` was set.
     pub cloexec: bool,
-    /// What it refers to.
-    pub kind: FdKind,
+    /// The open file description: [`FileEntry::id`] in `files.img`.
+    pub id: u32,
 }
 
-/// What a descriptor refers to.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum FdKind {
+/// `files.img`: one record per open file description of the whole tree.
+/// Descriptors of one or several processes that refer to the same
+/// description (dup(2), fork(2), `SCM_RIGHTS`) share one entry, so they
+/// share it again after restore (one offset, one set of flags).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FileEntry {
+    /// Number of the description, unique in the checkpoint (0, 1, 2, ...).
+    pub id: u32,
+    /// What it is.
+    pub kind: FileKind,
+}
+
+/// What an open file description refers to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum FileKind {
     /// A regular file or directory, reopened by path.
     Reg {
         /// The file.
@@ -412,15 +424,11 @@ pub enum FdKind {
         /// Open flags.
         flags: u32,
     },
-    /// A standard descriptor (0, 1 or 2) on a terminal, pipe or socket: at
-    /// restore it becomes the restoring criu's descriptor of the same number.
+    /// A standard descriptor (0, 1 or 2) on a terminal, pipe or socket
+    /// whose other end is outside the tree: at restore, descriptor N of a
+    /// process becomes the restoring criu's descriptor N.
     Inherited {
         /// What it was (for `show` and logs), e.g. `pipe:[1234]`.
         was: String,
-    },
-    /// The same open file description as a lower-numbered descriptor.
-    Dup {
-        /// That descriptor.
-        of: i32,
     },
 }

@@ -1,32 +1,62 @@
-//! Descriptors and filesystem context of a restored task, by injected calls:
-//! each file is reopened by path in the task and moved to its number.
+//! Descriptors and filesystem context of a restored task. Every open file
+//! description of the checkpoint (`files.img`) is made once, in criu itself,
+//! and passed to each task that has it over a datagram socket inherited by
+//! every stub (`SCM_RIGHTS`, see unix(7)); the task receives a batch with an
+//! injected recvmsg(2) and moves each descriptor to its number. Processes
+//! that shared a description at dump share it again.
 
 use super::mm::close_in;
+use super::validate::Checkpoint;
 use crate::error::{Error, Result};
 use crate::helper::Helper;
-use crate::images::types::{FdEntry, FdKind, FileId, FsEntry, MmEntry, VmaKind};
+use crate::images::types::{FdEntry, FileEntry, FileId, FileKind, FsEntry, MmEntry, VmaKind};
 use crate::info;
 use crate::remote::Remote;
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Open flags never replayed when reopening a file.
 const DROP_FLAGS: i32 = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
 
-/// First descriptor number above every descriptor of the image, where
-/// restore keeps its own temporary descriptors.
-pub fn high_fd_base(files: &[FdEntry]) -> i32 {
-    files.iter().map(|f| f.fd + 1).max().unwrap_or(0).max(3)
-}
+/// Most descriptors one `SCM_RIGHTS` message carries (`SCM_MAX_FD`, see
+/// unix(7)).
+pub const BATCH: usize = 253;
+
+/// Where the received batch's `struct msghdr`, iovec, byte and control
+/// buffer go in the task's scratch area (offsets in bytes).
+const MSG_OFF: u64 = 256;
+const IOV_OFF: u64 = MSG_OFF + 64;
+const BYTE_OFF: u64 = IOV_OFF + 16;
+const CTL_OFF: u64 = 512;
+/// Bytes of scratch area the receiving uses: up to the end of a full
+/// batch's control buffer (`CMSG_SPACE(BATCH * 4)`).
+const SCRATCH_NEEDED: u64 = CTL_OFF + ((16 + BATCH * 4).div_ceil(8) * 8) as u64;
 
 /// The flags a file is reopened with.
 pub fn reopen_flags(dumped: u32) -> i32 {
     dumped as i32 & !DROP_FLAGS
 }
 
+/// The descriptor number every stub has its end of the transport socket
+/// at: above every descriptor of every process of the checkpoint (and at
+/// least 3). Restore's own temporaries in a task go above it.
+pub fn transport_fd(ck: &Checkpoint) -> i32 {
+    ck.procs
+        .iter()
+        .flat_map(|p| p.files.iter())
+        .map(|f| f.fd + 1)
+        .max()
+        .unwrap_or(0)
+        .max(3)
+}
+
 /// Check that every file the restore reopens is still there and, for
 /// regular files, still has the dumped size.
 ///
 /// Errors: [`Error::Refused`] naming the path and what changed.
-pub fn check_files_exist(mm: &MmEntry, files: &[FdEntry]) -> Result<()> {
+pub fn check_files_exist(mm: &MmEntry, files: &[FdEntry], table: &[FileEntry]) -> Result<()> {
     let mut ids: Vec<&FileId> = Vec::new();
     for v in &mm.vmas {
         if let VmaKind::File(f) = &v.kind {
@@ -34,9 +64,9 @@ pub fn check_files_exist(mm: &MmEntry, files: &[FdEntry]) -> Result<()> {
         }
     }
     for f in files {
-        match &f.kind {
-            FdKind::Reg { file, .. } => ids.push(file),
-            FdKind::Device { path, .. } => {
+        match table.get(f.id as usize).map(|e| &e.kind) {
+            Some(FileKind::Reg { file, .. }) => ids.push(file),
+            Some(FileKind::Device { path, .. }) => {
                 stat(path)?;
             }
             _ => {}
@@ -64,108 +94,262 @@ fn stat(path: &str) -> Result<std::fs::Metadata> {
     })
 }
 
-fn dup3(h: &mut Helper, r: &Remote, from: i32, to: i32, cloexec: bool) -> Result<()> {
-    let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-    r.call(
-        h,
-        &format!("dup3({from}, {to})"),
-        libc::SYS_dup3,
-        [from as u64, to as u64, fl, 0, 0, 0],
-    )?;
-    Ok(())
+/// Makes the open file descriptions of a checkpoint in criu and sends them
+/// to the tasks. A description is made when the first process that has it
+/// is restored and closed in criu after the last one.
+pub struct FileSender<'a> {
+    table: &'a [FileEntry],
+    /// Descriptions made so far, by id.
+    made: HashMap<u32, OwnedFd>,
+    /// For each id, the index (in `Checkpoint::procs`) of the last process
+    /// that has it.
+    last_user: Vec<usize>,
+    /// criu's end of the transport socket.
+    local: OwnedFd,
+    /// The number of the tasks' end in every task.
+    pub transport: i32,
 }
 
-fn set_cloexec(h: &mut Helper, r: &Remote, fd: i32, cloexec: bool) -> Result<()> {
-    let v = if cloexec { libc::FD_CLOEXEC as u64 } else { 0 };
-    r.call(
-        h,
-        &format!("fcntl({fd}, F_SETFD)"),
-        libc::SYS_fcntl,
-        [fd as u64, libc::F_SETFD as u64, v, 0, 0, 0],
-    )?;
-    Ok(())
+impl<'a> FileSender<'a> {
+    /// A sender for `ck`, and the end of the transport socket that the root
+    /// stub gets at [`transport_fd`] (every other stub inherits it).
+    ///
+    /// Errors: socketpair(2) failed.
+    pub fn new(ck: &'a Checkpoint) -> Result<(Self, OwnedFd)> {
+        let (local, remote) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::Datagram,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Unsupported(format!("socketpair for passing descriptors: {e}")))?;
+        let mut last_user = vec![0; ck.files.len()];
+        for (i, p) in ck.procs.iter().enumerate() {
+            for f in &p.files {
+                if let Some(l) = last_user.get_mut(f.id as usize) {
+                    *l = i;
+                }
+            }
+        }
+        raise_nofile_limit();
+        Ok((
+            FileSender {
+                table: &ck.files,
+                made: HashMap::new(),
+                last_user,
+                local,
+                transport: transport_fd(ck),
+            },
+            remote,
+        ))
+    }
+
+    /// criu's descriptor of `f`'s description (made now if it is not yet),
+    /// valid until [`FileSender::done_with`].
+    fn get(&mut self, pid: i32, f: &FdEntry) -> Result<RawFd> {
+        if let FileKind::Inherited { was } = &self.table[f.id as usize].kind {
+            if !(0..=2).contains(&f.fd) {
+                return Err(Error::Unsupported(format!(
+                    "pid {pid} fd {}: only 0, 1 and 2 can be inherited",
+                    f.fd
+                )));
+            }
+            if nix::fcntl::fcntl(f.fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+                return Err(Error::Refused(format!(
+                    "pid {pid} fd {} was {was}, given by whoever started it; it becomes criu's own fd {}, which is closed: start criu restore with fd {} open",
+                    f.fd, f.fd, f.fd
+                )));
+            }
+            return Ok(f.fd);
+        }
+        if !self.made.contains_key(&f.id) {
+            let fd = make(&self.table[f.id as usize], pid, f.fd)?;
+            self.made.insert(f.id, fd);
+        }
+        Ok(self.made[&f.id].as_raw_fd())
+    }
+
+    /// Send `batch` (at most [`BATCH`]) over the transport, in order.
+    fn send(&mut self, pid: i32, batch: &[FdEntry]) -> Result<()> {
+        let mut raw = Vec::with_capacity(batch.len());
+        for f in batch {
+            raw.push(self.get(pid, f)?);
+        }
+        let iov = [IoSlice::new(&[0u8])];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        socket::sendmsg::<()>(self.local.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map_err(|e| {
+                Error::Unsupported(format!("pid {pid}: passing descriptors to the task: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Close criu's copies of the descriptions no process after `index`
+    /// (in `Checkpoint::procs`) has.
+    pub fn done_with(&mut self, index: usize) {
+        let last = &self.last_user;
+        self.made.retain(|id, _| last[*id as usize] > index);
+    }
 }
 
-/// The path last written to the scratch area by [`open_at_target`], so a
-/// run of descriptors on the same file (10,000 `/dev/null`s) writes it once.
-type PathCache = Option<(String, u64)>;
+/// Raise criu's soft limit on open descriptors to its hard limit: criu
+/// holds each description from its first to its last user.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
 
-/// Open `path` in the task and put it at `target`. Descriptors are restored
-/// in ascending order, so the kernel's lowest free number usually is
-/// `target` already: then one `openat` (with `O_CLOEXEC` as dumped) does it.
-fn open_at_target(
+/// Make the open file description of `e` in criu (close-on-exec there).
+/// `pid` and `fd` name its first user, for errors.
+///
+/// Errors: [`Error::Refused`] when the file cannot be opened (in setuid
+/// mode with the caller's rights, never the helper's).
+fn make(e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
+    match &e.kind {
+        FileKind::Reg { file, flags, pos } => {
+            let fl = reopen_flags(*flags);
+            let f = open(&file.path, fl, pid, fd)?;
+            if *pos != 0 && fl & libc::O_PATH == 0 {
+                nix::unistd::lseek(f.as_raw_fd(), *pos as i64, nix::unistd::Whence::SeekSet)
+                    .map_err(|err| {
+                        Error::Refused(format!(
+                            "pid {pid} fd {fd}: cannot seek {} to {pos}: {}",
+                            file.path,
+                            err.desc()
+                        ))
+                    })?;
+            }
+            Ok(f)
+        }
+        FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
+        FileKind::Inherited { .. } => unreachable!("inherited descriptors are criu's own"),
+    }
+}
+
+fn open(path: &str, flags: i32, pid: i32, fd: i32) -> Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = flags & libc::O_ACCMODE;
+    std::fs::OpenOptions::new()
+        .read(mode == libc::O_RDONLY || mode == libc::O_RDWR)
+        .write(mode == libc::O_WRONLY || mode == libc::O_RDWR)
+        .custom_flags(flags & !libc::O_ACCMODE)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|err| {
+            let why = match err.raw_os_error() {
+                Some(n) => nix::errno::Errno::from_raw(n).to_string(),
+                None => err.to_string(),
+            };
+            Error::Refused(format!("pid {pid} fd {fd}: cannot open {path}: {why}"))
+        })
+}
+
+/// Put every descriptor of `files-PID.img` at its number, batch by batch in
+/// fd order, then close the task's end of the transport.
+///
+/// The task holds only descriptors already placed (all below the batch)
+/// and the transport (above all), so the kernel gives the i-th received
+/// descriptor a number no higher than its target; placing from the last to
+/// the first then never overwrites one still waiting.
+///
+/// Errors: making a description failed, or an injected call failed.
+pub fn restore_fds(
     h: &mut Helper,
     r: &Remote,
-    cache: &mut PathCache,
-    path: &str,
-    flags: i32,
-    target: i32,
-    cloexec: bool,
+    sender: &mut FileSender<'_>,
+    files: &[FdEntry],
 ) -> Result<()> {
-    let addr = match cache {
-        Some((p, a)) if p == path => *a,
-        _ => {
-            let a = r.put_cstr(h, 0, path)?;
-            *cache = Some((path.to_string(), a));
-            a
-        }
-    };
-    let fl = flags | if cloexec { libc::O_CLOEXEC } else { 0 };
-    let tmp = r.call(
-        h,
-        &format!("openat({path})"),
-        libc::SYS_openat,
-        [libc::AT_FDCWD as i64 as u64, addr, fl as u64, 0, 0, 0],
-    )? as i32;
-    if tmp == target {
-        return Ok(());
+    let t = sender.transport;
+    if r.scratch_len < SCRATCH_NEEDED {
+        return Err(Error::Unsupported(format!(
+            "pid {}: scratch area of {} bytes, receiving descriptors needs {SCRATCH_NEEDED}",
+            r.pid, r.scratch_len
+        )));
     }
-    dup3(h, r, tmp, target, cloexec)?;
-    close_in(h, r, tmp)
-}
-
-/// Put every descriptor of `files-PID.img` at its number, in fd order (so a
-/// freshly opened temporary is never an already placed descriptor).
-///
-/// Errors: an injected call failed (naming the path).
-pub fn restore_fds(h: &mut Helper, r: &Remote, files: &[FdEntry]) -> Result<()> {
-    let mut cache: PathCache = None;
-    for f in files {
-        match &f.kind {
-            FdKind::Reg { file, flags, pos } => {
-                let fl = reopen_flags(*flags);
-                open_at_target(h, r, &mut cache, &file.path, fl, f.fd, f.cloexec)?;
-                if *pos != 0 && fl & libc::O_PATH == 0 {
-                    r.call(
-                        h,
-                        &format!("lseek({}, {pos})", f.fd),
-                        libc::SYS_lseek,
-                        [f.fd as u64, *pos, libc::SEEK_SET as u64, 0, 0, 0],
-                    )?;
-                }
-            }
-            FdKind::Device { path, flags } => {
-                open_at_target(
+    let (msg, iov, byte, ctl) = (
+        r.scratch + MSG_OFF,
+        r.scratch + IOV_OFF,
+        r.scratch + BYTE_OFF,
+        r.scratch + CTL_OFF,
+    );
+    for batch in files.chunks(BATCH) {
+        sender.send(r.pid, batch)?;
+        let ctl_len = (16 + batch.len() * 4).div_ceil(8) * 8;
+        // struct msghdr: name, namelen, iov, iovlen, control, controllen,
+        // flags (see recvmsg(2)).
+        // struct msghdr (7 words, padded to IOV_OFF), then struct iovec.
+        let mut hdr = Vec::with_capacity((BYTE_OFF - MSG_OFF) as usize);
+        for w in [0u64, 0, iov, 1, ctl, ctl_len as u64, 0, 0, byte, 1] {
+            hdr.extend_from_slice(&w.to_le_bytes());
+        }
+        r.put(h, MSG_OFF, &hdr)?;
+        let got = r.call(
+            h,
+            &format!("recvmsg({t})"),
+            libc::SYS_recvmsg,
+            [t as u64, msg, 0, 0, 0, 0],
+        )?;
+        let back = r.get(h, CTL_OFF, ctl_len)?;
+        let flags = r.get(h, MSG_OFF + 48, 4)?;
+        let received = parse_rights(&back, batch.len())
+            .filter(|_| got == 1 && u32::from_le_bytes(flags[..4].try_into().unwrap()) == 0)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "pid {}: the task did not receive the {} descriptors sent to it",
+                    r.pid,
+                    batch.len()
+                ))
+            })?;
+        for (f, &got) in batch.iter().zip(&received).rev() {
+            if got != f.fd {
+                let fl = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+                r.call(
                     h,
-                    r,
-                    &mut cache,
-                    path,
-                    reopen_flags(*flags),
-                    f.fd,
-                    f.cloexec,
+                    &format!("dup3({got}, {})", f.fd),
+                    libc::SYS_dup3,
+                    [got as u64, f.fd as u64, fl, 0, 0, 0],
+                )?;
+                close_in(h, r, got)?;
+            } else if f.cloexec {
+                r.call(
+                    h,
+                    &format!("fcntl({got}, F_SETFD)"),
+                    libc::SYS_fcntl,
+                    [
+                        got as u64,
+                        libc::F_SETFD as u64,
+                        libc::FD_CLOEXEC as u64,
+                        0,
+                        0,
+                        0,
+                    ],
                 )?;
             }
-            FdKind::Dup { of } => dup3(h, r, *of, f.fd, f.cloexec)?,
-            FdKind::Inherited { was } => {
-                crate::debug!("pid {}: fd {} inherited from criu (was {was})", r.pid, f.fd);
-                if f.cloexec {
-                    set_cloexec(h, r, f.fd, true)?;
-                }
-            }
         }
     }
+    close_in(h, r, t)?;
     info!("pid {}: {} descriptors restored", r.pid, files.len());
     Ok(())
+}
+
+/// The descriptor numbers of a received `SCM_RIGHTS` control message
+/// (`struct cmsghdr`: len u64, level i32, type i32, then the ints), if it
+/// holds exactly `n`.
+pub fn parse_rights(ctl: &[u8], n: usize) -> Option<Vec<i32>> {
+    let len = u64::from_le_bytes(ctl.get(..8)?.try_into().ok()?) as usize;
+    let level = i32::from_le_bytes(ctl.get(8..12)?.try_into().ok()?);
+    let ty = i32::from_le_bytes(ctl.get(12..16)?.try_into().ok()?);
+    if level != libc::SOL_SOCKET || ty != libc::SCM_RIGHTS || len != 16 + n * 4 {
+        return None;
+    }
+    ctl.get(16..16 + n * 4)?
+        .chunks_exact(4)
+        .map(|c| Some(i32::from_le_bytes(c.try_into().ok()?)))
+        .collect()
 }
 
 /// Working directory, root and umask. The dumped cwd is a path as seen from
@@ -208,16 +392,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_and_base() {
+    fn flags() {
         let f = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) as u32;
         assert_eq!(reopen_flags(f), libc::O_WRONLY | libc::O_APPEND);
-        let e = |fd| FdEntry {
-            fd,
-            cloexec: false,
-            kind: FdKind::Dup { of: 0 },
-        };
-        assert_eq!(high_fd_base(&[]), 3);
-        assert_eq!(high_fd_base(&[e(0), e(9)]), 10);
+    }
+
+    #[test]
+    fn rights_parsed() {
+        let mut c = Vec::new();
+        c.extend_from_slice(&24u64.to_le_bytes());
+        c.extend_from_slice(&libc::SOL_SOCKET.to_le_bytes());
+        c.extend_from_slice(&libc::SCM_RIGHTS.to_le_bytes());
+        c.extend_from_slice(&7i32.to_le_bytes());
+        c.extend_from_slice(&9i32.to_le_bytes());
+        assert_eq!(parse_rights(&c, 2), Some(vec![7, 9]));
+        assert_eq!(parse_rights(&c, 1), None);
+        assert_eq!(parse_rights(&c[..20], 2), None);
+        c[12] = 2;
+        assert_eq!(parse_rights(&c, 2), None);
     }
 
     #[test]
@@ -225,7 +417,7 @@ mod tests {
         let mut mm = super::super::validate::tests::sample_mm();
         mm.exe = "/nonexistent/criu-test-exe".into();
         mm.vmas.clear();
-        let e = check_files_exist(&mm, &[]).unwrap_err().to_string();
+        let e = check_files_exist(&mm, &[], &[]).unwrap_err().to_string();
         assert_eq!(e, "/nonexistent/criu-test-exe: No such file or directory");
     }
 }

@@ -20,10 +20,11 @@ mod validate;
 use crate::cli::RestoreArgs;
 use crate::error::{Error, Result};
 use crate::helper::{Helper, HelperError};
+use crate::images::types::FileEntry;
 use crate::remote::Remote;
 use crate::{info, warn};
 use shared_ipc::{ErrorKind, ExitStatus, ReleaseMode};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 pub use validate::{Checkpoint, Images};
 
@@ -98,15 +99,17 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
 
 /// Create every task, then turn each stub into its dumped process.
 fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
-    create_stub(h, ck)?;
+    let (mut sender, theirs) = files::FileSender::new(ck)?;
+    create_stub(h, ck, sender.transport, theirs)?;
     let shared = create_shared(h, ck)?;
     tree::create_processes(h, ck)?;
-    for p in &ck.procs {
+    for (i, p) in ck.procs.iter().enumerate() {
         let reaps = ck
             .tree
             .iter()
             .any(|e| e.ppid == p.pstree.pid && e.zombie.is_some());
-        restore_stub(h, p, reaps, &shared)?;
+        restore_stub(h, p, reaps, &shared, &mut sender)?;
+        sender.done_with(i);
     }
     Ok(())
 }
@@ -149,7 +152,7 @@ fn create_shared(h: &mut Helper, ck: &Checkpoint) -> Result<Vec<mm::SharedObject
 /// [`precheck`] for every process, and every thread ID free.
 fn precheck_all(ck: &Checkpoint) -> Result<()> {
     for p in &ck.procs {
-        precheck(p)?;
+        precheck(p, &ck.files)?;
         for t in &p.threads {
             check_pid_free(t.tid)?;
         }
@@ -173,9 +176,9 @@ fn resolve(dir: &Path, f: &Path) -> PathBuf {
 /// free, the files to reopen are unchanged, the vDSO layout matches.
 ///
 /// Errors: [`Error::Refused`] saying which and why.
-pub fn precheck(img: &Images) -> Result<()> {
+pub fn precheck(img: &Images, table: &[FileEntry]) -> Result<()> {
     check_pid_free(img.pstree.pid)?;
-    files::check_files_exist(&img.mm, &img.files)?;
+    files::check_files_exist(&img.mm, &img.files, table)?;
     let own = crate::proc::read_maps(std::process::id() as i32)?;
     mm::check_vdso_layout(&img.mm.vmas, &own)?;
     Ok(())
@@ -221,24 +224,12 @@ pub fn pid_in_use_message(pid: i32, status: &str) -> String {
     }
 }
 
-/// Ask the helper for the root stub, with criu's own 0/1/2 at every
-/// descriptor number any process of the tree inherits (the other processes
-/// are forked from it and close what they do not inherit).
-fn create_stub(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+/// Ask the helper for the root stub, with `transport` (the tasks' end of
+/// the socket that passes descriptors) at `number` and nothing else open
+/// (the other processes are forked from it).
+fn create_stub(h: &mut Helper, ck: &Checkpoint, number: i32, transport: OwnedFd) -> Result<()> {
     let pid = ck.root().pstree.pid;
-    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    let ours: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];
-    let mut nums: Vec<i32> = ck
-        .procs
-        .iter()
-        .flat_map(|p| p.files.iter())
-        .filter(|f| matches!(f.kind, crate::images::types::FdKind::Inherited { .. }))
-        .map(|f| f.fd)
-        .collect();
-    nums.sort_unstable();
-    nums.dedup();
-    let fds: Vec<(i32, BorrowedFd<'_>)> = nums.iter().map(|&n| (n, ours[n as usize])).collect();
-    match h.create_stub(pid, &fds) {
+    match h.create_stub(pid, &[(number, transport.as_fd())]) {
         Ok(gadget) => {
             info!("stub {pid} created, gadget at {gadget:#x}");
             Ok(())
@@ -263,6 +254,7 @@ fn restore_stub(
     img: &Images,
     reaps: bool,
     shared: &[mm::SharedObject],
+    sender: &mut files::FileSender<'_>,
 ) -> Result<()> {
     let pid = img.pstree.pid;
     h.set_sigmask(pid, !0)?;
@@ -293,14 +285,7 @@ fn restore_stub(
         let ts = r.put(h, 16, &[0u8; 16])?;
         r.raw(h, libc::SYS_rt_sigtimedwait, [set, 0, ts, 8, 0, 0])?;
     }
-    // Descriptors the root stub got for another process of the tree.
-    for fd in 0..3 {
-        if !img.files.iter().any(|f| f.fd == fd) {
-            r.raw(h, libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-        }
-    }
-
-    let high = files::high_fd_base(&img.files);
+    let high = sender.transport + 1;
     let pages = img.pages.to_string_lossy().into_owned();
     let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
     let widened = mm::map_vmas(h, &r, &img.mm, &img.runs, shared)?;
@@ -310,7 +295,7 @@ fn restore_stub(
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
     mm::set_mm_fields(h, &r, &img.mm)?;
 
-    files::restore_fds(h, &r, &img.files)?;
+    files::restore_fds(h, &r, sender, &img.files)?;
     files::restore_fs(h, &r, &img.fs)?;
     // Threads before the credentials change: set_tid needs the privilege.
     for t in &img.threads {

@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::images::format::FORMAT_VERSION;
 use crate::images::types::{
-    CoreEntry, Creds, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
-    PstreeEntry, Vma, VmaKind,
+    CoreEntry, Creds, FdEntry, FileEntry, FileKind, FsEntry, Inventory, MmEntry, PagemapEntry,
+    PagemapRecord, PstreeEntry, Vma, VmaKind,
 };
 use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
 use shared_ipc::{MAX_XSTATE, SIGINFO_SIZE, TASK_SIZE};
@@ -69,6 +69,8 @@ pub struct Checkpoint {
     pub tree: Vec<PstreeEntry>,
     /// The images of each live process, in tree order.
     pub procs: Vec<Images>,
+    /// `files.img`: every open file description, indexed by its id.
+    pub files: Vec<FileEntry>,
 }
 
 impl Checkpoint {
@@ -108,14 +110,17 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     check_inventory(&d.inventory(), &inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
     check_pstree(&d.pstree(), &tree, inventory.root_pid)?;
+    let files: Vec<FileEntry> = read_image(&d.file_table(), Kind::FileTable)?;
+    check_file_table(&d.file_table(), &files)?;
     let mut procs = Vec::new();
     for e in tree.iter().filter(|e| e.zombie.is_none()) {
-        procs.push(load_process(&d, &abs, &inventory, e)?);
+        procs.push(load_process(&d, &abs, &inventory, e, &files)?);
     }
     Ok(Checkpoint {
         inventory,
         tree,
         procs,
+        files,
     })
 }
 
@@ -125,6 +130,7 @@ fn load_process(
     abs: &Path,
     inventory: &Inventory,
     pstree: &PstreeEntry,
+    table: &[FileEntry],
 ) -> Result<Images> {
     let pid = pstree.pid;
     let core: CoreEntry = read_single(&d.core(pid), Kind::Core)?;
@@ -147,7 +153,7 @@ fn load_process(
     let fs: FsEntry = read_single(&d.fs(pid), Kind::Fs)?;
     check_fs(&d.fs(pid), &fs)?;
     let files: Vec<FdEntry> = read_image(&d.files(pid), Kind::Files)?;
-    check_files(&d.files(pid), &files)?;
+    check_files(&d.files(pid), &files, table)?;
     let recs: Vec<PagemapRecord> = read_image(&d.pagemap(pid), Kind::Pagemap)?;
     let pages = d.file(&ImageDir::pages_name(pid));
     let pages_size = std::fs::metadata(&pages)
@@ -572,9 +578,34 @@ pub fn check_fs(path: &Path, fs: &FsEntry) -> Result<()> {
     Ok(())
 }
 
-/// Descriptors strictly increasing, in range; dups point at lower existing
-/// ones; inherited ones are 0, 1 or 2; paths absolute.
-pub fn check_files(path: &Path, files: &[FdEntry]) -> Result<()> {
+/// The file table: each entry's id is its index; paths absolute.
+pub fn check_file_table(path: &Path, table: &[FileEntry]) -> Result<()> {
+    for (i, e) in table.iter().enumerate() {
+        if e.id as usize != i {
+            return Err(invalid(
+                path,
+                format!("entry {i} has id {}; ids must be 0, 1, 2, ...", e.id),
+            ));
+        }
+        match &e.kind {
+            FileKind::Reg { file, .. } if !file.path.starts_with('/') => {
+                return Err(invalid(
+                    path,
+                    format!("file {i}: path {:?} not absolute", file.path),
+                ))
+            }
+            FileKind::Device { path: p, .. } if !p.starts_with('/') => {
+                return Err(invalid(path, format!("file {i}: path {p:?} not absolute")))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Descriptors strictly increasing, in range, each naming an entry of the
+/// file table; inherited ones are 0, 1 or 2.
+pub fn check_files(path: &Path, files: &[FdEntry], table: &[FileEntry]) -> Result<()> {
     let mut prev = -1;
     for f in files {
         if f.fd <= prev || f.fd >= MAX_FD {
@@ -584,40 +615,20 @@ pub fn check_files(path: &Path, files: &[FdEntry]) -> Result<()> {
             ));
         }
         prev = f.fd;
-        match &f.kind {
-            FdKind::Reg { file, .. } if !file.path.starts_with('/') => {
-                return Err(invalid(
-                    path,
-                    format!("fd {}: path {:?} not absolute", f.fd, file.path),
-                ))
-            }
-            FdKind::Device { path: p, .. } if !p.starts_with('/') => {
-                return Err(invalid(
-                    path,
-                    format!("fd {}: path {p:?} not absolute", f.fd),
-                ))
-            }
-            FdKind::Inherited { .. } if f.fd > 2 => {
-                return Err(invalid(
-                    path,
-                    format!("fd {} is marked inherited; only 0, 1 and 2 can be", f.fd),
-                ))
-            }
-            FdKind::Dup { of } => {
-                let ok = files
-                    .iter()
-                    .any(|g| g.fd == *of && *of < f.fd && !matches!(g.kind, FdKind::Dup { .. }));
-                if !ok {
-                    return Err(invalid(
-                        path,
-                        format!(
-                            "fd {} duplicates fd {of}, which is not a lower non-dup descriptor",
-                            f.fd
-                        ),
-                    ));
-                }
-            }
-            _ => {}
+        let Some(e) = table.get(f.id as usize) else {
+            return Err(invalid(
+                path,
+                format!(
+                    "fd {} refers to file {}, which files.img does not have",
+                    f.fd, f.id
+                ),
+            ));
+        };
+        if matches!(e.kind, FileKind::Inherited { .. }) && f.fd > 2 {
+            return Err(invalid(
+                path,
+                format!("fd {} is marked inherited; only 0, 1 and 2 can be", f.fd),
+            ));
         }
     }
     Ok(())
@@ -882,26 +893,37 @@ pub(crate) mod tests {
 
     #[test]
     fn files_checks() {
-        let e = |fd, kind| FdEntry {
+        let e = |fd, id| FdEntry {
             fd,
             cloexec: false,
-            kind,
+            id,
         };
-        let inh = || FdKind::Inherited { was: "x".into() };
-        check_files(
-            &p(),
-            &[e(0, inh()), e(1, inh()), e(3, FdKind::Dup { of: 1 })],
-        )
-        .unwrap();
-        assert!(check_files(&p(), &[e(1, inh()), e(0, inh())]).is_err());
-        assert!(check_files(&p(), &[e(4, inh())]).is_err());
-        assert!(check_files(&p(), &[e(0, inh()), e(3, FdKind::Dup { of: 5 })]).is_err());
-        assert!(check_files(&p(), &[e(3, FdKind::Dup { of: 3 })]).is_err());
-        let dev = FdKind::Device {
+        let table = vec![
+            FileEntry {
+                id: 0,
+                kind: FileKind::Inherited { was: "x".into() },
+            },
+            FileEntry {
+                id: 1,
+                kind: FileKind::Device {
+                    path: "/dev/null".into(),
+                    flags: 0,
+                },
+            },
+        ];
+        check_file_table(&p(), &table).unwrap();
+        check_files(&p(), &[e(0, 0), e(1, 0), e(3, 1), e(4, 1)], &table).unwrap();
+        assert!(check_files(&p(), &[e(1, 0), e(0, 0)], &table).is_err());
+        assert!(check_files(&p(), &[e(4, 0)], &table).is_err());
+        assert!(check_files(&p(), &[e(3, 2)], &table).is_err());
+        let mut bad = table.clone();
+        bad[1].kind = FileKind::Device {
             path: "dev/null".into(),
             flags: 0,
         };
-        assert!(check_files(&p(), &[e(3, dev)]).is_err());
+        assert!(check_file_table(&p(), &bad).is_err());
+        bad[1].id = 5;
+        assert!(check_file_table(&p(), &bad).is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::cli::ShowArgs;
 use crate::error::{Error, Result};
 use crate::images::format::{decode_image, HEADER_LEN};
 use crate::images::types::{
-    CoreEntry, FdEntry, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord, PstreeEntry,
+    CoreEntry, FdEntry, FileEntry, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
+    PstreeEntry,
 };
 use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
 use serde::Serialize;
@@ -84,6 +85,7 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
     let d = ImageDir::new(dir);
     let inv: Inventory = read_single(&d.inventory(), Kind::Inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
+    let table: Vec<FileEntry> = read_image(&d.file_table(), Kind::FileTable)?;
     let mut processes = Vec::new();
     let mut zombies = Vec::new();
     let mut order = Vec::new();
@@ -119,7 +121,7 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
             pages_bytes,
             runs,
         };
-        let mut v = view::process(&p);
+        let mut v = view::process(&p, &table);
         if let Some(max) = contents {
             let name = Path::new(&pages_file)
                 .file_name()
@@ -262,8 +264,9 @@ pub fn render(c: &Checkpoint) -> String {
         for f in &p.files {
             let _ = writeln!(
                 o,
-                "    {:>4}  {:<9} {}{}{}{}",
+                "    {:>4}  #{:<4} {:<9} {}{}{}{}",
                 f.fd,
+                f.file,
                 f.kind,
                 f.target,
                 if f.flags.is_empty() {
@@ -652,6 +655,7 @@ pub fn decode_file(path: &Path, contents: Option<u64>) -> Result<FileView> {
         Kind::Fs => records::<FsEntry>(path, kind, &data)?,
         Kind::Files => records::<FdEntry>(path, kind, &data)?,
         Kind::Pagemap => records::<PagemapRecord>(path, kind, &data)?,
+        Kind::FileTable => records::<FileEntry>(path, kind, &data)?,
     };
     let version = data
         .get(8..HEADER_LEN)

@@ -3,8 +3,8 @@
 //! the image records change.
 
 use crate::images::types::{
-    CoreEntry, Creds, FdEntry, FdKind, FsEntry, Inventory, MmEntry, PagemapEntry, PstreeEntry,
-    UserRegs, Vma, VmaKind,
+    CoreEntry, Creds, FdEntry, FileEntry, FileKind, FsEntry, Inventory, MmEntry, PagemapEntry,
+    PstreeEntry, UserRegs, Vma, VmaKind,
 };
 use serde::Serialize;
 
@@ -247,12 +247,15 @@ pub struct VmaView {
 pub struct FdView {
     /// Number.
     pub fd: i32,
-    /// `file`, `device`, `inherited` or `dup`.
+    /// The open file description (id in `files.img`); descriptors with the
+    /// same id share it (one offset, one set of flags).
+    pub file: u32,
+    /// `file`, `device` or `inherited`; `missing` when `files.img` has no
+    /// such description.
     pub kind: &'static str,
-    /// Path, what an inherited descriptor was (e.g. `pipe:[123]`), or
-    /// `fd N` for a dup.
+    /// Path, or what an inherited descriptor was (e.g. `pipe:[123]`).
     pub target: String,
-    /// Open flags as text (`O_RDONLY|O_APPEND`), empty for inherited and dup.
+    /// Open flags as text (`O_RDONLY|O_APPEND`), empty for inherited ones.
     pub flags: String,
     /// File offset for regular files, else null.
     pub offset: Option<u64>,
@@ -602,23 +605,31 @@ pub fn vma(v: &Vma, runs: &[PagemapEntry]) -> VmaView {
     }
 }
 
-/// The view of one descriptor.
-pub fn fd(f: &FdEntry) -> FdView {
-    let (kind, target, flags, offset) = match &f.kind {
-        FdKind::Reg { file, flags, pos } => {
-            ("file", file.path.clone(), open_flags(*flags), Some(*pos))
-        }
-        FdKind::Device { path, flags } => ("device", path.clone(), open_flags(*flags), None),
-        FdKind::Inherited { was } => ("inherited", was.clone(), String::new(), None),
-        FdKind::Dup { of } => ("dup", format!("fd {of}"), String::new(), None),
+/// The view of one descriptor; `table` is `files.img`.
+pub fn fd(f: &FdEntry, table: &[FileEntry]) -> FdView {
+    let (kind, target, flags, offset) = match table.get(f.id as usize).map(|e| &e.kind) {
+        Some(k) => describe(k),
+        None => ("missing", String::new(), String::new(), None),
     };
     FdView {
         fd: f.fd,
+        file: f.id,
         kind,
         target,
         flags,
         offset,
         cloexec: f.cloexec,
+    }
+}
+
+/// Kind name, target, flags text and offset of an open file description.
+pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
+    match k {
+        FileKind::Reg { file, flags, pos } => {
+            ("file", file.path.clone(), open_flags(*flags), Some(*pos))
+        }
+        FileKind::Device { path, flags } => ("device", path.clone(), open_flags(*flags), None),
+        FileKind::Inherited { was } => ("inherited", was.clone(), String::new(), None),
     }
 }
 
@@ -790,7 +801,8 @@ pub struct ProcessImages {
 }
 
 /// The view of one process.
-pub fn process(p: &ProcessImages) -> ProcessView {
+/// `table` is `files.img`.
+pub fn process(p: &ProcessImages, table: &[FileEntry]) -> ProcessView {
     ProcessView {
         pid: p.tree.pid,
         ppid: p.tree.ppid,
@@ -811,7 +823,7 @@ pub fn process(p: &ProcessImages) -> ProcessView {
         creds: creds(&p.core.creds),
         memory: p.mm.vmas.iter().map(|v| vma(v, &p.runs)).collect(),
         pages_bytes: p.pages_bytes,
-        files: p.files.iter().map(fd).collect(),
+        files: p.files.iter().map(|f| fd(f, table)).collect(),
         signals: signals(&p.core),
         timers: timers(&p.core),
         contents: None,
