@@ -294,3 +294,128 @@ pub fn splice_nonblock(
         Ok(r as usize)
     }
 }
+
+/// `getsockopt(2)` of an `int` option (e.g. `SOL_SOCKET`, `SO_PEEK_OFF`,
+/// see socket(7)) that nix has no typed wrapper for.
+///
+/// Errors: its errno.
+pub fn getsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    opt: i32,
+) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid out-pointers of the sizes passed.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    cvt(r as libc::c_long).map(|_| v)
+}
+
+/// `setsockopt(2)` of an `int` option that nix has no typed wrapper for.
+///
+/// Errors: its errno.
+pub fn setsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    opt: i32,
+    v: i32,
+) -> std::io::Result<()> {
+    // SAFETY: `v` is a valid `int` for the length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    cvt(r as libc::c_long).map(|_| ())
+}
+
+/// What [`recvmsg_fds`] got: the byte count, the descriptors of an
+/// `SCM_RIGHTS` message (now owned by this process), the sender's address
+/// (datagram sockets), and whether data or control data was cut short
+/// (`MSG_TRUNC`, `MSG_CTRUNC`).
+pub struct Received {
+    /// Bytes placed in the buffer.
+    pub len: usize,
+    /// Descriptors received with `SCM_RIGHTS` (see unix(7)).
+    pub fds: Vec<OwnedFd>,
+    /// The sender's address, if the socket reported one.
+    pub from: Option<nix::sys::socket::UnixAddr>,
+    /// `MSG_TRUNC` or `MSG_CTRUNC` was set.
+    pub truncated: bool,
+}
+
+/// `recvmsg(2)` on a UNIX socket with room for the most descriptors one
+/// message can carry (`SCM_MAX_FD`, 253) and one `SCM_CREDENTIALS`;
+/// received descriptors are close-on-exec (`MSG_CMSG_CLOEXEC` is added).
+///
+/// Errors: its errno.
+pub fn recvmsg_fds(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: nix::sys::socket::MsgFlags,
+) -> std::io::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253], libc::ucred);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        flags | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                use std::os::fd::FromRawFd;
+                // SAFETY: the kernel just installed `r` in this process for
+                // this message; nothing else knows or owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let from = msg
+        .address
+        .as_ref()
+        .and_then(|a| a.as_unix_addr())
+        .filter(|a| a.path().is_some() || a.as_abstract().is_some())
+        .copied();
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        from,
+        truncated,
+    })
+}
+
+/// `accept4(2)` with `SOCK_CLOEXEC`, the new connection owned.
+///
+/// Errors: its errno.
+pub fn accept_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    // SAFETY: NULL address and length pointers are allowed (no peer address
+    // wanted).
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    cvt(r as libc::c_long).map(owned)
+}
