@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::images::types::{FdEntry, FileEntry, FileId, FileKind, FsEntry};
 use crate::proc::{self, Status};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Character devices reopened by path.
@@ -30,6 +31,8 @@ pub struct FileTable {
     reps: Vec<(i32, i32, u32)>,
     /// The descriptions, by id.
     pub entries: Vec<FileEntry>,
+    /// A pidfd of the process whose descriptors are being collected.
+    pidfd: Option<(i32, OwnedFd)>,
 }
 
 impl FileTable {
@@ -71,6 +74,25 @@ impl FileTable {
             out.push(FdEntry { fd, cloexec, id });
         }
         Ok(out)
+    }
+
+    /// A duplicate, in criu, of descriptor `fd` of `pid` (same open file
+    /// description), for the kinds whose state is read through the
+    /// description itself (pipe contents, socket queues, ...). See
+    /// pidfd_getfd(2): it needs the same ptrace access criu has to the task
+    /// anyway (in setuid mode the task is the caller's own and dumpable).
+    ///
+    /// Errors: [`Error::Unsupported`] naming pid, fd and the errno.
+    pub fn take_fd(&mut self, pid: i32, fd: i32) -> Result<OwnedFd> {
+        let fail = |what: &str, e: std::io::Error| {
+            Error::Unsupported(format!("pid {pid} fd {fd}: {what}: {e}"))
+        };
+        if self.pidfd.as_ref().is_none_or(|(p, _)| *p != pid) {
+            let pf = crate::sys::pidfd_open(pid).map_err(|e| fail("pidfd_open", e))?;
+            self.pidfd = Some((pid, pf));
+        }
+        let (_, pf) = self.pidfd.as_ref().expect("set just above");
+        crate::sys::pidfd_getfd(pf, fd).map_err(|e| fail("pidfd_getfd", e))
     }
 
     /// Look (`pid`, `fd`) up among the representatives: `Ok` with the id of
@@ -208,4 +230,23 @@ pub fn collect_fs(pid: i32, status: &Status) -> Result<FsEntry> {
         root,
         umask: status.umask,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn take_fd_gives_the_same_description() {
+        let me = std::process::id() as i32;
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let mut t = FileTable::default();
+        let copy = t.take_fd(me, f.as_raw_fd()).unwrap();
+        assert!(
+            crate::sys::same_file_description(me, f.as_raw_fd(), me, copy.as_raw_fd()).unwrap()
+        );
+        let e = t.take_fd(me, 1 << 19).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {me} fd {}", 1 << 19)), "{e}");
+    }
 }

@@ -6,7 +6,7 @@
 //! released with its registers and signal mask as they were, and keeps
 //! running.
 
-mod files;
+pub mod files;
 mod mm;
 mod splice;
 mod task;
