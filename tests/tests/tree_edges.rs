@@ -1,7 +1,8 @@
 //! Process trees at the edges: a stopped process (dumped with and without
 //! `-R`, restored stopped), a tree with a task traced by another tracer, a
-//! process whose main thread has exited while its threads run, and a tree
-//! whose restore fails in its deepest child (nothing of it may be left).
+//! process whose main thread has exited while its threads run, a tree with
+//! a task waiting in vfork, and a tree whose restore fails in its deepest
+//! child (nothing of it may be left).
 
 use criu_tests::*;
 use std::process::Command;
@@ -324,6 +325,82 @@ fn failed_restore_of_a_tree_leaves_nothing() {
     }
     assert_counting(&t, 3, "after the repaired restore");
     for &p in pids.iter() {
+        kill_and_reap(p);
+    }
+}
+
+/// The children of `pid` (its main thread's).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// A tree with a task inside vfork(2) (`criu-workload --vfork`: root, a
+/// child waiting in vfork, the vfork child that never execs) cannot be
+/// frozen whole: a dump of the tree, and of the waiting task itself, fails
+/// naming it, and every task of the tree is left running and untraced.
+#[test]
+fn tree_with_a_task_in_vfork_is_refused() {
+    let Some(t) = Test::new("tree_vfork") else {
+        return;
+    };
+    let mut cmd = Command::new(&bins().workload);
+    cmd.arg("--vfork");
+    let root = t.spawn_target(&mut cmd).id() as i32;
+    let mut tasks = Vec::new();
+    if !wait_for(Duration::from_secs(10), || {
+        let Some(&child) = children(root).first() else {
+            return false;
+        };
+        let Some(&vforked) = children(child).first() else {
+            return false;
+        };
+        tasks = vec![root, child, vforked];
+        true
+    }) {
+        t.fail(&format!("the vfork tree did not start: {}", describe(root)));
+    }
+    for &p in &tasks[1..] {
+        t.track(p);
+    }
+    let waiting = tasks[1];
+    let images = t.images();
+    for target in [root, waiting] {
+        t.criu_err(
+            &[
+                "dump",
+                "-t",
+                &target.to_string(),
+                "-D",
+                images.to_str().unwrap(),
+                "-o",
+                "dump.log",
+                "-v4",
+            ],
+            &[&format!("pid {waiting} thread {waiting} is inside vfork()")],
+        );
+        for &p in &tasks {
+            t.assert_running_untouched(p, &format!("after the refused dump of {target}"));
+        }
+        if children(waiting) != [tasks[2]] || children(root) != [waiting] {
+            t.fail(&format!(
+                "the tree changed after the refused dump of {target}: {}",
+                describe(root)
+            ));
+        }
+        if std::fs::read_dir(&images).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("inventory"))
+        }) {
+            t.fail("a refused dump wrote an inventory");
+        }
+    }
+    // The root first: its orphans come to us (the subreaper) and are reaped.
+    for &p in &tasks {
         kill_and_reap(p);
     }
 }

@@ -9,6 +9,9 @@
 //! On SIGUSR2 it checks that all of that state is still what it set up and
 //! writes `DIR/report`: `OK counter=N` or `FAIL: ...` listing every difference.
 //! It keeps looping afterwards; another SIGUSR2 checks again.
+//!
+//! `criu-workload --vfork` is another target: a tree with a task waiting
+//! in vfork(2) (see `vfork_tree`).
 
 use std::ffi::CString;
 use std::fs;
@@ -594,7 +597,53 @@ fn run(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// `criu-workload --vfork`: a tree with a task inside vfork(2). The process
+/// forks a child, which starts a grandchild with
+/// `clone(CLONE_VM | CLONE_VFORK)` that never execs or exits, so the child
+/// waits in vfork for as long as the tree lives. The root and the
+/// grandchild sleep.
+fn vfork_tree() -> ! {
+    const STACK_LEN: usize = 64 * 1024;
+    extern "C" fn grandchild(_: *mut libc::c_void) -> libc::c_int {
+        // Only a raw system call here: this task shares its parent's memory.
+        loop {
+            // SAFETY: pause has no arguments.
+            unsafe { libc::pause() };
+        }
+    }
+    // SAFETY: fork in a single-threaded program.
+    match unsafe { libc::fork() } {
+        -1 => {
+            eprintln!("fork: {}", io::Error::last_os_error());
+            std::process::exit(1)
+        }
+        0 => {
+            let mut stack = vec![0u8; STACK_LEN];
+            // SAFETY: the grandchild runs `grandchild` on `stack` (its top,
+            // 16-byte aligned), which outlives it: this task waits in vfork
+            // until the grandchild is gone.
+            let r = unsafe {
+                let top = stack.as_mut_ptr().add(STACK_LEN) as usize & !15;
+                libc::clone(
+                    grandchild,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    ptr::null_mut(),
+                )
+            };
+            eprintln!("clone returned {r}");
+            std::process::exit(1)
+        }
+        _ => loop {
+            std::thread::sleep(Duration::from_secs(1));
+        },
+    }
+}
+
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--vfork") {
+        vfork_tree();
+    }
     let Some(dir) = std::env::args_os().nth(1) else {
         eprintln!("usage: criu-workload DIR");
         std::process::exit(2);

@@ -164,6 +164,17 @@ fn check_half_exited(pid: i32, st: &crate::proc::Status) -> Result<()> {
     )))
 }
 
+/// Whether a task whose `/proc/PID/task/TID/wchan` reads `wchan` and whose
+/// state is `state` waits in vfork(2) (or a `CLONE_VFORK` clone) for its
+/// child: the wait is `wait_for_vfork_done`, which the kernel may inline
+/// into `kernel_clone`, where it is the only uninterruptible (`D`) sleep. A
+/// `PTRACE_INTERRUPT` does not stop such a task until the child execs or
+/// exits (see ptrace(2), clone(2) `CLONE_VFORK`).
+fn in_vfork(wchan: &str, state: char) -> bool {
+    let wchan = wchan.trim();
+    wchan.contains("vfork") || (wchan == "kernel_clone" && state == 'D')
+}
+
 /// Refusals for one thread before it is seized: traced by someone else, or
 /// waiting in vfork(2) for a child that has not exec'd or exited yet (it
 /// could not be stopped until then).
@@ -181,7 +192,7 @@ fn precheck_thread(pid: i32, tid: i32) -> Result<()> {
     }
     let wchan =
         std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default();
-    if wchan.contains("vfork") {
+    if in_vfork(&wchan, st.state) {
         return Err(Error::Refused(format!(
             "pid {pid} thread {tid} is inside vfork(), waiting for its child to exec or exit; it cannot be stopped until then (nothing was changed)"
         )));
@@ -530,4 +541,18 @@ fn collect_and_write(
     info!("pid {pid}: {bytes} bytes of memory written");
     write_image(&dir.mm(pid), Kind::Mm, &[&mm])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vfork_wait_recognised() {
+        assert!(in_vfork("wait_for_vfork_done", 'D'));
+        assert!(in_vfork("kernel_clone\n", 'D'));
+        assert!(!in_vfork("kernel_clone", 'R'));
+        assert!(!in_vfork("do_wait", 'S'));
+        assert!(!in_vfork("", 'D'));
+    }
 }
