@@ -88,6 +88,31 @@ pub fn kcmp_file_order(pa: i32, a: i32, pb: i32, b: i32) -> Option<std::cmp::Ord
     }
 }
 
+/// A per-process kernel resource that kcmp(2) compares (its `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KcmpResource {
+    /// The descriptor table (`KCMP_FILES`, shared with `CLONE_FILES`).
+    Files = 2,
+    /// Filesystem information: root, cwd, umask (`KCMP_FS`, shared with
+    /// `CLONE_FS`).
+    Fs = 3,
+}
+
+/// `kcmp(2)` of `what` of processes `a` and `b`: `Equal` when they share
+/// it, else the kernel's order of the two objects.
+///
+/// Errors: the errno of kcmp (EPERM without ptrace read access to both).
+pub fn kcmp_order(a: i32, b: i32, what: KcmpResource) -> std::io::Result<std::cmp::Ordering> {
+    // SAFETY: kcmp takes only integers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, what as libc::c_long, 0, 0) };
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// `kcmp(2)` with `KCMP_FILE`: whether fd `a` of process `pa` and fd `b` of
 /// process `pb` are the same open file description.
 ///

@@ -8,6 +8,7 @@
 
 pub mod files;
 mod mm;
+mod share;
 mod splice;
 mod task;
 
@@ -338,6 +339,18 @@ fn check_pipes(tree: &Tree) -> Result<()> {
 /// inventory.
 fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
     check_pipes(tree)?;
+    let live: Vec<&Proc> = tree.procs.iter().filter(|p| p.zombie.is_none()).collect();
+    let mut pairs = Vec::new();
+    for p in &live {
+        pairs.push((p.pid, crate::proc::read_stat(p.pid)?.ppid));
+    }
+    let fs = share::shared_with_parent(&pairs, crate::sys::KcmpResource::Fs)?;
+    let files = share::shared_with_parent(&pairs, crate::sys::KcmpResource::Files)?;
+    let shares = |pid: i32, v: &[bool]| {
+        live.iter()
+            .position(|p| p.pid == pid)
+            .is_some_and(|i| v[i] && i > 0)
+    };
     let mut entries = Vec::new();
     let mut shared = mm::SharedStored::default();
     let mut table = files::FileTable::default();
@@ -353,7 +366,20 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
             sid: stat.session,
             threads: p.threads.clone(),
             zombie: p.zombie,
+            shares_fs: shares(p.pid, &fs),
+            shares_files: shares(p.pid, &files),
         });
+        if entries
+            .last()
+            .is_some_and(|e| e.shares_fs || e.shares_files)
+        {
+            debug!(
+                "pid {}: shares with its parent: fs {}, files {}",
+                p.pid,
+                shares(p.pid, &fs),
+                shares(p.pid, &files)
+            );
+        }
     }
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
     write_image(&dir.file_table(), Kind::FileTable, &table.entries)?;

@@ -54,6 +54,14 @@ pub struct PstreeEntry {
     /// (`exit_code` of /proc/PID/stat: code << 8, or the signal). A zombie
     /// has no other image; restore re-creates it and lets it exit so.
     pub zombie: Option<i32>,
+    /// It shares its filesystem information (root, cwd, umask) with its
+    /// parent: made with clone(2) `CLONE_FS`, found with kcmp(2) `KCMP_FS`.
+    /// Restore creates it with `CLONE_FS` again.
+    pub shares_fs: bool,
+    /// It shares its descriptor table with its parent: made with clone(2)
+    /// `CLONE_FILES`, found with kcmp(2) `KCMP_FILES`. Restore creates it
+    /// with `CLONE_FILES` again and restores the table once, in the parent.
+    pub shares_files: bool,
 }
 
 /// `core-TID.img`: per-task state, one file per thread. Process-wide

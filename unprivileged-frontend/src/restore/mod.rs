@@ -295,8 +295,18 @@ fn restore_stub(
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
     mm::set_mm_fields(h, &r, &img.mm)?;
 
-    files::restore_fds(h, &r, sender, &img.files)?;
-    files::restore_fs(h, &r, &img.fs)?;
+    // A process made with CLONE_FILES / CLONE_FS has its parent's table and
+    // fs information, which the parent (restored before it) already set.
+    if img.pstree.shares_files {
+        info!("pid {pid}: shares its parent's descriptor table (CLONE_FILES)");
+    } else {
+        files::restore_fds(h, &r, sender, &img.files)?;
+    }
+    if img.pstree.shares_fs {
+        info!("pid {pid}: shares its parent's cwd, root and umask (CLONE_FS)");
+    } else {
+        files::restore_fs(h, &r, &img.fs)?;
+    }
     // Threads before the credentials change: set_tid needs the privilege.
     for t in &img.threads {
         tree::clone_in(h, &r, tree::THREAD_FLAGS, 0, t.tid)?;

@@ -207,7 +207,8 @@ pub fn create_processes(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
                     c.pid, c.sid
                 )));
             }
-            clone_in(h, &boot, 0, libc::SIGCHLD as u64, c.pid).map_err(|e| in_use(e, c.pid))?;
+            clone_in(h, &boot, share_flags(c), libc::SIGCHLD as u64, c.pid)
+                .map_err(|e| in_use(e, c.pid))?;
         }
     }
     set_groups(h, ck)?;
@@ -226,6 +227,19 @@ pub fn create_processes(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The clone(2) flags that make a child share what it shared with its
+/// parent at dump: `CLONE_FS`, `CLONE_FILES`.
+pub fn share_flags(e: &PstreeEntry) -> u64 {
+    let mut f = 0;
+    if e.shares_fs {
+        f |= libc::CLONE_FS as u64;
+    }
+    if e.shares_files {
+        f |= libc::CLONE_FILES as u64;
+    }
+    f
 }
 
 fn in_use(e: Error, pid: i32) -> Error {

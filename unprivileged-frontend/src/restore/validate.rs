@@ -219,6 +219,12 @@ pub fn check_pstree(path: &Path, tree: &[PstreeEntry], root: i32) -> Result<()> 
     if first.zombie.is_some() {
         return Err(invalid(path, "the root process is a zombie"));
     }
+    if first.shares_fs || first.shares_files {
+        return Err(invalid(
+            path,
+            "the root process shares its fs information or descriptor table with a parent outside the checkpoint",
+        ));
+    }
     let mut ids: Vec<i32> = Vec::new();
     for (i, p) in tree.iter().enumerate() {
         if p.pid <= 0 || p.pgid <= 0 || p.sid < 0 {
@@ -988,6 +994,8 @@ pub(crate) mod tests {
             sid: 7,
             threads: vec![7, 9],
             zombie: None,
+            shares_fs: false,
+            shares_files: false,
         };
         check_pstree(&p(), std::slice::from_ref(&e), 7).unwrap();
         let child = PstreeEntry {
@@ -997,6 +1005,17 @@ pub(crate) mod tests {
             ..e.clone()
         };
         check_pstree(&p(), &[e.clone(), child.clone()], 7).unwrap();
+        let sharing = PstreeEntry {
+            shares_fs: true,
+            shares_files: true,
+            ..child.clone()
+        };
+        check_pstree(&p(), &[e.clone(), sharing], 7).unwrap();
+        let root_sharing = PstreeEntry {
+            shares_fs: true,
+            ..e.clone()
+        };
+        assert!(check_pstree(&p(), &[root_sharing], 7).is_err());
         let zombie = PstreeEntry {
             threads: vec![],
             zombie: Some(7 << 8),

@@ -214,6 +214,13 @@ pub fn render(c: &Checkpoint) -> String {
     for p in &c.processes {
         let _ = writeln!(o, "\n== pid {} ({}) ==", p.pid, p.comm);
         let _ = writeln!(o, "  exe {}", p.exe);
+        if !p.shares_with_parent.is_empty() {
+            let _ = writeln!(
+                o,
+                "  shares with its parent: {}",
+                p.shares_with_parent.join(" ")
+            );
+        }
         let _ = writeln!(o, "  cwd {}  root {}  umask {}", p.cwd, p.root, p.umask);
         let cr = &p.creds;
         let _ = writeln!(

@@ -160,6 +160,9 @@ pub struct ProcessView {
     pub sid: i32,
     /// Thread IDs, leader first.
     pub threads: Vec<i32>,
+    /// What it shares with its parent (clone(2) flags it is restored
+    /// with): `CLONE_FS`, `CLONE_FILES`; empty when nothing.
+    pub shares_with_parent: Vec<&'static str>,
     /// Each thread's own state, in the order of `threads` (added within
     /// `show_format` 1).
     pub thread_states: Vec<ThreadView>,
@@ -809,6 +812,13 @@ pub fn process(p: &ProcessImages, table: &[FileEntry]) -> ProcessView {
         pgid: p.tree.pgid,
         sid: p.tree.sid,
         threads: p.tree.threads.clone(),
+        shares_with_parent: [
+            ("CLONE_FS", p.tree.shares_fs),
+            ("CLONE_FILES", p.tree.shares_files),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect(),
         thread_states: p
             .thread_cores
             .iter()
@@ -864,6 +874,8 @@ mod tests {
             sid: 4,
             threads: Vec::new(),
             zombie: Some(15),
+            shares_fs: false,
+            shares_files: false,
         };
         let z = zombie(&t, 15);
         assert_eq!(z.signal.as_deref(), Some("SIGTERM"));
