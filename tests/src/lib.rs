@@ -992,15 +992,18 @@ pub fn level_counter(dir: &Path, lvl: u32) -> Option<(i32, u64)> {
 /// `MAP_SHARED`, then forks. Each process writes `DIR/<role>` (`parent`,
 /// `child`) every 50 ms: "pid n theirs file ok", where `n` is its counter, `theirs` the other's counter as read from the shared
 /// anonymous memory, `file` the child's counter as read from the shared file
-/// mapping, `ok` whether every page still holds its pattern. The parent also
-/// maps 1 MiB of shared anonymous memory of its own after the fork.
+/// mapping, `ok` whether every page still holds its pattern. After the fork
+/// the parent unmaps the first page of the 4 MiB (it keeps the object from
+/// offset 4096 on; only the child still has page 0) and maps 1 MiB of
+/// shared anonymous memory of its own.
 pub const SHARED_MEMORY_PROGRAM: &str = r#"
-import mmap, os, sys, time
+import ctypes, mmap, os, sys, time
 d = sys.argv[1]
 N = 4 << 20
 m = mmap.mmap(-1, N)
 for i in range(4096, N, 4096):
     m[i:i+8] = i.to_bytes(8, "little")
+m[100:106] = b"page 0"
 f = open(d + "/shared.dat", "r+b")
 fm = mmap.mmap(f.fileno(), 4096)
 f.close()
@@ -1009,7 +1012,12 @@ role = "child" if c == 0 else "parent"
 if c:
     own = mmap.mmap(-1, 1 << 20)
     own[4096:4100] = b"mine"
-mine, theirs = (8, 16) if c == 0 else (16, 8)
+    # The parent keeps the object from its second page on only.
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.munmap(ctypes.c_void_p(base), 4096) != 0:
+        raise OSError(ctypes.get_errno(), "munmap")
+mine, theirs = (4096 + 8, 4096 + 16) if c == 0 else (4096 + 16, 4096 + 8)
 n = 0
 while True:
     n += 1
@@ -1021,6 +1029,8 @@ while True:
     ok = all(int.from_bytes(m[i:i+8], "little") == i for i in range(4096, N, 4096))
     if c:
         ok = ok and own[4096:4100] == b"mine"
+    else:
+        ok = ok and m[100:106] == b"page 0"
     open(d + f"/{role}.tmp", "w").write(f"{os.getpid()} {n} {t} {fv} {int(ok)}")
     os.replace(d + f"/{role}.tmp", d + f"/{role}")
     time.sleep(0.05)

@@ -4,7 +4,8 @@
 //! restore, each process must see the other's writes to both (a separate
 //! copy per process would freeze what each sees of the other), the shared
 //! anonymous memory is one object again (`/dev/zero (deleted)`, the same
-//! inode in both) and its pages are stored once in the images.
+//! inode in both; the parent maps it from offset 4096 on, the child whole)
+//! and each of its pages is stored once in the images.
 
 use criu_tests::*;
 use std::process::Command;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 /// Size of the shared anonymous mapping, bytes.
 const SHARED_LEN: u64 = 4 << 20;
+/// Page size, bytes.
+const PAGE: u64 = 4096;
 
 /// The `/proc/PID/maps` line of the mapping `len` bytes long named `name`:
 /// (start, inode).
@@ -50,7 +53,19 @@ fn shared_memory_stays_shared_across_fork() {
     t.track(child);
     assert_sharing(&t, &w, (0, 0), "before dump");
     let zero = "/dev/zero (deleted)";
-    let before = mapping(root, SHARED_LEN, zero).expect("the shared mapping in maps");
+    // The child maps the whole object, the parent all but its first page.
+    let layout = || {
+        let c = mapping(child, SHARED_LEN, zero)?;
+        let p = mapping(root, SHARED_LEN - PAGE, zero)?;
+        (p == (c.0 + PAGE, c.1)).then_some(c)
+    };
+    let Some(before) = layout() else {
+        t.fail(&format!(
+            "unexpected shared mappings before dump: parent {:?}, child {:?}",
+            mapping(root, SHARED_LEN - PAGE, zero),
+            mapping(child, SHARED_LEN, zero)
+        ))
+    };
 
     t.dump(root, &[]);
     reap_dumped(&t, root);
@@ -61,15 +76,16 @@ fn shared_memory_stays_shared_across_fork() {
         sharing_report(&w, "parent").unwrap().n,
         sharing_report(&w, "child").unwrap().n,
     );
-    // The 4 MiB are stored once, by the parent; `criu show` gives both
-    // mappings the same object id.
+    // Each page is stored once: the parent (first in the tree) stores what
+    // it maps, the child only page 0; `criu show` gives both mappings the
+    // object's id and offset.
     let images = t.images();
     let out = t
         .criu_ok(&["show", "-D", images.to_str().unwrap(), "--json"])
         .stdout;
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| t.fail(&format!("show --json is not JSON: {e}")));
-    let shared_vma = |pid: i32| -> Option<(u64, u64)> {
+    let shared_vma = |pid: i32, start: u64| -> Option<(u64, u64, u64)> {
         let p = v["processes"]
             .as_array()?
             .iter()
@@ -77,29 +93,36 @@ fn shared_memory_stays_shared_across_fork() {
         let m = p["memory"]
             .as_array()?
             .iter()
-            .find(|m| m["start"].as_u64() == Some(before.0) && m["backing"] == "shared-anon")?;
-        Some((m["shmid"].as_u64()?, m["bytes_stored"].as_u64()?))
+            .find(|m| m["start"].as_u64() == Some(start) && m["backing"] == "shared-anon")?;
+        Some((
+            m["shmid"].as_u64()?,
+            m["offset"].as_u64()?,
+            m["bytes_stored"].as_u64()?,
+        ))
     };
-    match (shared_vma(root), shared_vma(child)) {
-        (Some((a, SHARED_LEN)), Some((b, 0))) if a == b && a == before.1 => {}
-        (p, c) => t.fail(&format!(
-            "show: the shared mapping (shmid, bytes stored) should be (inode {}, {SHARED_LEN}) in the parent and stored 0 in the child: parent {p:?}, child {c:?}",
-            before.1
-        )),
+    let (p, c) = (
+        shared_vma(root, before.0 + PAGE),
+        shared_vma(child, before.0),
+    );
+    if p != Some((before.1, PAGE, SHARED_LEN - PAGE)) || c != Some((before.1, 0, PAGE)) {
+        t.fail(&format!(
+            "show: the shared mappings (shmid, offset, bytes stored) should be (inode {}, 4096, {}) in the parent and (inode, 0, 4096) in the child: parent {p:?}, child {c:?}",
+            before.1,
+            SHARED_LEN - PAGE
+        ));
     }
 
     t.restore_detached(root, &[]);
     t.track(child);
     assert_sharing(&t, &w, at_dump, "after restore");
-    let (p, c) = (
-        mapping(root, SHARED_LEN, zero),
-        mapping(child, SHARED_LEN, zero),
-    );
-    match (p, c) {
-        (Some(p), Some(c)) if p == c && p.0 == before.0 => {}
+    match layout() {
+        Some(c) if c.0 == before.0 => {}
         _ => t.fail(&format!(
-            "the shared mapping is not one {zero} object at {:#x} in both: parent {p:?}, child {c:?}",
-            before.0
+            "after restore the shared mappings are not one {zero} object at {:#x} (child) and {:#x} (parent): parent {:?}, child {:?}",
+            before.0,
+            before.0 + PAGE,
+            mapping(root, SHARED_LEN - PAGE, zero),
+            mapping(child, SHARED_LEN, zero)
         )),
     }
     if mapping(child, 1 << 20, zero).is_some() {
