@@ -87,6 +87,14 @@ pub struct DumpArgs {
     /// Leave the process running after dumping.
     #[arg(short = 'R', long = "leave-running")]
     pub leave_running: bool,
+    /// Save file locks (POSIX, OFD, flock, leases); without it a process
+    /// holding one is refused.
+    #[arg(short = 'l', long = "file-locks")]
+    pub file_locks: bool,
+    /// Largest deleted-but-open file saved into the images, in bytes
+    /// (suffixes K, M, G); default 1M.
+    #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub ghost_limit: u64,
     /// Common options.
     #[command(flatten)]
     pub common: Common,
@@ -186,6 +194,24 @@ pub struct ExecArgs {
     pub log: LogArgs,
 }
 
+/// A size in bytes with an optional K, M or G suffix (powers of 1024), as
+/// upstream criu's `--ghost-limit` takes it.
+///
+/// Errors: not a number, or too large.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (a number, optionally with K, M or G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +268,15 @@ mod tests {
         };
         assert_eq!((e.pid, e.syscall.as_str()), (7, "lseek"));
         assert_eq!(e.args, ["3", "-1", "0"]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("10k"), Ok(10 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999999G").is_err());
     }
 }

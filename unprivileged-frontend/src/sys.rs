@@ -444,3 +444,93 @@ pub fn accept_cloexec(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<OwnedF
     };
     cvt(r as libc::c_long).map(owned)
 }
+
+/// fcntl(2) commands the libc crate lacks (asm-generic/fcntl.h).
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+
+/// The owner of the open file description `fd` (fcntl(2) `F_GETOWN_EX`):
+/// (`F_OWNER_TID`/`_PID`/`_PGRP`, ID) and its `F_GETSIG` signal.
+///
+/// Errors: the errno of fcntl.
+pub fn file_owner(fd: &impl AsRawFd) -> std::io::Result<(i32, i32, i32)> {
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut o = [0i32; 2];
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex (two ints) into `o`.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, o.as_mut_ptr()) } as i64)?;
+    // SAFETY: F_GETSIG takes no pointer.
+    let sig = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as i64)?;
+    Ok((o[0], o[1], sig as i32))
+}
+
+/// Set the owner and signal of the open file description `fd` (fcntl(2)
+/// `F_SETOWN_EX`, `F_SETSIG`).
+///
+/// Errors: the errno of fcntl (`ESRCH`: no such thread, process or group).
+pub fn set_file_owner(fd: &impl AsRawFd, kind: i32, pid: i32, sig: i32) -> std::io::Result<()> {
+    let o = [kind, pid];
+    // SAFETY: F_SETOWN_EX reads one struct f_owner_ex (two ints) from `o`.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, o.as_ptr()) } as i64)?;
+    // SAFETY: F_SETSIG takes an integer.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig) } as i64)?;
+    Ok(())
+}
+
+/// `struct flock` of fcntl(2) for a lock of bytes `start` to `end`
+/// (inclusive; `None`: to the end of the file, however long), as its 32
+/// bytes on x86-64: l_type, l_whence (`SEEK_SET`), l_start, l_len, l_pid 0.
+pub fn encode_flock(write: bool, start: u64, end: Option<u64>) -> [u8; 32] {
+    let ty = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    let len = end.map(|e| e.saturating_sub(start) + 1).unwrap_or(0);
+    let mut b = [0u8; 32];
+    b[0..2].copy_from_slice(&ty.to_le_bytes());
+    b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b
+}
+
+/// Take an open file description lock on `fd` without waiting (fcntl(2),
+/// `F_OFD_SETLK`), bytes `start` to `end` as [`encode_flock`].
+///
+/// Errors: the errno of fcntl (`EAGAIN`: someone else holds a conflicting
+/// lock).
+pub fn ofd_lock(
+    fd: &impl AsRawFd,
+    write: bool,
+    start: u64,
+    end: Option<u64>,
+) -> std::io::Result<()> {
+    let mut fl: libc::flock = libc::flock {
+        l_type: if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: start as i64,
+        l_len: end.map(|e| e.saturating_sub(start) + 1).unwrap_or(0) as i64,
+        l_pid: 0,
+    };
+    // SAFETY: F_OFD_SETLK reads one struct flock from `fl`.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } as i64)?;
+    Ok(())
+}
+
+/// flock(2) `fd` shared or exclusive, without waiting.
+///
+/// Errors: the errno of flock (`EWOULDBLOCK`: held by someone else).
+pub fn flock_nb(fd: &impl AsRawFd, write: bool) -> std::io::Result<()> {
+    let op = if write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), op) } as i64)?;
+    Ok(())
+}
+
+/// Take a read or write lease on `fd` (fcntl(2), `F_SETLEASE`).
+///
+/// Errors: the errno of fcntl.
+pub fn set_lease(fd: &impl AsRawFd, write: bool) -> std::io::Result<()> {
+    let ty = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, ty) } as i64)?;
+    Ok(())
+}

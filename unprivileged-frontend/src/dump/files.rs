@@ -2,8 +2,12 @@
 //! filesystem context (cwd, root, umask).
 
 use crate::error::{Error, Result};
-use crate::images::types::{FdEntry, FileEntry, FileId, FileKind, FsEntry};
+use crate::images::types::{
+    FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
+};
+use crate::images::ImageDir;
 use crate::proc::{self, Status};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -21,10 +25,33 @@ fn is_terminal_path(p: &str) -> bool {
     p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"
 }
 
+/// What the options of `criu dump` say about descriptors.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// `--shell-job`: the tree runs on the caller's terminal.
+    pub shell_job: bool,
+    /// `--file-locks`: save file locks (else a held lock refuses the dump).
+    pub file_locks: bool,
+    /// `--ghost-limit`: largest deleted-but-open file saved, in bytes.
+    pub ghost_limit: u64,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            shell_job: false,
+            file_locks: false,
+            ghost_limit: DEFAULT_GHOST_LIMIT,
+        }
+    }
+}
+
+/// Default `--ghost-limit`: 1 MiB, as upstream criu.
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
 /// The open file descriptions of the whole tree, collected process by
 /// process: each description gets one [`FileEntry`], whichever processes
 /// and descriptor numbers refer to it.
-#[derive(Default)]
 pub struct FileTable {
     /// One (pid, fd) per description seen so far, sorted in the kernel's
     /// kcmp(2) `KCMP_FILE` order, with the description's id.
@@ -33,16 +60,36 @@ pub struct FileTable {
     pub entries: Vec<FileEntry>,
     /// A pidfd of the process whose descriptors are being collected.
     pidfd: Option<(i32, OwnedFd)>,
+    opts: FileOptions,
+    dir: ImageDir,
+    /// Deleted files saved so far: (dev, ino) to their `ghost-DATA.img`.
+    ghosts: HashMap<(u64, u64), u32>,
+    /// POSIX locks recorded so far: (pid, dev, ino, start, end, write); a
+    /// process's lock shows on each of its descriptors of the file.
+    posix: HashSet<(i32, u64, u64, u64, Option<u64>, bool)>,
 }
 
 impl FileTable {
+    /// An empty table; extra data (ghost files) goes to `dir`.
+    pub fn new(opts: FileOptions, dir: &ImageDir) -> Self {
+        FileTable {
+            reps: Vec::new(),
+            entries: Vec::new(),
+            pidfd: None,
+            opts,
+            dir: dir.clone(),
+            ghosts: HashMap::new(),
+            posix: HashSet::new(),
+        }
+    }
+
     /// Collect every descriptor of `pid`, in fd order, adding the
     /// descriptions not seen yet (in this or an earlier process) to the
     /// table.
     ///
     /// Errors: a descriptor of an unsupported kind (naming pid, fd and
     /// kind), unreadable /proc entries.
-    pub fn collect(&mut self, pid: i32, shell_job: bool) -> Result<Vec<FdEntry>> {
+    pub fn collect(&mut self, pid: i32) -> Result<Vec<FdEntry>> {
         let dir = proc::path(pid, "fd");
         let mut fds: Vec<i32> = std::fs::read_dir(&dir)
             .map_err(|e| Error::proc(&dir, e))?
@@ -54,23 +101,36 @@ impl FileTable {
         for fd in fds {
             let link = proc::read_link(&proc::path(pid, &format!("fd/{fd}")))?;
             let ipath = proc::path(pid, &format!("fdinfo/{fd}"));
-            let info = proc::parse_fdinfo(&proc::read_text(&ipath)?)
-                .map_err(|d| Error::parse(&ipath, d))?;
+            let text = proc::read_text(&ipath)?;
+            let info = proc::parse_fdinfo(&text).map_err(|d| Error::parse(&ipath, d))?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
-            let flags = info.flags & !(libc::O_CLOEXEC as u32);
 
             // The same open file description as a descriptor seen before?
-            let at = match self.find(pid, fd) {
-                Ok(id) => {
-                    out.push(FdEntry { fd, cloexec, id });
-                    continue;
+            let id = match self.find(pid, fd) {
+                Ok(id) => id,
+                Err(at) => {
+                    let cur = Current {
+                        pid,
+                        fd,
+                        link: &link,
+                        info: &info,
+                        fdinfo: &text,
+                        flags: info.flags & !(libc::O_CLOEXEC as u32),
+                    };
+                    let kind = self.classify(&cur)?;
+                    let owner = self.owner(&cur, &kind)?;
+                    let id = self.entries.len() as u32;
+                    self.entries.push(FileEntry {
+                        id,
+                        kind,
+                        owner,
+                        locks: Vec::new(),
+                    });
+                    self.reps.insert(at, (pid, fd, id));
+                    id
                 }
-                Err(at) => at,
             };
-            let kind = classify(pid, fd, &link, flags, info.pos, shell_job)?;
-            let id = self.entries.len() as u32;
-            self.entries.push(FileEntry { id, kind });
-            self.reps.insert(at, (pid, fd, id));
+            self.add_locks(pid, fd, &link, &info, id)?;
             out.push(FdEntry { fd, cloexec, id });
         }
         Ok(out)
@@ -123,93 +183,248 @@ impl FileTable {
         }
         Err(lo)
     }
+
+    /// The owner and signal of a file or device description (`F_GETOWN_EX`
+    /// and `F_GETSIG` on a duplicate), `None` when neither is set.
+    fn owner(&mut self, cur: &Current<'_>, kind: &FileKind) -> Result<Option<FileOwner>> {
+        if !matches!(
+            kind,
+            FileKind::Reg { .. } | FileKind::Ghost { .. } | FileKind::Device { .. }
+        ) || cur.flags & libc::O_PATH as u32 != 0
+        {
+            // An O_PATH descriptor has no owner (fcntl says EBADF).
+            return Ok(None);
+        }
+        let copy = self.take_fd(cur.pid, cur.fd)?;
+        let (kind, pid, signal) = crate::sys::file_owner(&copy).map_err(|e| {
+            Error::Unsupported(format!(
+                "pid {} fd {}: reading its owner (F_GETOWN_EX): {e}",
+                cur.pid, cur.fd
+            ))
+        })?;
+        Ok((pid != 0 || signal != 0).then_some(FileOwner { kind, pid, signal }))
+    }
+
+    /// Record the locks the `lock:` lines of the descriptor show; without
+    /// `--file-locks` any lock refuses the dump.
+    fn add_locks(
+        &mut self,
+        pid: i32,
+        fd: i32,
+        link: &str,
+        info: &proc::FdInfo,
+        id: u32,
+    ) -> Result<()> {
+        for l in &info.locks {
+            if !self.opts.file_locks {
+                return Err(Error::Unsupported(format!(
+                    "pid {pid} fd {fd}: {link} is locked ({} {} lock); dump with --file-locks to save file locks",
+                    l.class, l.access
+                )));
+            }
+            let write = l.access == "WRITE";
+            let class = match l.class.as_str() {
+                // Of this process, on the inode; shown on each of its
+                // descriptors of the file: once is enough.
+                "POSIX" => {
+                    if l.pid != pid || !self.posix.insert((pid, 0, info.ino, l.start, l.end, write))
+                    {
+                        continue;
+                    }
+                    LockClass::Posix { pid }
+                }
+                "FLOCK" => LockClass::Flock,
+                "OFDLCK" => LockClass::Ofd,
+                "LEASE" if l.mode == "ACTIVE" => LockClass::Lease,
+                other => {
+                    return Err(Error::Unsupported(format!(
+                        "pid {pid} fd {fd}: {link} has a {other} {} lock, which cannot be saved",
+                        l.mode
+                    )))
+                }
+            };
+            let lock = FileLock {
+                class,
+                write,
+                start: l.start,
+                end: l.end,
+            };
+            let locks = &mut self.entries[id as usize].locks;
+            if !locks.contains(&lock) {
+                locks.push(lock);
+            }
+        }
+        Ok(())
+    }
+
+    fn classify(&mut self, cur: &Current<'_>) -> Result<FileKind> {
+        let (pid, fd, link, flags) = (cur.pid, cur.fd, cur.link, cur.flags);
+        let unsupported = |what: String| {
+            Err(Error::Unsupported(format!(
+                "pid {pid} fd {fd}: {what} ({link}) is not supported yet; close it in the process (or start it without it) before dumping"
+            )))
+        };
+        if !link.starts_with('/') {
+            // pipe:[N], socket:[N], anon_inode:[eventfd], ...
+            if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
+                crate::warn!(
+                    "pid {pid} fd {fd} is {link}, whose other end is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
+                );
+                return Ok(FileKind::Inherited {
+                    was: link.to_string(),
+                });
+            }
+            let kind = link.split(':').next().unwrap_or(link);
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
+            return unsupported(format!("{article} {kind} descriptor"));
+        }
+        if is_terminal_path(link) && link != "/dev/tty" {
+            if fd <= 2 {
+                if !self.opts.shell_job {
+                    crate::warn!(
+                        "pid {pid} fd {fd} is the terminal {link}; it will be the restoring criu's fd {fd} (use --shell-job to say so)"
+                    );
+                }
+                return Ok(FileKind::Inherited {
+                    was: link.to_string(),
+                });
+            }
+            return unsupported("a terminal".into());
+        }
+        // Metadata of the open file itself, not whatever the path names now.
+        let fdpath = proc::path(pid, &format!("fd/{fd}"));
+        let md = std::fs::metadata(&fdpath).map_err(|e| Error::proc(&fdpath, e))?;
+        let ft = md.file_type();
+        if ft.is_char_device() {
+            if DEVICES.contains(&link) {
+                return Ok(FileKind::Device {
+                    path: link.to_string(),
+                    flags,
+                });
+            }
+            return unsupported("a character device".into());
+        }
+        if ft.is_file() && md.nlink() == 0 {
+            return self.ghost(cur, &md);
+        }
+        if ft.is_file() || ft.is_dir() {
+            if md.nlink() == 0 || link.ends_with(" (deleted)") {
+                return unsupported("a deleted directory".into());
+            }
+            return Ok(FileKind::Reg {
+                file: FileId {
+                    path: link.to_string(),
+                    size: md.size(),
+                    dev: md.dev(),
+                    ino: md.ino(),
+                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                },
+                flags,
+                pos: cur.info.pos,
+            });
+        }
+        if ft.is_fifo() {
+            if fd <= 2 {
+                return Ok(FileKind::Inherited {
+                    was: link.to_string(),
+                });
+            }
+            return unsupported("a FIFO".into());
+        }
+        unsupported("this kind of file".into())
+    }
+
+    /// A regular file with no name left: save its contents once (per
+    /// inode) into `ghost-DATA.img`, up to `--ghost-limit` bytes.
+    fn ghost(&mut self, cur: &Current<'_>, md: &std::fs::Metadata) -> Result<FileKind> {
+        let (pid, fd) = (cur.pid, cur.fd);
+        let path = cur
+            .link
+            .strip_suffix(" (deleted)")
+            .unwrap_or(cur.link)
+            .to_string();
+        let key = (md.dev(), md.ino());
+        let data = match self.ghosts.get(&key) {
+            Some(&d) => d,
+            None => {
+                if md.size() > self.opts.ghost_limit {
+                    return Err(Error::Unsupported(format!(
+                        "pid {pid} fd {fd}: {path} was deleted while open and holds {} bytes, over the --ghost-limit of {} bytes; dump with a larger --ghost-limit",
+                        md.size(),
+                        self.opts.ghost_limit
+                    )));
+                }
+                let data = self.entries.len() as u32;
+                let copy = self.take_fd(pid, fd)?;
+                let out = self.dir.ghost(data);
+                save_ghost(&copy, md.size(), &out).map_err(|e| {
+                    Error::Unsupported(format!(
+                        "pid {pid} fd {fd}: saving deleted file {path} to {}: {e}",
+                        out.display()
+                    ))
+                })?;
+                crate::info!(
+                    "pid {pid} fd {fd}: deleted file {path}, {} bytes saved",
+                    md.size()
+                );
+                self.ghosts.insert(key, data);
+                data
+            }
+        };
+        Ok(FileKind::Ghost {
+            path,
+            data,
+            size: md.size(),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            flags: cur.flags,
+            pos: cur.info.pos,
+        })
+    }
 }
 
-fn classify(
+/// The descriptor being classified.
+struct Current<'a> {
     pid: i32,
     fd: i32,
-    link: &str,
+    /// Its `/proc/PID/fd/FD` link.
+    link: &'a str,
+    info: &'a proc::FdInfo,
+    /// The whole `/proc/PID/fdinfo/FD` text (kind-specific lines).
+    #[allow(dead_code)]
+    fdinfo: &'a str,
+    /// Open flags without `O_CLOEXEC`.
     flags: u32,
-    pos: u64,
-    shell_job: bool,
-) -> Result<FileKind> {
-    let unsupported = |what: String| {
-        Err(Error::Unsupported(format!(
-            "pid {pid} fd {fd}: {what} ({link}) is not supported yet; close it in the process (or start it without it) before dumping"
-        )))
-    };
-    if !link.starts_with('/') {
-        // pipe:[N], socket:[N], anon_inode:[eventfd], ...
-        if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
-            crate::warn!(
-                "pid {pid} fd {fd} is {link}, whose other end is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
-            );
-            return Ok(FileKind::Inherited {
-                was: link.to_string(),
-            });
+}
+
+/// Copy `size` bytes of `file` from offset 0 (pread: its offset does not
+/// move) into a new file `out`, fsynced.
+fn save_ghost(file: &OwnedFd, size: u64, out: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::from(file.try_clone()?);
+    let mut dst = std::fs::File::create(out)?;
+    let mut buf = vec![0u8; (size.min(1 << 20) as usize).max(1)];
+    let mut off = 0u64;
+    while off < size {
+        let want = ((size - off) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("file shrank to {off} bytes while saving"),
+            ));
         }
-        let kind = link.split(':').next().unwrap_or(link);
-        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
-            "an"
-        } else {
-            "a"
-        };
-        return unsupported(format!("{article} {kind} descriptor"));
+        dst.write_all(&buf[..n])?;
+        off += n as u64;
     }
-    if link.ends_with(" (deleted)") {
-        return unsupported("an unlinked (deleted) file".into());
-    }
-    if is_terminal_path(link) && link != "/dev/tty" {
-        if fd <= 2 {
-            if !shell_job {
-                crate::warn!(
-                    "pid {pid} fd {fd} is the terminal {link}; it will be the restoring criu's fd {fd} (use --shell-job to say so)"
-                );
-            }
-            return Ok(FileKind::Inherited {
-                was: link.to_string(),
-            });
-        }
-        return unsupported("a terminal".into());
-    }
-    // Metadata of the open file itself, not whatever the path names now.
-    let fdpath = proc::path(pid, &format!("fd/{fd}"));
-    let md = std::fs::metadata(&fdpath).map_err(|e| Error::proc(&fdpath, e))?;
-    let ft = md.file_type();
-    if ft.is_char_device() {
-        if DEVICES.contains(&link) {
-            return Ok(FileKind::Device {
-                path: link.to_string(),
-                flags,
-            });
-        }
-        return unsupported("a character device".into());
-    }
-    if ft.is_file() || ft.is_dir() {
-        if md.nlink() == 0 {
-            return unsupported("an unlinked file".into());
-        }
-        return Ok(FileKind::Reg {
-            file: FileId {
-                path: link.to_string(),
-                size: md.size(),
-                dev: md.dev(),
-                ino: md.ino(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            },
-            flags,
-            pos,
-        });
-    }
-    if ft.is_fifo() {
-        if fd <= 2 {
-            return Ok(FileKind::Inherited {
-                was: link.to_string(),
-            });
-        }
-        return unsupported("a FIFO".into());
-    }
-    unsupported("this kind of file".into())
+    dst.sync_all()
 }
 
 /// Collect cwd, root and umask.
@@ -241,7 +456,7 @@ mod tests {
     fn take_fd_gives_the_same_description() {
         let me = std::process::id() as i32;
         let f = std::fs::File::open("/proc/self/status").unwrap();
-        let mut t = FileTable::default();
+        let mut t = FileTable::new(FileOptions::default(), &ImageDir::new("/nonexistent"));
         let copy = t.take_fd(me, f.as_raw_fd()).unwrap();
         assert!(
             crate::sys::same_file_description(me, f.as_raw_fd(), me, copy.as_raw_fd()).unwrap()

@@ -353,11 +353,18 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
     };
     let mut entries = Vec::new();
     let mut shared = mm::SharedStored::default();
-    let mut table = files::FileTable::default();
+    let mut table = files::FileTable::new(
+        files::FileOptions {
+            shell_job: args.common.shell_job,
+            file_locks: args.file_locks,
+            ghost_limit: args.ghost_limit,
+        },
+        dir,
+    );
     for p in &tree.procs {
         let stat = crate::proc::read_stat(p.pid)?;
         if p.zombie.is_none() {
-            dump_seized(h, p, &stat, args, dir, &mut shared, &mut table)?;
+            dump_seized(h, p, &stat, dir, &mut shared, &mut table)?;
         }
         entries.push(PstreeEntry {
             pid: p.pid,
@@ -465,7 +472,6 @@ fn dump_seized(
     h: &mut Helper,
     p: &Proc,
     stat: &crate::proc::Stat,
-    args: &DumpArgs,
     dir: &ImageDir,
     shared: &mut mm::SharedStored,
     table: &mut files::FileTable,
@@ -505,7 +511,7 @@ fn dump_seized(
     remote.scratch_len = SCRATCH_LEN;
 
     let collected = collect_and_write(
-        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, args, dir, shared, table,
+        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, dir, shared, table,
     );
     // The scratch area goes away whatever happened.
     let unmapped = remote.call(
@@ -530,7 +536,6 @@ fn collect_and_write(
     regs: shared_ipc::UserRegs,
     xstate: Vec<u8>,
     sigmask: u64,
-    args: &DumpArgs,
     dir: &ImageDir,
     shared: &mut mm::SharedStored,
     table: &mut files::FileTable,
@@ -553,7 +558,7 @@ fn collect_and_write(
     let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6])?;
     let mm = mm::collect(pid, stat, brk, vmas)?;
     info!("collecting descriptors of pid {pid}");
-    let fds = table.collect(pid, args.common.shell_job)?;
+    let fds = table.collect(pid)?;
     let fs = files::collect_fs(pid, status)?;
 
     info!("writing images of pid {pid} to {}", dir.path().display());

@@ -53,6 +53,10 @@ impl ImageDir {
     pub fn file_table(&self) -> PathBuf {
         self.dir.join("files.img")
     }
+    /// `ghost-DATA.img`: the contents of a deleted file (raw bytes).
+    pub fn ghost(&self, data: u32) -> PathBuf {
+        self.dir.join(format!("ghost-{data}.img"))
+    }
     /// `pagemap-PID.img`
     pub fn pagemap(&self, pid: i32) -> PathBuf {
         self.dir.join(format!("pagemap-{pid}.img"))

@@ -410,6 +410,54 @@ pub struct FileEntry {
     pub id: u32,
     /// What it is.
     pub kind: FileKind,
+    /// Who gets `SIGIO`/`SIGURG` for it and with which signal (see
+    /// fcntl(2), `F_SETOWN_EX`, `F_SETSIG`); `None` when neither was set.
+    pub owner: Option<FileOwner>,
+    /// Locks held through it (`--file-locks`).
+    pub locks: Vec<FileLock>,
+}
+
+/// The owner of an open file description (fcntl(2), `F_GETOWN_EX`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileOwner {
+    /// `F_OWNER_TID` (0), `F_OWNER_PID` (1) or `F_OWNER_PGRP` (2).
+    pub kind: i32,
+    /// The thread, process or process group ID (0: none).
+    pub pid: i32,
+    /// `F_GETSIG`: the signal sent instead of `SIGIO` (0: `SIGIO`).
+    pub signal: i32,
+}
+
+/// A file lock (see fcntl(2) "Advisory record locking" and "Open file
+/// description locks", flock(2), and "Leases").
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileLock {
+    /// What kind of lock.
+    pub class: LockClass,
+    /// A write (exclusive) lock, else a read (shared) one.
+    pub write: bool,
+    /// First byte locked (0 for flock and leases).
+    pub start: u64,
+    /// Last byte locked, `None` for "to the end of the file, however
+    /// long".
+    pub end: Option<u64>,
+}
+
+/// Kinds of [`FileLock`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum LockClass {
+    /// A POSIX record lock (`F_SETLK`), owned by process `pid`, which
+    /// takes it again at restore through this description.
+    Posix {
+        /// The owning process.
+        pid: i32,
+    },
+    /// A flock(2) lock, owned by the description.
+    Flock,
+    /// An open file description lock (`F_OFD_SETLK`).
+    Ofd,
+    /// A lease (`F_SETLEASE`).
+    Lease,
 }
 
 /// What an open file description refers to.
@@ -421,6 +469,33 @@ pub enum FileKind {
         file: FileId,
         /// Open flags (`O_ACCMODE`, `O_APPEND`, `O_NONBLOCK`, ... without
         /// `O_CLOEXEC`, see open(2)).
+        flags: u32,
+        /// File offset in bytes.
+        pos: u64,
+    },
+    /// A regular file that was unlinked while open ("ghost" file), or an
+    /// `O_TMPFILE` file never linked: its contents are in
+    /// `ghost-DATA.img` (raw bytes, `size` long). Restore creates it again
+    /// (at `path` when the name is free, else beside it), unlinks it, and
+    /// opens each description through it.
+    Ghost {
+        /// The path it had, without " (deleted)" (for `O_TMPFILE`:
+        /// `DIR/#INODE`).
+        path: String,
+        /// Number of its contents file `ghost-DATA.img` (the id of the first
+        /// description of this file), shared by every description of it.
+        data: u32,
+        /// Size in bytes.
+        size: u64,
+        /// File mode bits (`st_mode & 07777`).
+        mode: u32,
+        /// Owner user ID.
+        uid: u32,
+        /// Owner group ID.
+        gid: u32,
+        /// Last modification, ns since the epoch.
+        mtime_ns: i64,
+        /// Open flags, as for [`FileKind::Reg`].
         flags: u32,
         /// File offset in bytes.
         pos: u64,

@@ -5,11 +5,15 @@
 //! injected recvmsg(2) and moves each descriptor to its number. Processes
 //! that shared a description at dump share it again.
 
+use super::ghost;
 use super::mm::close_in;
 use super::validate::Checkpoint;
 use crate::error::{Error, Result};
 use crate::helper::Helper;
-use crate::images::types::{FdEntry, FileEntry, FileId, FileKind, FsEntry, MmEntry, VmaKind};
+use crate::images::types::{
+    FdEntry, FileEntry, FileId, FileKind, FileOwner, FsEntry, LockClass, MmEntry, VmaKind,
+};
+use crate::images::ImageDir;
 use crate::info;
 use crate::remote::Remote;
 use nix::sys::socket::{self, ControlMessage, MsgFlags};
@@ -17,8 +21,13 @@ use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-/// Open flags never replayed when reopening a file.
-const DROP_FLAGS: i32 = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
+/// `__O_TMPFILE`: the bit of `O_TMPFILE` besides `O_DIRECTORY`.
+const O_TMPFILE_BIT: i32 = 0o20000000;
+
+/// Open flags never replayed when reopening a file (`O_TMPFILE` would make
+/// a new file).
+const DROP_FLAGS: i32 =
+    libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | O_TMPFILE_BIT;
 
 /// Most descriptors one `SCM_RIGHTS` message carries (`SCM_MAX_FD`, see
 /// unix(7)).
@@ -34,9 +43,15 @@ const CTL_OFF: u64 = 512;
 /// batch's control buffer (`CMSG_SPACE(BATCH * 4)`).
 const SCRATCH_NEEDED: u64 = CTL_OFF + ((16 + BATCH * 4).div_ceil(8) * 8) as u64;
 
-/// The flags a file is reopened with.
+/// The flags a file is reopened with: an `O_TMPFILE` file is a regular
+/// file, opened without `O_TMPFILE` and so without `O_DIRECTORY`.
 pub fn reopen_flags(dumped: u32) -> i32 {
-    dumped as i32 & !DROP_FLAGS
+    let f = dumped as i32;
+    if f & O_TMPFILE_BIT != 0 {
+        f & !DROP_FLAGS & !libc::O_DIRECTORY
+    } else {
+        f & !DROP_FLAGS
+    }
 }
 
 /// The descriptor number every stub has its end of the transport socket
@@ -108,6 +123,14 @@ pub struct FileSender<'a> {
     local: OwnedFd,
     /// The number of the tasks' end in every task.
     pub transport: i32,
+    /// The images directory (ghost file contents).
+    dir: ImageDir,
+    /// Deleted files made again, by their `data` number: a descriptor of
+    /// the new (already unlinked) file that each description reopens.
+    ghosts: HashMap<u32, OwnedFd>,
+    /// Owners naming a task not created yet when the description was made
+    /// (a thread): set by [`FileSender::finish`].
+    pending_owners: Vec<(OwnedFd, FileOwner, i32, i32)>,
 }
 
 impl<'a> FileSender<'a> {
@@ -139,6 +162,9 @@ impl<'a> FileSender<'a> {
                 last_user,
                 local,
                 transport: transport_fd(ck),
+                dir: ImageDir::new(&ck.root().dir),
+                ghosts: HashMap::new(),
+                pending_owners: Vec::new(),
             },
             remote,
         ))
@@ -163,7 +189,12 @@ impl<'a> FileSender<'a> {
             return Ok(f.fd);
         }
         if !self.made.contains_key(&f.id) {
-            let fd = make(&self.table[f.id as usize], pid, f.fd)?;
+            let e = &self.table[f.id as usize];
+            let fd = match &e.kind {
+                FileKind::Ghost { .. } => self.make_ghost(e, pid, f.fd)?,
+                _ => make(e, pid, f.fd)?,
+            };
+            self.describe_more(e, &fd, pid, f.fd)?;
             self.made.insert(f.id, fd);
         }
         Ok(self.made[&f.id].as_raw_fd())
@@ -181,6 +212,109 @@ impl<'a> FileSender<'a> {
             .map_err(|e| {
                 Error::Unsupported(format!("pid {pid}: passing descriptors to the task: {e}"))
             })?;
+        Ok(())
+    }
+
+    /// Owner and the locks that belong to the description itself (flock,
+    /// OFD, lease), set in criu on `fd`, the description just made.
+    fn describe_more(&mut self, e: &FileEntry, fd: &OwnedFd, pid: i32, n: i32) -> Result<()> {
+        if let Some(o) = &e.owner {
+            match crate::sys::set_file_owner(fd, o.kind, o.pid, o.signal) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {
+                    let copy = fd.try_clone().map_err(|err| Error::file("dup", err))?;
+                    self.pending_owners.push((copy, o.clone(), pid, n));
+                }
+                Err(err) => return Err(owner_error(pid, n, o, &err)),
+            }
+        }
+        for l in &e.locks {
+            let what = match l.class {
+                LockClass::Posix { .. } => continue,
+                LockClass::Flock => ("flock", crate::sys::flock_nb(fd, l.write)),
+                LockClass::Ofd => (
+                    "OFD lock",
+                    crate::sys::ofd_lock(fd, l.write, l.start, l.end),
+                ),
+                LockClass::Lease => ("lease", crate::sys::set_lease(fd, l.write)),
+            };
+            if let (name, Err(err)) = what {
+                return Err(Error::Refused(format!(
+                    "pid {pid} fd {n}: cannot take its {} {name} again: {err} (another process holds a conflicting one?)",
+                    if l.write { "write" } else { "read" }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make a deleted file again (once per file: every description of it
+    /// reopens the same new inode) and open one description of it.
+    fn make_ghost(&mut self, e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
+        let FileKind::Ghost {
+            path,
+            data,
+            size,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            flags,
+            pos,
+        } = &e.kind
+        else {
+            unreachable!("make_ghost on a ghost entry only")
+        };
+        if !self.ghosts.contains_key(data) {
+            let src = self.dir.ghost(*data);
+            let (keeper, exact) = ghost::create(
+                path,
+                &src,
+                *size,
+                *mode,
+                *uid,
+                *gid,
+                *mtime_ns,
+                *flags as i32,
+            )
+            .map_err(|err| {
+                Error::Refused(format!(
+                    "pid {pid} fd {fd}: cannot make the deleted file {path} again: {err}"
+                ))
+            })?;
+            if exact {
+                // Made with this description's own flags (O_TMPFILE).
+                let f = keeper.try_clone().map_err(|err| Error::file("dup", err))?;
+                self.ghosts.insert(*data, keeper);
+                // Writing the contents moved the offset: set it even to 0.
+                nix::unistd::lseek(f.as_raw_fd(), *pos as i64, nix::unistd::Whence::SeekSet)
+                    .map_err(|err| {
+                        Error::Refused(format!("pid {pid} fd {fd}: seek in {path}: {err}"))
+                    })?;
+                return Ok(f);
+            }
+            self.ghosts.insert(*data, keeper);
+        }
+        let keeper = self.ghosts[data].as_raw_fd();
+        let f = open(
+            &format!("/proc/self/fd/{keeper}"),
+            reopen_flags(*flags),
+            pid,
+            fd,
+        )?;
+        seek(&f, *pos, path, pid, fd)?;
+        Ok(f)
+    }
+
+    /// Set the owners that named a task not there yet when their
+    /// description was made; call once every task exists.
+    ///
+    /// Errors: [`Error::Refused`] when the owner still does not exist.
+    pub fn finish(&mut self) -> Result<()> {
+        for (fd, o, pid, n) in self.pending_owners.drain(..) {
+            crate::sys::set_file_owner(&fd, o.kind, o.pid, o.signal)
+                .map_err(|err| owner_error(pid, n, &o, &err))?;
+        }
         Ok(())
     }
 
@@ -213,21 +347,41 @@ fn make(e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
         FileKind::Reg { file, flags, pos } => {
             let fl = reopen_flags(*flags);
             let f = open(&file.path, fl, pid, fd)?;
-            if *pos != 0 && fl & libc::O_PATH == 0 {
-                nix::unistd::lseek(f.as_raw_fd(), *pos as i64, nix::unistd::Whence::SeekSet)
-                    .map_err(|err| {
-                        Error::Refused(format!(
-                            "pid {pid} fd {fd}: cannot seek {} to {pos}: {}",
-                            file.path,
-                            err.desc()
-                        ))
-                    })?;
+            if fl & libc::O_PATH == 0 {
+                seek(&f, *pos, &file.path, pid, fd)?;
             }
             Ok(f)
         }
         FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
-        FileKind::Inherited { .. } => unreachable!("inherited descriptors are criu's own"),
+        FileKind::Inherited { .. } | FileKind::Ghost { .. } => {
+            unreachable!("made by FileSender::get")
+        }
     }
+}
+
+fn seek(f: &OwnedFd, pos: u64, path: &str, pid: i32, fd: i32) -> Result<()> {
+    if pos == 0 {
+        return Ok(());
+    }
+    nix::unistd::lseek(f.as_raw_fd(), pos as i64, nix::unistd::Whence::SeekSet).map_err(|err| {
+        Error::Refused(format!(
+            "pid {pid} fd {fd}: cannot seek {path} to {pos}: {}",
+            err.desc()
+        ))
+    })?;
+    Ok(())
+}
+
+fn owner_error(pid: i32, fd: i32, o: &FileOwner, err: &std::io::Error) -> Error {
+    Error::Refused(format!(
+        "pid {pid} fd {fd}: cannot make {} {} its owner again (F_SETOWN_EX): {err}",
+        match o.kind {
+            0 => "thread",
+            2 => "process group",
+            _ => "process",
+        },
+        o.pid
+    ))
 }
 
 fn open(path: &str, flags: i32, pid: i32, fd: i32) -> Result<OwnedFd> {
@@ -332,7 +486,40 @@ pub fn restore_fds(
         }
     }
     close_in(h, r, t)?;
+    restore_posix_locks(h, r, sender.table, files)?;
     info!("pid {}: {} descriptors restored", r.pid, files.len());
+    Ok(())
+}
+
+/// POSIX record locks are the process's own: it takes each again, through
+/// one of its descriptors of the file, by an injected `fcntl(F_SETLK)`.
+///
+/// Errors: the lock is held by someone else now, or the call failed.
+fn restore_posix_locks(
+    h: &mut Helper,
+    r: &Remote,
+    table: &[FileEntry],
+    files: &[FdEntry],
+) -> Result<()> {
+    let mut done: Vec<u32> = Vec::new();
+    for f in files {
+        if done.contains(&f.id) {
+            continue;
+        }
+        done.push(f.id);
+        for l in &table[f.id as usize].locks {
+            if l.class != (LockClass::Posix { pid: r.pid }) {
+                continue;
+            }
+            let arg = r.put(h, 0, &crate::sys::encode_flock(l.write, l.start, l.end))?;
+            r.call(
+                h,
+                &format!("fcntl({}, F_SETLK, {}-{:?})", f.fd, l.start, l.end),
+                libc::SYS_fcntl,
+                [f.fd as u64, libc::F_SETLK as u64, arg, 0, 0, 0],
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod files;
+mod ghost;
 mod layout;
 mod mm;
 mod task;
@@ -111,6 +112,7 @@ fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
         restore_stub(h, p, reaps, &shared, &mut sender)?;
         sender.done_with(i);
     }
+    sender.finish()?;
     Ok(())
 }
 

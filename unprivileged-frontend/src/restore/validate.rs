@@ -600,7 +600,9 @@ pub fn check_file_table(path: &Path, table: &[FileEntry]) -> Result<()> {
                     format!("file {i}: path {:?} not absolute", file.path),
                 ))
             }
-            FileKind::Device { path: p, .. } if !p.starts_with('/') => {
+            FileKind::Device { path: p, .. } | FileKind::Ghost { path: p, .. }
+                if !p.starts_with('/') =>
+            {
                 return Err(invalid(path, format!("file {i}: path {p:?} not absolute")))
             }
             _ => {}
@@ -908,6 +910,8 @@ pub(crate) mod tests {
             FileEntry {
                 id: 0,
                 kind: FileKind::Inherited { was: "x".into() },
+                owner: None,
+                locks: Vec::new(),
             },
             FileEntry {
                 id: 1,
@@ -915,6 +919,8 @@ pub(crate) mod tests {
                     path: "/dev/null".into(),
                     flags: 0,
                 },
+                owner: None,
+                locks: Vec::new(),
             },
         ];
         check_file_table(&p(), &table).unwrap();

@@ -633,6 +633,18 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
         }
         FileKind::Device { path, flags } => ("device", path.clone(), open_flags(*flags), None),
         FileKind::Inherited { was } => ("inherited", was.clone(), String::new(), None),
+        FileKind::Ghost {
+            path,
+            size,
+            flags,
+            pos,
+            ..
+        } => (
+            "ghost",
+            format!("{path} (deleted, {size} bytes saved)"),
+            open_flags(*flags),
+            Some(*pos),
+        ),
     }
 }
 
