@@ -219,6 +219,14 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(owned)
 }
 
+/// `pidfd_open(2)` with `flags` (`PIDFD_NONBLOCK` = `O_NONBLOCK`).
+///
+/// Errors: its errno (`ESRCH`: no such process).
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) }).map(owned)
+}
+
 /// `pidfd_getfd(2)`: a duplicate of descriptor `fd` of the process `pidfd`
 /// refers to.
 ///

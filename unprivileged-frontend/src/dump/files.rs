@@ -264,6 +264,11 @@ impl FileTable {
                 "pid {pid} fd {fd}: {what} ({link}) is not supported yet; close it in the process (or start it without it) before dumping"
             )))
         };
+        if crate::fdkind::pidfd::is_pidfd(link) {
+            return Ok(FileKind::Pidfd(crate::fdkind::pidfd::dump(
+                pid, fd, cur.fdinfo, flags,
+            )?));
+        }
         if !link.starts_with('/') {
             // pipe:[N], socket:[N], anon_inode:[eventfd], ...
             if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
@@ -397,7 +402,6 @@ struct Current<'a> {
     link: &'a str,
     info: &'a proc::FdInfo,
     /// The whole `/proc/PID/fdinfo/FD` text (kind-specific lines).
-    #[allow(dead_code)]
     fdinfo: &'a str,
     /// Open flags without `O_CLOEXEC`.
     flags: u32,

@@ -11,5 +11,6 @@ pub mod event;
 pub mod inet;
 pub mod inotify;
 pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod unix;

@@ -500,6 +500,8 @@ pub enum FileKind {
         /// File offset in bytes.
         pos: u64,
     },
+    /// A pidfd (see pidfd_open(2)).
+    Pidfd(crate::fdkind::pidfd::PidfdEntry),
     /// A character device reopened by path (`/dev/null`, `/dev/zero`, ...).
     Device {
         /// Device path.

@@ -353,6 +353,7 @@ fn make(e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
             Ok(f)
         }
         FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
+        FileKind::Pidfd(p) => crate::fdkind::pidfd::restore(p, pid, fd),
         FileKind::Inherited { .. } | FileKind::Ghost { .. } => {
             unreachable!("made by FileSender::get")
         }

@@ -633,6 +633,7 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
         }
         FileKind::Device { path, flags } => ("device", path.clone(), open_flags(*flags), None),
         FileKind::Inherited { was } => ("inherited", was.clone(), String::new(), None),
+        FileKind::Pidfd(p) => ("pidfd", format!("pid {}", p.pid), open_flags(p.flags), None),
         FileKind::Ghost {
             path,
             size,
