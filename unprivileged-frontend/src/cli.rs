@@ -95,6 +95,15 @@ pub struct DumpArgs {
     /// (suffixes K, M, G); default 1M.
     #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub ghost_limit: u64,
+    /// Allow UNIX sockets connected to a peer outside the dumped tree:
+    /// restore connects them to the peer's name again.
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// An external resource the dump may refer to; `unix[INO]` allows the
+    /// UNIX socket with inode INO (or the one connected to INO) to have its
+    /// peer outside the dumped tree, as --ext-unix-sk does for all.
+    #[arg(long = "external", value_name = "KIND[ID]")]
+    pub external: Vec<String>,
     /// Common options.
     #[command(flatten)]
     pub common: Common,

@@ -2,13 +2,14 @@
 //! filesystem context (cwd, root, umask).
 
 use crate::error::{Error, Result};
+use crate::fdkind::unix;
 use crate::images::types::{
     FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
 };
 use crate::images::ImageDir;
 use crate::proc::{self, Status};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Character devices reopened by path.
@@ -67,6 +68,14 @@ pub struct FileTable {
     /// POSIX locks recorded so far: (pid, dev, ino, start, end, write); a
     /// process's lock shows on each of its descriptors of the file.
     posix: HashSet<(i32, u64, u64, u64, Option<u64>, bool)>,
+    /// Per id: the first (pid, fd) that holds it (pid 0: only in flight in
+    /// a socket's queue) and whether every holder has it as fd 0, 1 or 2.
+    holders: Vec<(i32, i32, bool)>,
+    /// criu's own duplicates of descriptors in flight in socket queues,
+    /// kept open so that kcmp(2) can compare others with them.
+    own: Vec<OwnedFd>,
+    /// Reads UNIX sockets (opened on the first one).
+    unix: Option<unix::Dumper>,
 }
 
 impl FileTable {
@@ -80,6 +89,9 @@ impl FileTable {
             dir: dir.clone(),
             ghosts: HashMap::new(),
             posix: HashSet::new(),
+            holders: Vec::new(),
+            own: Vec::new(),
+            unix: None,
         }
     }
 
@@ -107,7 +119,10 @@ impl FileTable {
 
             // The same open file description as a descriptor seen before?
             let id = match self.find(pid, fd) {
-                Ok(id) => id,
+                Ok(id) => {
+                    self.holders[id as usize].2 &= fd <= 2;
+                    id
+                }
                 Err(at) => {
                     let cur = Current {
                         pid,
@@ -117,17 +132,24 @@ impl FileTable {
                         fdinfo: &text,
                         flags: info.flags & !(libc::O_CLOEXEC as u32),
                     };
-                    let kind = self.classify(&cur)?;
-                    let owner = self.owner(&cur, &kind)?;
-                    let id = self.entries.len() as u32;
-                    self.entries.push(FileEntry {
-                        id,
-                        kind,
-                        owner,
-                        locks: Vec::new(),
-                    });
-                    self.reps.insert(at, (pid, fd, id));
-                    id
+                    let mut unix_id = None;
+                    if link.starts_with("socket:") {
+                        let sock = self.take_fd(pid, fd)?;
+                        if is_unix(&sock) {
+                            let cwd = proc::read_link(&proc::path(pid, "cwd"))?;
+                            let who = format!("pid {pid} fd {fd}");
+                            unix_id =
+                                Some(self.add_unix(&who, sock, cur.flags, &cwd, at, (pid, fd))?);
+                        }
+                    }
+                    match unix_id {
+                        Some(id) => id,
+                        None => {
+                            let kind = self.classify(&cur)?;
+                            let owner = self.owner(&cur, &kind)?;
+                            self.push(kind, owner, at, (pid, fd))
+                        }
+                    }
                 }
             };
             self.add_locks(pid, fd, &link, &info, id)?;
@@ -153,6 +175,173 @@ impl FileTable {
         }
         let (_, pf) = self.pidfd.as_ref().expect("set just above");
         crate::sys::pidfd_getfd(pf, fd).map_err(|e| fail("pidfd_getfd", e))
+    }
+
+    /// Add a new description held by `holder` (pid, fd) at `at` in the
+    /// kcmp order; pid 0 is criu itself, holding a descriptor in flight.
+    fn push(
+        &mut self,
+        kind: FileKind,
+        owner: Option<FileOwner>,
+        at: usize,
+        holder: (i32, i32),
+    ) -> u32 {
+        let id = self.entries.len() as u32;
+        self.entries.push(FileEntry {
+            id,
+            kind,
+            owner,
+            locks: Vec::new(),
+        });
+        let pid = match holder.0 {
+            0 => std::process::id() as i32,
+            p => p,
+        };
+        self.reps.insert(at, (pid, holder.1, id));
+        self.holders
+            .push((holder.0, holder.1, holder.0 != 0 && holder.1 <= 2));
+        id
+    }
+
+    /// Add the UNIX socket `sock` (criu's duplicate of `holder`'s
+    /// descriptor, or a descriptor in flight), then every descriptor in
+    /// flight in its queue. Its id is taken before the queue is read, so a
+    /// socket in flight in its own queue refers to itself.
+    fn add_unix(
+        &mut self,
+        who: &str,
+        sock: OwnedFd,
+        flags: u32,
+        cwd: &str,
+        at: usize,
+        holder: (i32, i32),
+    ) -> Result<u32> {
+        let placeholder = FileKind::Inherited {
+            was: "socket being read".into(),
+        };
+        let id = self.push(placeholder, None, at, holder);
+        let mut dumper = match self.unix.take() {
+            Some(d) => d,
+            None => unix::Dumper::new()?,
+        };
+        let mut inflight: Vec<OwnedFd> = Vec::new();
+        let nonblock = flags & libc::O_NONBLOCK as u32 != 0;
+        let r = dumper.dump(
+            who,
+            sock.as_fd(),
+            nonblock,
+            std::path::Path::new(cwd),
+            &mut |f| {
+                inflight.push(f);
+                Ok(inflight.len() as u32 - 1)
+            },
+        );
+        self.unix = Some(dumper);
+        let mut e = r?;
+        let ino = e.ino;
+        let mut ids = Vec::with_capacity(inflight.len());
+        for f in inflight {
+            ids.push(self.add_inflight(f, ino)?);
+        }
+        for m in &mut e.queue {
+            for r in &mut m.fds {
+                *r = ids[*r as usize];
+            }
+        }
+        self.entries[id as usize].kind = FileKind::Unix(e);
+        Ok(id)
+    }
+
+    /// The id of a descriptor found in flight in the queue of socket
+    /// `ino`, adding its description if it is new. criu keeps `f` open:
+    /// its number is the description's representative for kcmp(2).
+    fn add_inflight(&mut self, f: OwnedFd, ino: u64) -> Result<u32> {
+        let me = std::process::id() as i32;
+        let raw = f.as_raw_fd();
+        let at = match self.find(me, raw) {
+            Ok(id) => {
+                self.holders[id as usize].2 = false;
+                return Ok(id);
+            }
+            Err(at) => at,
+        };
+        let who = format!("a descriptor in flight in socket:[{ino}]");
+        let link = proc::read_link(&proc::path(me, &format!("fd/{raw}")))?;
+        let ipath = proc::path(me, &format!("fdinfo/{raw}"));
+        let text = proc::read_text(&ipath)?;
+        let info = proc::parse_fdinfo(&text).map_err(|d| Error::parse(&ipath, d))?;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        if link.starts_with("socket:") && is_unix(&f) {
+            let g = f
+                .try_clone()
+                .map_err(|e| Error::Unsupported(format!("{who}: dup: {e}")))?;
+            self.own.push(f);
+            return self.add_unix(&who, g, flags, "/", at, (0, raw));
+        }
+        let cur = Current {
+            pid: me,
+            fd: raw,
+            link: &link,
+            info: &info,
+            fdinfo: &text,
+            flags,
+        };
+        let rename = |e: Error| {
+            let msg = e.to_string();
+            let rest = msg.split_once(": ").map(|x| x.1).unwrap_or(&msg);
+            Error::Unsupported(format!("{who}: {rest}"))
+        };
+        let kind = self.classify(&cur).map_err(rename)?;
+        if matches!(kind, FileKind::Inherited { .. }) {
+            return Err(Error::Unsupported(format!(
+                "{who} ({link}) is not supported yet"
+            )));
+        }
+        let owner = self.owner(&cur, &kind).map_err(rename)?;
+        self.own.push(f);
+        Ok(self.push(kind, owner, at, (0, raw)))
+    }
+
+    /// After every process: check that the peer of every UNIX socket is in
+    /// the table or allowed outside by `ext`; a socket used only as fd 0, 1
+    /// or 2 whose peer is outside is left to be inherited at restore, as
+    /// other standard descriptors are.
+    ///
+    /// Errors: [`Error::Refused`] naming pid, fd, socket and peer.
+    pub fn check_unix(&mut self, ext: &unix::ExtUnix) -> Result<()> {
+        let inos: HashSet<u64> = self
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                FileKind::Unix(u) => Some(u.ino),
+                _ => None,
+            })
+            .collect();
+        for (e, &(pid, fd, stdio)) in self.entries.iter_mut().zip(&self.holders) {
+            if let FileKind::Unix(u) = &e.kind {
+                if stdio && u.peer != 0 && !inos.contains(&u.peer) {
+                    let was = format!("socket:[{}]", u.ino);
+                    crate::warn!(
+                        "pid {pid} fd {fd} is {was}, whose peer is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
+                    );
+                    e.kind = FileKind::Inherited { was };
+                }
+            }
+        }
+        let mut who: HashMap<u64, String> = HashMap::new();
+        let mut socks: Vec<&mut unix::UnixEntry> = Vec::new();
+        for (e, &(pid, fd, _)) in self.entries.iter_mut().zip(&self.holders) {
+            if let FileKind::Unix(u) = &mut e.kind {
+                let w = if pid == 0 {
+                    "a socket in flight".to_string()
+                } else {
+                    format!("pid {pid} fd {fd}")
+                };
+                who.insert(u.ino, w);
+                socks.push(u);
+            }
+        }
+        unix::check_peers(&mut socks, &|ino| who[&ino].clone(), ext)
     }
 
     /// Look (`pid`, `fd`) up among the representatives: `Ok` with the id of
@@ -395,6 +584,12 @@ impl FileTable {
 }
 
 /// The descriptor being classified.
+/// Whether `sock` is a UNIX domain socket (`SO_DOMAIN`, see socket(7)).
+fn is_unix(sock: &OwnedFd) -> bool {
+    crate::sys::getsockopt_int(sock.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .is_ok_and(|d| d == libc::AF_UNIX)
+}
+
 struct Current<'a> {
     pid: i32,
     fd: i32,

@@ -335,6 +335,30 @@ fn check_pipes(tree: &Tree) -> Result<()> {
     Ok(())
 }
 
+/// `--ext-unix-sk` and the `unix[INO]` entries of `--external`.
+///
+/// Errors: [`Error::Refused`] for an `--external` value this criu does not
+/// know.
+fn ext_unix(args: &DumpArgs) -> Result<crate::fdkind::unix::ExtUnix> {
+    let mut ext = crate::fdkind::unix::ExtUnix {
+        all: args.ext_unix_sk,
+        inos: Vec::new(),
+    };
+    for x in &args.external {
+        let ino = x
+            .strip_prefix("unix[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "--external {x}: not understood; this criu knows unix[INO] (INO: a socket inode, as in socket:[INO])"
+                ))
+            })?;
+        ext.inos.push(ino);
+    }
+    Ok(ext)
+}
+
 /// Write the images of every process, then `pstree.img` and, last, the
 /// inventory.
 fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
@@ -388,6 +412,7 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
             );
         }
     }
+    table.check_unix(&ext_unix(args)?)?;
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
     write_image(&dir.file_table(), Kind::FileTable, &table.entries)?;
     // The inventory is written last: a directory without it is incomplete.

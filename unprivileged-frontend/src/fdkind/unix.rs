@@ -174,8 +174,8 @@ pub struct UnixEntry {
     pub name: Option<UnixName>,
     /// The socket file of a pathname name.
     pub file: Option<SockFile>,
-    /// For a relative pathname, the directory it is relative to: the
-    /// holder's working directory at dump (checked against `file`).
+    /// When `name` or `peer_name` is a relative pathname: the holder's
+    /// working directory at dump, taken as the directory it is relative to.
     pub bind_dir: Option<Vec<u8>>,
     /// Inode of the peer socket, 0 if none (or the peer was closed).
     pub peer: u64,
@@ -197,10 +197,11 @@ pub struct UnixEntry {
 }
 
 impl UnixEntry {
-    /// One line for `criu show`: type, state, name, peer, queue.
+    /// One line for `criu show`: type, inode, state, name, peer, shutdown,
+    /// options and queue, e.g. `stream socket:[123] connected peer
+    /// socket:[124] queue 2 messages 10 bytes 1 fds`.
     pub fn describe(&self) -> String {
-        let mut s =
-            format!("unix {:?} socket:[{}] {:?}", self.ty, self.ino, self.state).to_lowercase();
+        let mut s = format!("{:?} socket:[{}] {:?}", self.ty, self.ino, self.state).to_lowercase();
         if let Some(n) = &self.name {
             s += &format!(" name {n}");
         }
@@ -219,8 +220,8 @@ impl UnixEntry {
         if self.shutdown != 0 {
             s += &format!(" shutdown {}", self.shutdown);
         }
-        if self.nonblock {
-            s += " nonblock";
+        if self.opts.passcred {
+            s += " passcred";
         }
         let bytes: usize = self.queue.iter().map(|m| m.data.len()).sum();
         let fds: usize = self.queue.iter().map(|m| m.fds.len()).sum();
@@ -467,16 +468,11 @@ impl Dumper {
             t => return Err(fail("type", &format!("{t:?} is not supported"))),
         };
         let name = UnixName::from_sun_path(&d.name);
-        let bind_dir = match &name {
-            Some(UnixName::Path(p)) if p.first() != Some(&b'/') => {
-                use std::os::unix::ffi::OsStrExt;
-                Some(cwd.as_os_str().as_bytes().to_vec())
-            }
-            _ => None,
-        };
+        // A datagram socket that another one connected to reports
+        // TCP_ESTABLISHED too; it is connected only if it has a peer.
         let state = match d.state {
             ST_LISTEN => UnixState::Listening,
-            ST_ESTABLISHED => UnixState::Connected,
+            ST_ESTABLISHED if ty != UnixType::Dgram || d.peer != 0 => UnixState::Connected,
             _ => UnixState::Unconnected,
         };
         if state == UnixState::Listening && !d.icons.is_empty() {
@@ -486,12 +482,6 @@ impl Dumper {
                 d.icons.len()
             )));
         }
-        let file = match (&name, d.vfs) {
-            (Some(UnixName::Path(p)), Some((vino, vdev))) => {
-                Some(sock_file(&fs_path(p, bind_dir.as_deref()), vino, vdev))
-            }
-            _ => None,
-        };
         let peer = d.peer as u64;
         let peer_name = if peer != 0 {
             match self.diag.query(peer) {
@@ -503,6 +493,18 @@ impl Dumper {
             }
         } else {
             None
+        };
+        let bind_dir = if relative(&name) || relative(&peer_name) {
+            use std::os::unix::ffi::OsStrExt;
+            Some(cwd.as_os_str().as_bytes().to_vec())
+        } else {
+            None
+        };
+        let file = match (&name, d.vfs) {
+            (Some(UnixName::Path(p)), Some((vino, vdev))) => {
+                Some(sock_file(&fs_path(p, bind_dir.as_deref()), vino, vdev))
+            }
+            _ => None,
         };
         let tv_us =
             |t: nix::sys::time::TimeVal| (t.tv_sec() as u64) * 1_000_000 + t.tv_usec() as u64;
@@ -635,6 +637,23 @@ fn sock_file(path: &std::path::Path, vino: u32, vdev: u32) -> SockFile {
         }
     }
     f
+}
+
+fn relative(n: &Option<UnixName>) -> bool {
+    matches!(n, Some(UnixName::Path(p)) if p.first() != Some(&b'/'))
+}
+
+/// The address that reaches `n` from criu: a relative pathname joined to
+/// `dir` (the directory it was relative to).
+fn abs_addr(n: &UnixName, dir: Option<&[u8]>) -> Result<UnixAddr> {
+    match n {
+        UnixName::Path(p) if dir.is_some() && p.first() != Some(&b'/') => {
+            use std::os::unix::ffi::OsStrExt;
+            let full = fs_path(p, dir);
+            UnixName::Path(full.as_os_str().as_bytes().to_vec()).addr()
+        }
+        _ => n.addr(),
+    }
 }
 
 /// Where pathname `name` is in criu's view: joined to `dir` if relative.
@@ -782,6 +801,13 @@ impl Restorer {
         Ok(fd)
     }
 
+    /// Whether the socket `ino` is one of the images' and
+    /// [`Restorer::open`] has not yet returned it (e.g. a socket that was
+    /// only in flight in a queue).
+    pub fn needs_open(&self, ino: u64) -> bool {
+        self.entries.contains_key(&ino) && !self.returned.contains(&ino)
+    }
+
     fn store(&mut self, ino: u64, fd: OwnedFd) -> Result<()> {
         let dup = fd
             .try_clone()
@@ -852,7 +878,7 @@ impl Restorer {
                                 bind_name(cli, c.as_fd(), cn)?;
                             }
                         }
-                        sk::connect(c.as_raw_fd(), &n.addr()?)
+                        sk::connect(c.as_raw_fd(), &abs_addr(n, acc.bind_dir.as_deref())?)
                             .map_err(|er| sys_err(cli, "connect", er))?;
                         let a = sys::accept_cloexec(self.keep[&l].as_fd())
                             .map_err(|er| sys_err(acc, "accept", er))?;
@@ -871,13 +897,15 @@ impl Restorer {
                     let n = e.peer_name.clone().ok_or_else(|| {
                         Error::Refused(format!("{}: external peer without a name", e.who()))
                     })?;
-                    sk::connect(s.as_raw_fd(), &n.addr()?).map_err(|er| {
-                        Error::Refused(format!(
-                            "{}: reconnecting to the external peer {n}: {}",
-                            e.who(),
-                            er.desc()
-                        ))
-                    })?;
+                    sk::connect(s.as_raw_fd(), &abs_addr(&n, e.bind_dir.as_deref())?).map_err(
+                        |er| {
+                            Error::Refused(format!(
+                                "{}: reconnecting to the external peer {n}: {}",
+                                e.who(),
+                                er.desc()
+                            ))
+                        },
+                    )?;
                     self.store(ino, s)
                 } else if e.peer == 0 {
                     // The peer had been closed: a pair whose other end
@@ -949,7 +977,12 @@ impl Restorer {
                         e.peer
                     ))
                 })?;
-                sk::connect(s.as_raw_fd(), &n.addr()?).map_err(|er| {
+                let dir = self
+                    .entries
+                    .get(&e.peer)
+                    .and_then(|p| p.bind_dir.as_deref())
+                    .or(e.bind_dir.as_deref());
+                sk::connect(s.as_raw_fd(), &abs_addr(n, dir)?).map_err(|er| {
                     Error::Refused(format!("{}: connect to {n}: {}", e.who(), er.desc()))
                 })?;
             }
@@ -986,7 +1019,7 @@ impl Restorer {
                     None,
                 )
                 .map_err(|er| sys_err(e, "socket", er))?;
-                (temp.as_fd(), Some(n.addr()?))
+                (temp.as_fd(), Some(abs_addr(n, e.bind_dir.as_deref())?))
             } else {
                 return Err(Error::Refused(format!(
                     "{}: {} queued messages but no socket can send them again",

@@ -516,4 +516,6 @@ pub enum FileKind {
         /// What it was (for `show` and logs), e.g. `pipe:[1234]`.
         was: String,
     },
+    /// A UNIX domain socket (see unix(7)), with its queued data.
+    Unix(crate::fdkind::unix::UnixEntry),
 }

@@ -131,6 +131,8 @@ pub struct FileSender<'a> {
     /// Owners naming a task not created yet when the description was made
     /// (a thread): set by [`FileSender::finish`].
     pending_owners: Vec<(OwnedFd, FileOwner, i32, i32)>,
+    /// Makes the UNIX sockets (see [`crate::fdkind::unix::Restorer`]).
+    unix: crate::fdkind::unix::Restorer,
 }
 
 impl<'a> FileSender<'a> {
@@ -154,6 +156,22 @@ impl<'a> FileSender<'a> {
                 }
             }
         }
+        // Descriptions in flight in a socket's queue are sent again by
+        // [`FileSender::finish`], after every process.
+        for e in &ck.files {
+            if let FileKind::Unix(u) = &e.kind {
+                for id in u.queue.iter().flat_map(|m| &m.fds) {
+                    if let Some(l) = last_user.get_mut(*id as usize) {
+                        *l = usize::MAX;
+                    }
+                }
+            }
+        }
+        let unix =
+            crate::fdkind::unix::Restorer::new(ck.files.iter().filter_map(|e| match &e.kind {
+                FileKind::Unix(u) => Some(u),
+                _ => None,
+            }));
         raise_nofile_limit();
         Ok((
             FileSender {
@@ -165,6 +183,7 @@ impl<'a> FileSender<'a> {
                 dir: ImageDir::new(&ck.root().dir),
                 ghosts: HashMap::new(),
                 pending_owners: Vec::new(),
+                unix,
             },
             remote,
         ))
@@ -192,12 +211,56 @@ impl<'a> FileSender<'a> {
             let e = &self.table[f.id as usize];
             let fd = match &e.kind {
                 FileKind::Ghost { .. } => self.make_ghost(e, pid, f.fd)?,
+                FileKind::Unix(u) => self.unix.open(u).map_err(|er| in_pid(pid, f.fd, er))?,
                 _ => make(e, pid, f.fd)?,
             };
             self.describe_more(e, &fd, pid, f.fd)?;
             self.made.insert(f.id, fd);
         }
         Ok(self.made[&f.id].as_raw_fd())
+    }
+
+    /// After every process has its descriptors, before any runs: make the
+    /// UNIX sockets only in flight, refill every socket's queue (with the
+    /// descriptions in flight), connect, shut down and set options (see
+    /// [`crate::fdkind::unix::Restorer::finish`]).
+    ///
+    /// Errors: making a description or refilling a queue failed.
+    pub fn finish_sockets(&mut self) -> Result<()> {
+        let table = self.table;
+        let mut unix = std::mem::replace(
+            &mut self.unix,
+            crate::fdkind::unix::Restorer::new(std::iter::empty()),
+        );
+        for e in table {
+            if let FileKind::Unix(u) = &e.kind {
+                if !self.made.contains_key(&e.id) && unix.needs_open(u.ino) {
+                    self.made.insert(e.id, unix.open(u)?);
+                }
+            }
+        }
+        let made = &mut self.made;
+        unix.finish(&mut |id| {
+            let e = table.get(id as usize).ok_or_else(|| {
+                Error::Refused(format!("a socket queue refers to file {id}, which files.img does not have"))
+            })?;
+            let fd = match made.entry(id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    if matches!(
+                        e.kind,
+                        FileKind::Inherited { .. } | FileKind::Unix(_) | FileKind::Ghost { .. }
+                    ) {
+                        return Err(Error::Refused(format!(
+                            "file {id} in flight in a socket queue cannot be made here: it is marked inherited, a deleted file, or a socket closed already"
+                        )));
+                    }
+                    v.insert(make(e, 0, -1)?)
+                }
+            };
+            fd.try_clone()
+                .map_err(|er| Error::Refused(format!("dup of file {id}: {er}")))
+        })
     }
 
     /// Send `batch` (at most [`BATCH`]) over the transport, in order.
@@ -326,6 +389,11 @@ impl<'a> FileSender<'a> {
     }
 }
 
+/// Name the first user of a description in an error.
+fn in_pid(pid: i32, fd: i32, e: Error) -> Error {
+    Error::Refused(format!("pid {pid} fd {fd}: {e}"))
+}
+
 /// Raise criu's soft limit on open descriptors to its hard limit: criu
 /// holds each description from its first to its last user.
 fn raise_nofile_limit() {
@@ -354,7 +422,7 @@ fn make(e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
         }
         FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
         FileKind::Pidfd(p) => crate::fdkind::pidfd::restore(p, pid, fd),
-        FileKind::Inherited { .. } | FileKind::Ghost { .. } => {
+        FileKind::Inherited { .. } | FileKind::Ghost { .. } | FileKind::Unix(_) => {
             unreachable!("made by FileSender::get")
         }
     }

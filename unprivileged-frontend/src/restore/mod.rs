@@ -112,6 +112,7 @@ fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
         restore_stub(h, p, reaps, &shared, &mut sender)?;
         sender.done_with(i);
     }
+    sender.finish_sockets()?;
     sender.finish()?;
     Ok(())
 }

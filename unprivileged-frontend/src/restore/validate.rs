@@ -605,6 +605,19 @@ pub fn check_file_table(path: &Path, table: &[FileEntry]) -> Result<()> {
             {
                 return Err(invalid(path, format!("file {i}: path {p:?} not absolute")))
             }
+            FileKind::Unix(u) => {
+                if let Some(r) = u
+                    .queue
+                    .iter()
+                    .flat_map(|m| &m.fds)
+                    .find(|&&r| r as usize >= table.len())
+                {
+                    return Err(invalid(
+                        path,
+                        format!("file {i}: a queued message carries file {r}, which is not in the table"),
+                    ));
+                }
+            }
             _ => {}
         }
     }

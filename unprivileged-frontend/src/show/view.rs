@@ -646,6 +646,10 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
             open_flags(*flags),
             Some(*pos),
         ),
+        FileKind::Unix(u) => {
+            let fl = if u.nonblock { "O_NONBLOCK" } else { "" };
+            ("unix", u.describe(), fl.to_string(), None)
+        }
     }
 }
 
