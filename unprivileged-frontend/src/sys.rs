@@ -542,3 +542,200 @@ pub fn set_lease(fd: &impl AsRawFd, write: bool) -> std::io::Result<()> {
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, ty) } as i64)?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Kinds of open file description (see fdkind/): calls nix does not wrap
+// with the values criu needs (raw signal masks, wd numbers, tick counts).
+
+/// `tee(2)` of up to `len` bytes from the pipe `from` into the pipe `to`
+/// with `SPLICE_F_NONBLOCK`, without consuming them from `from`; returns the
+/// bytes duplicated.
+///
+/// Errors: its errno (`EAGAIN`: `from` is empty or `to` is full).
+pub fn tee_nonblock(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> std::io::Result<usize> {
+    // SAFETY: integer arguments only; both descriptors are borrowed, so open.
+    let r = unsafe {
+        libc::tee(
+            from.as_raw_fd(),
+            to.as_raw_fd(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    cvt(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `ioctl(FIONREAD)`: bytes waiting to be read from `fd` (a pipe, socket or
+/// inotify instance; see pipe(7), inotify(7)).
+///
+/// Errors: its errno.
+pub fn fionread(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: the kernel writes one int to `n`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    cvt(r as libc::c_long).map(|_| n as usize)
+}
+
+/// `signalfd4(2)` creating a new signalfd for the raw 64-bit signal mask
+/// `mask` (bit `n - 1` for signal `n`, as in `/proc/PID/fdinfo` `sigmask:`)
+/// with `flags` (`SFD_NONBLOCK`, `SFD_CLOEXEC`).
+///
+/// Errors: its errno.
+pub fn signalfd(mask: u64, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: the kernel reads 8 bytes (the size passed) from `mask`.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            std::mem::size_of::<u64>(),
+            flags,
+        )
+    })
+    .map(owned)
+}
+
+/// `timerfd_create(2)`.
+///
+/// Errors: its errno.
+pub fn timerfd_create(clockid: i32, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::timerfd_create(clockid, flags) } as libc::c_long).map(owned)
+}
+
+fn ns_to_timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    }
+}
+
+fn timespec_to_ns(t: &libc::timespec) -> u64 {
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// `timerfd_gettime(2)`: (time until the next expiration, interval), both
+/// in nanoseconds; (0, _) when disarmed.
+///
+/// Errors: its errno.
+pub fn timerfd_gettime(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<(u64, u64)> {
+    let mut cur = libc::itimerspec {
+        it_interval: ns_to_timespec(0),
+        it_value: ns_to_timespec(0),
+    };
+    // SAFETY: the kernel writes one itimerspec to `cur`.
+    cvt(unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut cur) } as libc::c_long)?;
+    Ok((
+        timespec_to_ns(&cur.it_value),
+        timespec_to_ns(&cur.it_interval),
+    ))
+}
+
+/// `timerfd_settime(2)`: arm `fd` to expire at `value_ns` (relative, or
+/// absolute on its clock with `TFD_TIMER_ABSTIME` in `flags`) and then
+/// every `interval_ns` nanoseconds.
+///
+/// Errors: its errno.
+pub fn timerfd_settime(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flags: i32,
+    value_ns: u64,
+    interval_ns: u64,
+) -> std::io::Result<()> {
+    let new = libc::itimerspec {
+        it_interval: ns_to_timespec(interval_ns),
+        it_value: ns_to_timespec(value_ns),
+    };
+    // SAFETY: the kernel reads one itimerspec from `new`; NULL old value.
+    cvt(
+        unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &new, std::ptr::null_mut()) }
+            as libc::c_long,
+    )
+    .map(|_| ())
+}
+
+/// `ioctl(TFD_IOC_SET_TICKS)`: set the count of expirations not yet read
+/// from a timerfd (see timerfd_create(2); needs `CONFIG_CHECKPOINT_RESTORE`).
+///
+/// Errors: its errno.
+pub fn timerfd_set_ticks(fd: std::os::fd::BorrowedFd<'_>, ticks: u64) -> std::io::Result<()> {
+    // _IOW('T', 0, u64)
+    const TFD_IOC_SET_TICKS: libc::c_ulong = (1 << 30) | (8 << 16) | ((b'T' as libc::c_ulong) << 8);
+    // SAFETY: the kernel reads one u64 from `ticks`.
+    cvt(
+        unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) }
+            as libc::c_long,
+    )
+    .map(|_| ())
+}
+
+/// `inotify_init1(2)`.
+///
+/// Errors: its errno.
+pub fn inotify_init1(flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer argument only.
+    cvt(unsafe { libc::inotify_init1(flags) } as libc::c_long).map(owned)
+}
+
+/// `inotify_add_watch(2)`: the watch descriptor of `path` with `mask`.
+///
+/// Errors: its errno.
+pub fn inotify_add_watch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+    mask: u32,
+) -> std::io::Result<i32> {
+    // SAFETY: `path` is a NUL-terminated string the kernel only reads.
+    cvt(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) } as libc::c_long)
+        .map(|w| w as i32)
+}
+
+/// `inotify_rm_watch(2)`.
+///
+/// Errors: its errno.
+pub fn inotify_rm_watch(fd: std::os::fd::BorrowedFd<'_>, wd: i32) -> std::io::Result<()> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) } as libc::c_long).map(|_| ())
+}
+
+/// `open_by_handle_at(2)` with `O_PATH`: the file named by the handle
+/// (`handle_type`, `bytes`, as in `/proc/PID/fdinfo` `fhandle-type:` and
+/// `f_handle:`) on the file system `mount_fd` is on.
+///
+/// Errors: its errno (`EPERM` without `CAP_DAC_READ_SEARCH`, `ESTALE` when
+/// the file is gone).
+pub fn open_by_handle(
+    mount_fd: std::os::fd::BorrowedFd<'_>,
+    handle_type: i32,
+    bytes: &[u8],
+) -> std::io::Result<OwnedFd> {
+    // struct file_handle { u32 handle_bytes; int handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + bytes.len()];
+    buf[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&handle_type.to_ne_bytes());
+    buf[8..].copy_from_slice(bytes);
+    // SAFETY: `buf` holds a complete struct file_handle with `handle_bytes`
+    // bytes of handle; the kernel reads it and writes nothing.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    })
+    .map(owned)
+}
+
+/// `eventfd(2)` with a 32-bit initial counter and `flags` (`EFD_CLOEXEC`,
+/// `EFD_NONBLOCK`, `EFD_SEMAPHORE`).
+///
+/// Errors: its errno.
+pub fn eventfd(initval: u32, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::eventfd(initval, flags) } as libc::c_long).map(owned)
+}

@@ -1,1 +1,409 @@
 //! Open file descriptions of memfd files (see memfd_create(2)).
+//!
+//! A memfd is an anonymous tmpfs file: its name (the `NAME` of the
+//! `/proc/PID/fd` link `/memfd:NAME (deleted)`), size, mode, seals
+//! (`F_GET_SEALS`, see fcntl(2) "File sealing") and contents belong to the
+//! inode and are dumped once per memfd, with its first description; each
+//! description keeps its own open flags and file offset.
+//!
+//! The contents go to a raw file of their own in the image directory,
+//! `memfd-INO.img`: the data extents (SEEK_DATA/SEEK_HOLE, see lseek(2))
+//! one after another, so holes cost nothing. They are read through a
+//! private reopen of the memfd, never moving the task's file offset. At
+//! restore the memfd is created with `MFD_ALLOW_SEALING`, refilled, given
+//! its mode, then its seals; further descriptions of it reopen
+//! `/proc/self/fd/N`.
+//!
+//! Not handled: memfds on hugetlbfs (`MFD_HUGETLB`, refused at dump); a
+//! memfd that is also mapped by the task is restored as two inodes (the
+//! mapping's and the descriptor's), not one.
+
+use super::{fdinfo_field, fdinfo_flags, open_path, os_err};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// One open file description of a memfd.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemfdEntry {
+    /// Inode number; descriptions with the same one share the file.
+    pub ino: u64,
+    /// The name given to memfd_create(2) (without the `memfd:` prefix).
+    pub name: String,
+    /// Open flags of this description, without `O_CLOEXEC`.
+    pub flags: u32,
+    /// File offset of this description in bytes.
+    pub pos: u64,
+    /// The file, carried by the first description of each memfd dumped.
+    pub state: Option<MemfdState>,
+}
+
+/// The file behind a memfd.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemfdState {
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (`st_mode & 07777`).
+    pub mode: u32,
+    /// Seals (`F_SEAL_SEAL`, `F_SEAL_SHRINK`, `F_SEAL_GROW`,
+    /// `F_SEAL_WRITE`, `F_SEAL_FUTURE_WRITE`, `F_SEAL_EXEC`).
+    pub seals: u32,
+    /// Data extents as (offset, length) in bytes, in increasing order;
+    /// their bytes follow one another in [`MemfdState::data_file`].
+    pub extents: Vec<(u64, u64)>,
+    /// Name of the raw contents file in the image directory.
+    pub data_file: String,
+}
+
+/// `/memfd:NAME (deleted)` to `NAME`; `None` for any other link.
+pub fn memfd_name(link: &str) -> Option<&str> {
+    link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
+}
+
+/// Dumps memfd descriptions, writing each memfd's contents once.
+#[derive(Debug)]
+pub struct MemfdDumper {
+    dir: PathBuf,
+    seen: HashSet<(u64, u64)>,
+}
+
+impl MemfdDumper {
+    /// A dumper writing contents files into the image directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        MemfdDumper {
+            dir: dir.into(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Dump the description `fd` (criu's duplicate of the task's
+    /// descriptor; its offset is not moved) with fdinfo text `fdinfo` and
+    /// `/proc/PID/fd` link `link`.
+    ///
+    /// Errors: a link that is not a memfd's or a hugetlb memfd
+    /// ([`Error::Unsupported`]); failing reads or image writes.
+    pub fn dump(&mut self, fd: BorrowedFd<'_>, fdinfo: &str, link: &str) -> Result<MemfdEntry> {
+        let name = memfd_name(link)
+            .ok_or_else(|| Error::parse("memfd", format!("{link:?} is not a memfd link")))?
+            .to_string();
+        let what = format!("memfd:{name}");
+        let pos = fdinfo_field(fdinfo, "pos")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::parse("memfd fdinfo", "no pos: line"))?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| os_err(&what, e))?;
+        let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| os_err(&what, e))?;
+        if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
+            return Err(Error::Unsupported(format!(
+                "{what} is on hugetlbfs (MFD_HUGETLB), which criu does not restore"
+            )));
+        }
+        let state = if self.seen.insert((st.st_dev, st.st_ino)) {
+            Some(self.save(fd, &what, st.st_ino, st.st_size as u64, st.st_mode)?)
+        } else {
+            None
+        };
+        Ok(MemfdEntry {
+            ino: st.st_ino,
+            name,
+            flags: fdinfo_flags(fdinfo)?,
+            pos,
+            state,
+        })
+    }
+
+    fn save(
+        &self,
+        fd: BorrowedFd<'_>,
+        what: &str,
+        ino: u64,
+        size: u64,
+        mode: u32,
+    ) -> Result<MemfdState> {
+        let seals = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map_err(|e| os_err(format!("{what}: F_GET_SEALS"), e))? as u32;
+        // A private description: seeking it leaves the task's offset alone.
+        let own = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let f = std::fs::File::from(
+            open_path(&own, libc::O_RDONLY).map_err(|e| os_err(format!("{what}: reopening"), e))?,
+        );
+        let extents = data_extents(&f, size).map_err(|e| os_err(format!("{what}: lseek"), e))?;
+        let data_file = format!("memfd-{ino}.img");
+        let path = self.dir.join(&data_file);
+        let out = std::fs::File::create(&path).map_err(|e| Error::file(&path, e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut buf = vec![0u8; 1 << 20];
+        for &(off, len) in &extents {
+            let mut done = 0u64;
+            while done < len {
+                let k = (len - done).min(buf.len() as u64) as usize;
+                f.read_exact_at(&mut buf[..k], off + done)
+                    .map_err(|e| os_err(format!("{what}: reading at {}", off + done), e))?;
+                out.write_all(&buf[..k])
+                    .map_err(|e| Error::file(&path, e))?;
+                done += k as u64;
+            }
+        }
+        let out = out
+            .into_inner()
+            .map_err(|e| Error::file(&path, e.into_error()))?;
+        out.sync_all().map_err(|e| Error::file(&path, e))?;
+        Ok(MemfdState {
+            size,
+            mode: mode & 0o7777,
+            seals,
+            extents,
+            data_file,
+        })
+    }
+}
+
+/// The data extents of `f` below `size`, as (offset, length).
+fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let start = match lseek(f.as_raw_fd(), at as i64, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = (lseek(f.as_raw_fd(), start as i64, Whence::SeekHole)? as u64).min(size);
+        if end > start {
+            out.push((start, end - start));
+        }
+        at = end;
+    }
+    Ok(out)
+}
+
+struct Restored {
+    file: OwnedFd,
+    used: bool,
+    filled: bool,
+}
+
+/// Recreates memfd descriptions in criu, one memfd per dumped inode; drop
+/// it once every description has been passed to its task.
+pub struct MemfdRestorer {
+    dir: PathBuf,
+    files: HashMap<u64, Restored>,
+}
+
+impl MemfdRestorer {
+    /// A restorer reading contents files from the image directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        MemfdRestorer {
+            dir: dir.into(),
+            files: HashMap::new(),
+        }
+    }
+
+    /// A new open file description for `e`, in criu: the memfd is created
+    /// on first use and refilled, sized, chmod'ed and sealed from whichever
+    /// description carries its [`MemfdState`].
+    ///
+    /// Errors: memfd_create, the contents file (missing or short: the image
+    /// is incomplete), writes, fcntl or lseek failed.
+    pub fn open(&mut self, e: &MemfdEntry) -> Result<OwnedFd> {
+        let what = format!("memfd:{}", e.name);
+        let r = match self.files.entry(e.ino) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let c = std::ffi::CString::new(e.name.as_str())
+                    .map_err(|_| Error::Refused(format!("{what}: the name has a NUL byte")))?;
+                let fd = nix::sys::memfd::memfd_create(
+                    &c,
+                    nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC
+                        | nix::sys::memfd::MemFdCreateFlag::MFD_ALLOW_SEALING,
+                )
+                .map_err(|err| os_err(format!("{what}: memfd_create"), err))?;
+                v.insert(Restored {
+                    file: fd,
+                    used: false,
+                    filled: false,
+                })
+            }
+        };
+        if let (Some(st), false) = (&e.state, r.filled) {
+            fill(&self.dir, r.file.as_fd(), st, &what)?;
+            r.filled = true;
+        }
+        let mode = e.flags as i32 & libc::O_ACCMODE;
+        let fd = if !r.used && mode == libc::O_RDWR {
+            r.used = true;
+            r.file
+                .try_clone()
+                .map_err(|err| os_err(format!("{what}: dup"), err))?
+        } else {
+            let p = format!("/proc/self/fd/{}", r.file.as_raw_fd());
+            open_path(&p, mode).map_err(|err| os_err(format!("{what}: reopening"), err))?
+        };
+        let fl = nix::fcntl::OFlag::from_bits_truncate(
+            e.flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOATIME),
+        );
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+            .map_err(|err| os_err(format!("{what}: F_SETFL"), err))?;
+        nix::unistd::lseek(fd.as_raw_fd(), e.pos as i64, nix::unistd::Whence::SeekSet)
+            .map_err(|err| os_err(format!("{what}: lseek({})", e.pos), err))?;
+        Ok(fd)
+    }
+}
+
+fn fill(dir: &Path, fd: BorrowedFd<'_>, st: &MemfdState, what: &str) -> Result<()> {
+    let f = std::fs::File::from(
+        fd.try_clone_to_owned()
+            .map_err(|e| os_err(format!("{what}: dup"), e))?,
+    );
+    f.set_len(st.size)
+        .map_err(|e| os_err(format!("{what}: ftruncate({})", st.size), e))?;
+    let path = dir.join(&st.data_file);
+    let data = std::fs::File::open(&path).map_err(|e| Error::file(&path, e))?;
+    let mut data = std::io::BufReader::with_capacity(1 << 20, data);
+    let mut buf = vec![0u8; 1 << 20];
+    for &(off, len) in &st.extents {
+        let mut done = 0u64;
+        while done < len {
+            let k = (len - done).min(buf.len() as u64) as usize;
+            data.read_exact(&mut buf[..k]).map_err(|e| {
+                Error::Image(crate::images::ImageError::invalid(
+                    &path,
+                    format!(
+                        "contents of {what} cut short ({e}); the image is incomplete, dump again"
+                    ),
+                ))
+            })?;
+            f.write_all_at(&buf[..k], off + done)
+                .map_err(|e| os_err(format!("{what}: writing at {}", off + done), e))?;
+            done += k as u64;
+        }
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(st.mode))
+        .map_err(|e| os_err(format!("{what}: fchmod({:o})", st.mode), e))?;
+    if st.seals != 0 {
+        let seals = nix::fcntl::SealFlag::from_bits_retain(st.seals as i32);
+        nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| os_err(format!("{what}: F_ADD_SEALS({:#x})", st.seals), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+    fn fdinfo(fd: &OwnedFd) -> String {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap()
+    }
+    fn link(fd: &OwnedFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+    fn seals(fd: &OwnedFd) -> i32 {
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).unwrap()
+    }
+    fn pos(fd: &OwnedFd) -> i64 {
+        nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekCur).unwrap()
+    }
+
+    #[test]
+    fn contents_name_seals_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::ffi::CString::new("my data").unwrap();
+        let m = memfd_create(
+            &c,
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .unwrap();
+        let f = std::fs::File::from(m.try_clone().unwrap());
+        // Sparse: 3 bytes at 0, 8 KiB at 1 MiB, size 4 MiB.
+        f.write_all_at(b"abc", 0).unwrap();
+        let mid: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&mid, 1 << 20).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.set_permissions(std::fs::Permissions::from_mode(0o640))
+            .unwrap();
+        nix::unistd::lseek(m.as_raw_fd(), 77, nix::unistd::Whence::SeekSet).unwrap();
+        let ro = open_path(&format!("/proc/self/fd/{}", m.as_raw_fd()), libc::O_RDONLY).unwrap();
+        let sl = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        nix::fcntl::fcntl(
+            m.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::from_bits_retain(sl)),
+        )
+        .unwrap();
+
+        let mut d = MemfdDumper::new(dir.path());
+        let e1 = d.dump(m.as_fd(), &fdinfo(&m), &link(&m)).unwrap();
+        let e2 = d.dump(ro.as_fd(), &fdinfo(&ro), &link(&ro)).unwrap();
+        assert_eq!(pos(&m), 77, "dump did not move the offset");
+        assert_eq!(e1.name, "my data");
+        assert_eq!(e1.pos, 77);
+        assert!(e2.state.is_none());
+        let st = e1.state.as_ref().unwrap();
+        assert_eq!(st.size, 4 << 20);
+        assert_eq!(st.seals as i32, sl);
+        assert_eq!(st.mode, 0o640);
+        let stored = std::fs::metadata(dir.path().join(&st.data_file))
+            .unwrap()
+            .len();
+        assert!(stored < 64 * 1024, "holes are not stored ({stored} bytes)");
+
+        let mut r = MemfdRestorer::new(dir.path());
+        let n2 = r.open(&e2).unwrap();
+        let n1 = r.open(&e1).unwrap();
+        drop(r);
+        assert_eq!(link(&n1), "/memfd:my data (deleted)");
+        assert_eq!(
+            nix::sys::stat::fstat(n1.as_raw_fd()).unwrap().st_ino,
+            nix::sys::stat::fstat(n2.as_raw_fd()).unwrap().st_ino
+        );
+        assert_eq!(pos(&n1), 77);
+        assert_eq!(pos(&n2), 0);
+        assert_eq!(
+            nix::fcntl::fcntl(n2.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap()
+                & libc::O_ACCMODE,
+            libc::O_RDONLY
+        );
+        assert_eq!(seals(&n1), sl);
+        let g = std::fs::File::from(n1);
+        assert_eq!(g.metadata().unwrap().len(), 4 << 20);
+        assert_eq!(g.metadata().unwrap().permissions().mode() & 0o7777, 0o640);
+        let mut all = vec![0u8; 4 << 20];
+        g.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(&all[..3], b"abc");
+        assert_eq!(&all[1 << 20..(1 << 20) + 8192], &mid[..]);
+        assert!(all[3..1 << 20].iter().all(|&b| b == 0));
+        assert!(g.set_len(1).is_err(), "F_SEAL_SHRINK restored");
+    }
+
+    #[test]
+    fn unsealable_memfd_and_missing_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::ffi::CString::new("x").unwrap();
+        let m = memfd_create(&c, MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        nix::unistd::write(&m, b"hello").unwrap();
+        let mut d = MemfdDumper::new(dir.path());
+        let e = d.dump(m.as_fd(), &fdinfo(&m), &link(&m)).unwrap();
+        assert_eq!(e.state.as_ref().unwrap().seals as i32, libc::F_SEAL_SEAL);
+        let n = MemfdRestorer::new(dir.path()).open(&e).unwrap();
+        assert_eq!(seals(&n), libc::F_SEAL_SEAL);
+        assert_eq!(pos(&n), 5);
+
+        std::fs::remove_file(dir.path().join(&e.state.as_ref().unwrap().data_file)).unwrap();
+        let err = MemfdRestorer::new(dir.path())
+            .open(&e)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("memfd-") && err.contains("No such file"),
+            "{err}"
+        );
+    }
+}
