@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::fdkind::unix;
+use crate::fdkind::{epoll, event, inotify, memfd, pipe};
 use crate::images::types::{
     FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
 };
@@ -76,6 +77,22 @@ pub struct FileTable {
     own: Vec<OwnedFd>,
     /// Reads UNIX sockets (opened on the first one).
     unix: Option<unix::Dumper>,
+    pipes: pipe::PipeDumper,
+    memfds: memfd::MemfdDumper,
+    /// The descriptions of each pipe, by pipe (see [`PipeUse`]).
+    pipe_uses: HashMap<(Option<String>, u64), PipeUse>,
+}
+
+/// The descriptions of one pipe in the tree: a pipe held only at
+/// descriptors 0 to 2 and only with one access mode has its other end
+/// outside the tree (a shell's pipe, a test harness's) and becomes
+/// [`FileKind::Inherited`].
+#[derive(Default)]
+struct PipeUse {
+    /// Access modes seen (bit `O_RDONLY + 1`, `O_WRONLY + 1`, `O_RDWR + 1`).
+    modes: u32,
+    /// Its descriptions.
+    ids: Vec<u32>,
 }
 
 impl FileTable {
@@ -92,7 +109,96 @@ impl FileTable {
             holders: Vec::new(),
             own: Vec::new(),
             unix: None,
+            pipes: pipe::PipeDumper::new(),
+            memfds: memfd::MemfdDumper::new(dir.path()),
+            pipe_uses: HashMap::new(),
         }
+    }
+
+    /// Finish the table once every process is collected: pipes whose
+    /// other end is outside the tree (see [`PipeUse`]) become
+    /// [`FileKind::Inherited`], with a warning.
+    pub fn finish(&mut self) {
+        for u in self.pipe_uses.values() {
+            let one_way =
+                u.modes == 1 << (libc::O_RDONLY + 1) || u.modes == 1 << (libc::O_WRONLY + 1);
+            if !one_way || !u.ids.iter().all(|&id| self.holders[id as usize].2) {
+                continue;
+            }
+            for &id in &u.ids {
+                let e = &mut self.entries[id as usize];
+                let FileKind::Pipe(p) = &e.kind else { continue };
+                let was = match &p.fifo {
+                    Some(path) => path.clone(),
+                    None => format!("pipe:[{}]", p.ino),
+                };
+                crate::warn!(
+                    "{was} is a standard descriptor whose other end is not dumped; after restore it will be the restoring criu's own descriptor of the same number"
+                );
+                e.kind = FileKind::Inherited { was };
+            }
+        }
+    }
+
+    /// The kinds with state of their own (see [`crate::fdkind`]), dumped
+    /// from a duplicate of the descriptor; `None` for the others.
+    fn special(&mut self, cur: &Current<'_>) -> Result<Option<FileKind>> {
+        let (pid, fd, link, fdinfo) = (cur.pid, cur.fd, cur.link, cur.fdinfo);
+        let named = |e: Error| match e {
+            Error::Unsupported(m) if !m.starts_with("pid ") => {
+                Error::Unsupported(format!("pid {pid} fd {fd}: {m}"))
+            }
+            Error::File { path, source } => {
+                Error::Unsupported(format!("pid {pid} fd {fd}: {}: {source}", path.display()))
+            }
+            Error::Parse { path, detail } => Error::Parse {
+                path: proc::path(pid, &format!("fdinfo/{fd}")),
+                detail: format!("{}: {detail}", path.display()),
+            },
+            other => other,
+        };
+        let is_fifo = || {
+            link.starts_with('/')
+                && memfd::memfd_name(link).is_none()
+                && std::fs::metadata(proc::path(pid, &format!("fd/{fd}")))
+                    .is_ok_and(|m| m.file_type().is_fifo())
+        };
+        let kind = match link {
+            l if l.starts_with("pipe:") || is_fifo() => {
+                let d = self.take_fd(pid, fd)?;
+                let e = self.pipes.dump(d.as_fd(), fdinfo, link).map_err(named)?;
+                FileKind::Pipe(e)
+            }
+            "anon_inode:[eventfd]" => {
+                FileKind::Eventfd(event::dump_eventfd(fdinfo).map_err(named)?)
+            }
+            "anon_inode:[signalfd]" => {
+                FileKind::Signalfd(event::dump_signalfd(fdinfo).map_err(named)?)
+            }
+            "anon_inode:[timerfd]" => {
+                let d = self.take_fd(pid, fd)?;
+                FileKind::Timerfd(event::dump_timerfd(d.as_fd(), fdinfo).map_err(named)?)
+            }
+            "anon_inode:[eventpoll]" => FileKind::Epoll(epoll::dump(pid, fdinfo).map_err(named)?),
+            "anon_inode:inotify" => {
+                let d = self.take_fd(pid, fd)?;
+                let hints = open_paths(pid);
+                FileKind::Inotify(inotify::dump(pid, d.as_fd(), fdinfo, &hints).map_err(named)?)
+            }
+            l if memfd::memfd_name(l).is_some() => {
+                let d = self.take_fd(pid, fd)?;
+                FileKind::Memfd(self.memfds.dump(d.as_fd(), fdinfo, link).map_err(named)?)
+            }
+            _ => return Ok(None),
+        };
+        if let FileKind::Pipe(p) = &kind {
+            let id = self.entries.len() as u32;
+            let key = (p.fifo.clone(), p.ino);
+            let u = self.pipe_uses.entry(key).or_default();
+            u.modes |= 1 << ((p.flags as i32 & libc::O_ACCMODE) + 1);
+            u.ids.push(id);
+        }
+        Ok(Some(kind))
     }
 
     /// Collect every descriptor of `pid`, in fd order, adding the
@@ -145,7 +251,10 @@ impl FileTable {
                     match unix_id {
                         Some(id) => id,
                         None => {
-                            let kind = self.classify(&cur)?;
+                            let kind = match self.special(&cur)? {
+                                Some(k) => k,
+                                None => self.classify(&cur)?,
+                            };
                             let owner = self.owner(&cur, &kind)?;
                             self.push(kind, owner, at, (pid, fd))
                         }
@@ -291,7 +400,10 @@ impl FileTable {
             let rest = msg.split_once(": ").map(|x| x.1).unwrap_or(&msg);
             Error::Unsupported(format!("{who}: {rest}"))
         };
-        let kind = self.classify(&cur).map_err(rename)?;
+        let kind = match self.special(&cur).map_err(rename)? {
+            Some(k) => k,
+            None => self.classify(&cur).map_err(rename)?,
+        };
         if matches!(kind, FileKind::Inherited { .. }) {
             return Err(Error::Unsupported(format!(
                 "{who} ({link}) is not supported yet"
@@ -460,7 +572,7 @@ impl FileTable {
         }
         if !link.starts_with('/') {
             // pipe:[N], socket:[N], anon_inode:[eventfd], ...
-            if fd <= 2 && (link.starts_with("pipe:") || link.starts_with("socket:")) {
+            if fd <= 2 && link.starts_with("socket:") {
                 crate::warn!(
                     "pid {pid} fd {fd} is {link}, whose other end is not dumped; after restore fd {fd} will be the restoring criu's own fd {fd}"
                 );
@@ -600,6 +712,26 @@ struct Current<'a> {
     fdinfo: &'a str,
     /// Open flags without `O_CLOEXEC`.
     flags: u32,
+}
+
+/// Paths the watched files of an inotify instance of `pid` may have: the
+/// files it has open, its working and root directories and executable.
+fn open_paths(pid: i32) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(proc::path(pid, "fd")) {
+        for e in rd.flatten() {
+            if let Ok(l) = std::fs::read_link(e.path()) {
+                out.push(l.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for what in ["cwd", "root", "exe"] {
+        if let Ok(l) = std::fs::read_link(proc::path(pid, what)) {
+            out.push(l.to_string_lossy().into_owned());
+        }
+    }
+    out.retain(|p| p.starts_with('/'));
+    out
 }
 
 /// Copy `size` bytes of `file` from offset 0 (pread: its offset does not

@@ -307,34 +307,6 @@ fn seize_tree(h: &mut Helper, root: i32, tree: &mut Tree) -> Result<()> {
     Ok(())
 }
 
-/// Pipes with both ends in the tree cannot be restored yet: refuse them.
-fn check_pipes(tree: &Tree) -> Result<()> {
-    let mut ends: Vec<(String, u32, i32, i32)> = Vec::new();
-    for p in tree.procs.iter().filter(|p| p.zombie.is_none()) {
-        for fd in list_ids(&format!("/proc/{}/fd", p.pid)) {
-            let Ok(link) = crate::proc::read_link(&crate::proc::path(p.pid, &format!("fd/{fd}")))
-            else {
-                continue;
-            };
-            if !link.starts_with("pipe:") {
-                continue;
-            }
-            let ipath = crate::proc::path(p.pid, &format!("fdinfo/{fd}"));
-            let info = crate::proc::parse_fdinfo(&crate::proc::read_text(&ipath)?)
-                .map_err(|d| Error::parse(&ipath, d))?;
-            let mode = info.flags & libc::O_ACCMODE as u32;
-            if let Some((_, _, opid, ofd)) = ends.iter().find(|e| e.0 == link && e.1 != mode) {
-                return Err(Error::Unsupported(format!(
-                    "pid {opid} fd {ofd} and pid {} fd {fd} are the two ends of {link}; pipes inside the dumped tree are not supported yet: close them before dumping",
-                    p.pid
-                )));
-            }
-            ends.push((link, mode, p.pid, fd));
-        }
-    }
-    Ok(())
-}
-
 /// `--ext-unix-sk` and the `unix[INO]` entries of `--external`.
 ///
 /// Errors: [`Error::Refused`] for an `--external` value this criu does not
@@ -362,7 +334,6 @@ fn ext_unix(args: &DumpArgs) -> Result<crate::fdkind::unix::ExtUnix> {
 /// Write the images of every process, then `pstree.img` and, last, the
 /// inventory.
 fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
-    check_pipes(tree)?;
     let live: Vec<&Proc> = tree.procs.iter().filter(|p| p.zombie.is_none()).collect();
     let mut pairs = Vec::new();
     for p in &live {
@@ -414,6 +385,7 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
     }
     table.check_unix(&ext_unix(args)?)?;
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
+    table.finish();
     write_image(&dir.file_table(), Kind::FileTable, &table.entries)?;
     // The inventory is written last: a directory without it is incomplete.
     let inv = Inventory {

@@ -145,7 +145,8 @@ fn same_inode(path: &str, w: &RawWatch) -> bool {
 fn name_watch(w: &RawWatch, hints: &[String]) -> Option<String> {
     if !w.handle.is_empty() {
         if let Some(mp) = mount_of(w.dev) {
-            if let Ok(m) = super::open_path(&mp, libc::O_PATH | libc::O_DIRECTORY) {
+            // Not O_PATH: open_by_handle_at(2) refuses that as `mount_fd`.
+            if let Ok(m) = super::open_path(&mp, libc::O_RDONLY | libc::O_DIRECTORY) {
                 if let Ok(f) = crate::sys::open_by_handle(m.as_fd(), w.handle_type, &w.handle) {
                     let link = format!("/proc/self/fd/{}", f.as_raw_fd());
                     if let Ok(p) = std::fs::read_link(link) {
@@ -329,6 +330,31 @@ mod tests {
             u32::from_ne_bytes(buf[4..8].try_into().unwrap()),
             libc::IN_MODIFY
         );
+    }
+
+    #[test]
+    fn named_by_file_handle_when_privileged() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("deep");
+        std::fs::write(&a, "x").unwrap();
+        let fd = crate::sys::inotify_init1(libc::IN_CLOEXEC).unwrap();
+        let c = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+        crate::sys::inotify_add_watch(fd.as_fd(), &c, libc::IN_ATTRIB).unwrap();
+        match dump(1, fd.as_fd(), &fdinfo(&fd), &[]) {
+            Ok(e) => assert_eq!(e.watches[0].path, a.to_str().unwrap()),
+            // Without CAP_DAC_READ_SEARCH only hints can name it.
+            Err(e) => assert!(!caps_dac_read_search(), "{e}"),
+        }
+    }
+
+    fn caps_dac_read_search() -> bool {
+        let st = std::fs::read_to_string("/proc/self/status").unwrap();
+        let eff = st
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(eff, 16).unwrap() & (1 << 2) != 0
     }
 
     #[test]

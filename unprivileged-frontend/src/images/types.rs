@@ -518,4 +518,18 @@ pub enum FileKind {
     },
     /// A UNIX domain socket (see unix(7)), with its queued data.
     Unix(crate::fdkind::unix::UnixEntry),
+    /// A pipe or FIFO (see [`crate::fdkind::pipe`]).
+    Pipe(crate::fdkind::pipe::PipeEntry),
+    /// An eventfd (see [`crate::fdkind::event`]).
+    Eventfd(crate::fdkind::event::EventfdEntry),
+    /// A signalfd (see [`crate::fdkind::event`]).
+    Signalfd(crate::fdkind::event::SignalfdEntry),
+    /// A timerfd (see [`crate::fdkind::event`]).
+    Timerfd(crate::fdkind::event::TimerfdEntry),
+    /// An epoll instance (see [`crate::fdkind::epoll`]).
+    Epoll(crate::fdkind::epoll::EpollEntry),
+    /// An inotify instance (see [`crate::fdkind::inotify`]).
+    Inotify(crate::fdkind::inotify::InotifyEntry),
+    /// A memfd (see [`crate::fdkind::memfd`]).
+    Memfd(crate::fdkind::memfd::MemfdEntry),
 }

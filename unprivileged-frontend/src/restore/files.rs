@@ -133,6 +133,18 @@ pub struct FileSender<'a> {
     pending_owners: Vec<(OwnedFd, FileOwner, i32, i32)>,
     /// Makes the UNIX sockets (see [`crate::fdkind::unix::Restorer`]).
     unix: crate::fdkind::unix::Restorer,
+    /// State shared by the descriptions of one pipe or memfd.
+    kinds: KindRestorers,
+    /// Epoll descriptions whose registrations are made already.
+    epolls_done: std::collections::HashSet<u32>,
+}
+
+/// Objects behind several open file descriptions (a pipe's buffer, a
+/// memfd's file), made with the first description and kept until the
+/// restore ends.
+struct KindRestorers {
+    pipes: crate::fdkind::pipe::PipeRestorer,
+    memfds: crate::fdkind::memfd::MemfdRestorer,
 }
 
 impl<'a> FileSender<'a> {
@@ -184,6 +196,11 @@ impl<'a> FileSender<'a> {
                 ghosts: HashMap::new(),
                 pending_owners: Vec::new(),
                 unix,
+                kinds: KindRestorers {
+                    pipes: crate::fdkind::pipe::PipeRestorer::new(),
+                    memfds: crate::fdkind::memfd::MemfdRestorer::new(&ck.root().dir),
+                },
+                epolls_done: std::collections::HashSet::new(),
             },
             remote,
         ))
@@ -212,7 +229,7 @@ impl<'a> FileSender<'a> {
             let fd = match &e.kind {
                 FileKind::Ghost { .. } => self.make_ghost(e, pid, f.fd)?,
                 FileKind::Unix(u) => self.unix.open(u).map_err(|er| in_pid(pid, f.fd, er))?,
-                _ => make(e, pid, f.fd)?,
+                _ => make(e, pid, f.fd, &mut self.kinds)?,
             };
             self.describe_more(e, &fd, pid, f.fd)?;
             self.made.insert(f.id, fd);
@@ -240,6 +257,7 @@ impl<'a> FileSender<'a> {
             }
         }
         let made = &mut self.made;
+        let kinds = &mut self.kinds;
         unix.finish(&mut |id| {
             let e = table.get(id as usize).ok_or_else(|| {
                 Error::Refused(format!("a socket queue refers to file {id}, which files.img does not have"))
@@ -255,7 +273,7 @@ impl<'a> FileSender<'a> {
                             "file {id} in flight in a socket queue cannot be made here: it is marked inherited, a deleted file, or a socket closed already"
                         )));
                     }
-                    v.insert(make(e, 0, -1)?)
+                    v.insert(make(e, 0, -1, kinds)?)
                 }
             };
             fd.try_clone()
@@ -410,8 +428,22 @@ fn raise_nofile_limit() {
 ///
 /// Errors: [`Error::Refused`] when the file cannot be opened (in setuid
 /// mode with the caller's rights, never the helper's).
-fn make(e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
+fn make(e: &FileEntry, pid: i32, fd: i32, kinds: &mut KindRestorers) -> Result<OwnedFd> {
+    use crate::fdkind::{epoll, event, inotify};
+    let named = |err: Error| match err {
+        Error::Refused(m) => Error::Refused(format!("pid {pid} fd {fd}: {m}")),
+        Error::Unsupported(m) => Error::Unsupported(format!("pid {pid} fd {fd}: {m}")),
+        Error::Image(i) => Error::Image(i),
+        other => Error::Refused(format!("pid {pid} fd {fd}: {other}")),
+    };
     match &e.kind {
+        FileKind::Pipe(p) => kinds.pipes.open(p).map_err(named),
+        FileKind::Eventfd(x) => event::restore_eventfd(x).map_err(named),
+        FileKind::Signalfd(x) => event::restore_signalfd(x).map_err(named),
+        FileKind::Timerfd(x) => event::restore_timerfd(x).map_err(named),
+        FileKind::Epoll(x) => epoll::restore(x).map_err(named),
+        FileKind::Inotify(x) => inotify::restore(x).map_err(named),
+        FileKind::Memfd(x) => kinds.memfds.open(x).map_err(named),
         FileKind::Reg { file, flags, pos } => {
             let fl = reopen_flags(*flags);
             let f = open(&file.path, fl, pid, fd)?;
@@ -556,6 +588,15 @@ pub fn restore_fds(
     }
     close_in(h, r, t)?;
     restore_posix_locks(h, r, sender.table, files)?;
+    // Epoll registrations name the task's descriptor numbers: made once
+    // all are in place, by the first task that has the instance.
+    for f in files {
+        if let FileKind::Epoll(e) = &sender.table[f.id as usize].kind {
+            if sender.epolls_done.insert(f.id) {
+                crate::fdkind::epoll::after_install(h, r, f.fd, e)?;
+            }
+        }
+    }
     info!("pid {}: {} descriptors restored", r.pid, files.len());
     Ok(())
 }

@@ -565,6 +565,16 @@ pub struct FileView {
     pub contents: Option<Contents>,
 }
 
+/// `memfd-INO.img`: the raw contents of a memfd (see
+/// [`crate::fdkind::memfd`]).
+fn is_memfd_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("memfd-"))
+        .and_then(|n| n.strip_suffix(".img"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn is_pages_name(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -636,6 +646,20 @@ pub fn decode_file(path: &Path, contents: Option<u64>) -> Result<FileView> {
                 records: Vec::new(),
                 contents: match contents {
                     Some(max) => Some(pages_contents(path, max)?),
+                    None => None,
+                },
+            });
+        }
+        if is_memfd_name(path) {
+            return Ok(FileView {
+                show_format: view::SHOW_FORMAT,
+                file: path.display().to_string(),
+                kind: "memfd contents".into(),
+                size,
+                format_version: None,
+                records: Vec::new(),
+                contents: match contents {
+                    Some(max) => Some(hexdump_raw(path, max)?),
                     None => None,
                 },
             });

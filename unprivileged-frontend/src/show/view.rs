@@ -650,6 +650,92 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
             let fl = if u.nonblock { "O_NONBLOCK" } else { "" };
             ("unix", u.describe(), fl.to_string(), None)
         }
+        FileKind::Pipe(p) => {
+            let name = match &p.fifo {
+                Some(path) => format!("FIFO {path}"),
+                None => format!("pipe:[{}]", p.ino),
+            };
+            let state = match &p.state {
+                Some(s) => format!(", {} of {} bytes queued", s.data.len(), s.size),
+                None => String::new(),
+            };
+            ("pipe", format!("{name}{state}"), open_flags(p.flags), None)
+        }
+        FileKind::Eventfd(e) => (
+            "eventfd",
+            format!(
+                "count {}{}",
+                e.count,
+                if e.semaphore { ", EFD_SEMAPHORE" } else { "" }
+            ),
+            open_flags(e.flags),
+            None,
+        ),
+        FileKind::Signalfd(e) => (
+            "signalfd",
+            format!(
+                "mask {}",
+                mask_signals(e.mask)
+                    .into_iter()
+                    .map(|s| signal_name(i64::from(s)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            open_flags(e.flags),
+            None,
+        ),
+        FileKind::Timerfd(e) => (
+            "timerfd",
+            format!(
+                "clock {}, {} ns left, interval {} ns, {} unread expirations, settime flags {:#x}{}",
+                e.clockid,
+                e.remaining_ns,
+                e.interval_ns,
+                e.ticks,
+                e.settime_flags,
+                match e.deadline_ns {
+                    Some(d) => format!(", deadline {d} ns"),
+                    None => String::new(),
+                }
+            ),
+            open_flags(e.flags),
+            None,
+        ),
+        FileKind::Epoll(e) => (
+            "epoll",
+            e.targets
+                .iter()
+                .map(|t| format!("fd {} events {:#x} data {:#x}", t.fd, t.events, t.data))
+                .collect::<Vec<_>>()
+                .join("; "),
+            open_flags(e.flags),
+            None,
+        ),
+        FileKind::Inotify(e) => (
+            "inotify",
+            e.watches
+                .iter()
+                .map(|w| format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask))
+                .collect::<Vec<_>>()
+                .join("; "),
+            open_flags(e.flags),
+            None,
+        ),
+        FileKind::Memfd(m) => {
+            let state = match &m.state {
+                Some(s) => format!(
+                    ", {} bytes in {}, mode {:o}, seals {:#x}",
+                    s.size, s.data_file, s.mode, s.seals
+                ),
+                None => String::new(),
+            };
+            (
+                "memfd",
+                format!("memfd:{} (inode {}){state}", m.name, m.ino),
+                open_flags(m.flags),
+                Some(m.pos),
+            )
+        }
     }
 }
 
