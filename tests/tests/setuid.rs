@@ -871,3 +871,75 @@ fn user_tree_keeps_its_shared_memory() {
     kill_and_reap(root);
     kill_and_reap(child);
 }
+
+/// The user's python3 with UNIX sockets: a socketpair with data queued,
+/// a listener on a path in the user's directory with an accepted
+/// connection, and a file in flight. On `go` it checks them and writes
+/// `result`.
+const UNIX_SOCKETS: &str = r#"
+import os, socket, sys, time
+w = sys.argv[1]
+a, b = socket.socketpair()
+a.send(b"queued")
+L = socket.socket(socket.AF_UNIX); L.bind(w + "/l.sock"); L.listen(1)
+c = socket.socket(socket.AF_UNIX); c.connect(w + "/l.sock"); s, _ = L.accept()
+c.send(b"req")
+f = os.open(w + "/inflight", os.O_RDWR | os.O_CREAT, 0o644)
+socket.send_fds(a, [b"fd"], [f]); os.close(f)
+def put(name, text):
+    open(w + "/" + name + ".tmp", "w").write(text)
+    os.replace(w + "/" + name + ".tmp", w + "/" + name)
+put("ready", "")
+while not os.path.exists(w + "/go"):
+    time.sleep(0.02)
+bad = []
+if b.recv(6) != b"queued": bad.append("pair")
+m, fds, _, _ = socket.recv_fds(b, 10, 1)
+if m != b"fd" or len(fds) != 1: bad.append("fd in flight")
+if s.recv(3) != b"req" or s.getsockname() != w + "/l.sock": bad.append("accepted")
+put("result", "ok" if not bad else " ".join(bad))
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn user_dumps_and_restores_own_unix_sockets() {
+    let Some((t, inst)) = setup("setuid_unix") else {
+        return;
+    };
+    let w = t.work();
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.arg("-c").arg(UNIX_SOCKETS).arg(&w);
+    let pid = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || w.join("ready").exists()) {
+        t.fail(&format!(
+            "the user's python3 did not start: {}",
+            describe(pid)
+        ));
+    }
+    let run = criu_as_user(&t, &inst, &strs(&dump_args(&t, pid)));
+    must_succeed(&t, &run);
+    reap_dumped(&t, pid);
+    let run = criu_as_user(&t, &inst, &strs(&restore_args(&t)));
+    must_succeed(&t, &run);
+    t.track(pid);
+    let sock = w.join("l.sock");
+    if fs::metadata(&sock).map(|m| m.uid()).ok() != Some(USER) {
+        t.fail(&format!(
+            "{} is not the user's after restore",
+            sock.display()
+        ));
+    }
+    fs::write(w.join("go"), "").expect("write go");
+    if !wait_for(Duration::from_secs(10), || w.join("result").exists()) {
+        t.fail(&format!(
+            "no result from the restored python3: {}",
+            describe(pid)
+        ));
+    }
+    let res = read(&w.join("result")).unwrap_or_default();
+    if res != "ok" {
+        t.fail(&format!("after restore as the user: {res}"));
+    }
+    kill_and_reap(pid);
+}

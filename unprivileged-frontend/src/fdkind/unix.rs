@@ -604,12 +604,33 @@ impl Dumper {
             if r.len == 0 && r.fds.is_empty() && ty == UnixType::Stream {
                 break; // end of stream: the peer shut down
             }
+            // A stream read runs on over the writes of one sender and stops
+            // after the first write that carries descriptors; where that
+            // write starts cannot be seen (a peek at any offset of the run
+            // walks on to the descriptors). Sent again as one write, the
+            // descriptors would come with the run's first byte, and a
+            // reader taking the earlier bytes with a plain read(2) would
+            // lose them; so they go with the run's last byte instead: late
+            // rather than early, they reach any reader that reads the
+            // write that carried them to its end.
+            let split = if ty == UnixType::Stream && !r.fds.is_empty() && r.len > 1 {
+                r.len - 1
+            } else {
+                0
+            };
+            if split > 0 {
+                out.push(UnixMessage {
+                    data: self.buf[..split].to_vec(),
+                    fds: Vec::new(),
+                    from: None,
+                });
+            }
             let mut fds = Vec::with_capacity(r.fds.len());
             for f in r.fds {
                 fds.push(inflight(f)?);
             }
             out.push(UnixMessage {
-                data: self.buf[..r.len].to_vec(),
+                data: self.buf[split..r.len].to_vec(),
                 fds,
                 from: r.from.as_ref().and_then(UnixName::from_addr),
             });
@@ -1294,8 +1315,21 @@ mod tests {
         assert_eq!(es[1].peer, es[0].ino);
         assert_eq!(es[0].ty, UnixType::Stream);
         assert_eq!(es[0].state, UnixState::Connected);
-        assert_eq!(es[1].queue.len(), 2, "{:?}", es[1].queue);
-        assert_eq!(es[1].queue[0].fds, vec![0]);
+        // The descriptor goes with the last byte of its run.
+        let runs: Vec<(&[u8], usize)> = es[1]
+            .queue
+            .iter()
+            .map(|m| (&m.data[..], m.fds.len()))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (&b"hello b, with a pip"[..], 0),
+                (b"e", 1),
+                (b" and more", 0)
+            ]
+        );
+        assert_eq!(es[1].queue[1].fds, vec![0]);
         assert_eq!(es[1].shutdown, SEND_SHUTDOWN);
         assert_eq!(es[0].shutdown, RCV_SHUTDOWN);
         assert!(es[0].opts.passcred);
@@ -1304,8 +1338,13 @@ mod tests {
 
         let fds = restore_all(&es, &t);
         let (ra, rb) = (&fds[0], &fds[1]);
+        // A short first read gets no descriptor, as in the original; the
+        // rest of the write that carried it does.
+        let mut six = [0u8; 6];
+        let r = sys::recvmsg_fds(rb.as_fd(), &mut six, MsgFlags::MSG_DONTWAIT).unwrap();
+        assert_eq!((&six[..r.len], r.fds.len()), (&b"hello "[..], 0));
         let (d, f) = recv(rb);
-        assert_eq!(d, b"hello b, with a pipe");
+        assert_eq!(d, b"b, with a pipe");
         assert_eq!(f.len(), 1);
         let mut buf = [0u8; 64];
         let n = nix::unistd::read(f[0].as_raw_fd(), &mut buf).unwrap();
