@@ -214,3 +214,297 @@ fn kind(link: &str) -> String {
         _ => link.to_string(),
     }
 }
+
+fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
+}
+
+/// A parent and its child share both ends of a pipe with 100 KiB in flight
+/// (the pipe enlarged to 256 KiB); after restore they still share the same
+/// descriptions, the child reads everything the parent wrote before the
+/// dump and after the restore, in order.
+const PIPE_PARENT_CHILD: &str = r#"
+import fcntl, os, sys, time
+d = sys.argv[1]
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 1 << 18)
+before = bytes((i * 7) % 251 for i in range(100 * 1024))
+os.write(w, before)
+child = os.fork()
+if child == 0:
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.05)
+    got = b""
+    want = len(before) + len(b"after restore")
+    while len(got) < want:
+        got += os.read(r, 1 << 20)
+    ok = got == before + b"after restore"
+    open(os.path.join(d, "result"), "w").write(f"pipe-child {'ok' if ok else 'BAD'} {len(got)}\n")
+    while True:
+        time.sleep(1)
+open(os.path.join(d, "ready.tmp"), "w").write(f"{os.getpid()} {child} {r} {w}\n")
+os.rename(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.05)
+os.write(w, b"after restore")
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn pipe_shared_by_parent_and_child_keeps_data_in_flight() {
+    let Some(t) = Test::new("fd_kinds_pipe_tree") else {
+        return;
+    };
+    let w = t.work();
+    let parent = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(PIPE_PARENT_CHILD)
+                .arg(&w),
+        )
+        .id() as i32;
+    wait_ready(&t, &w, parent);
+    let ready = read(&w.join("ready")).unwrap_or_default();
+    let n: Vec<i32> = ready
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (child, r, wr) = (n[1], n[2], n[3]);
+    t.track(child);
+    t.dump(parent, &[]);
+    reap_dumped(&t, parent);
+    if let Err(e) = reap(child, Duration::from_secs(10)) {
+        t.fail(&format!("dumped child {child} was not killed: {e}"));
+    }
+    t.restore_detached(parent, &[]);
+    for fd in [r, wr] {
+        if !same_description(parent, fd, child, fd) {
+            t.fail(&format!(
+                "fd {fd} of {parent} and {child} are not one description after restore"
+            ));
+        }
+    }
+    if !same_description(parent, r, parent, r) || same_description(parent, r, parent, wr) {
+        t.fail("kcmp does not tell the two ends apart");
+    }
+    std::fs::write(w.join("go"), "").unwrap();
+    if !wait_for(Duration::from_secs(20), || w.join("result").exists()) {
+        t.fail(&format!(
+            "the restored child wrote no result: {}",
+            describe(child)
+        ));
+    }
+    let text = read(&w.join("result")).unwrap_or_default();
+    if !text.starts_with("pipe-child ok") {
+        t.fail(&format!("the child read the wrong data: {text}"));
+    }
+    kill_and_reap(parent);
+    kill_and_reap(child);
+}
+
+/// `bash -c 'A | B'` with a line in flight between the two: after restore
+/// the reader gets it (and the next one the writer sends). Both sides wait
+/// with `read -t` on a FIFO the shell opened read-write (no short-lived
+/// `sleep` processes to race with the dump).
+#[test]
+fn bash_pipeline_with_data_in_flight() {
+    let Some(t) = Test::new("fd_kinds_bash_pipeline") else {
+        return;
+    };
+    let w = t.work();
+    let script = format!(
+        "cd {}; mkfifo tick; exec 9<>tick; {{ echo in-flight; while [ ! -e go ]; do read -t 0.1 -u 9 x; done; echo after; read -u 9 x; }} | {{ while [ ! -e go ]; do read -t 0.1 -u 9 x; done; cat > out; }}",
+        w.display()
+    );
+    let root = t
+        .spawn_target(Command::new("bash").arg("-c").arg(&script))
+        .id() as i32;
+    // Both subshells running, and the echo done (give it a moment).
+    if !wait_for(Duration::from_secs(10), || descendants(root).len() >= 2) {
+        t.fail(&format!("the pipeline did not start: {}", describe(root)));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = descendants(root);
+    for &p in &before {
+        t.track(p);
+    }
+    t.dump(root, &[]);
+    let images = t.images();
+    let show = t.criu_ok(&["show", "-D", images.to_str().unwrap()]);
+    if !show.stdout.contains("10 of 65536 bytes queued") {
+        t.fail("criu show does not list the 10 bytes in flight in the pipeline's pipe");
+    }
+    reap_dumped(&t, root);
+    for &p in &before {
+        let _ = reap(p, Duration::from_secs(10));
+    }
+    t.restore_detached(root, &[]);
+    std::fs::write(w.join("go"), "").unwrap();
+    if !wait_for(Duration::from_secs(10), || {
+        read(&w.join("out")).is_some_and(|s| s == "in-flight\nafter\n")
+    }) {
+        t.fail(&format!(
+            "the reader got {:?}, not the line in flight and the next: {}",
+            read(&w.join("out")),
+            describe(root)
+        ));
+    }
+    for p in descendants(root) {
+        kill_and_reap(p);
+    }
+    kill_and_reap(root);
+}
+
+/// Every descendant of `pid` (children first).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for k in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<i32>().ok())
+        {
+            out.push(k);
+            todo.push(k);
+        }
+    }
+    out
+}
+
+/// `tail -f` (inotify on the file it follows) goes on printing lines
+/// appended after the restore.
+#[test]
+fn tail_follows_after_restore() {
+    let Some(t) = Test::new("fd_kinds_tail") else {
+        return;
+    };
+    let w = t.work();
+    let log = w.join("log");
+    let out = w.join("tail.out");
+    std::fs::write(&log, "first\n").unwrap();
+    let script = format!("exec tail -n +1 -f {} > {}", log.display(), out.display());
+    let pid = t
+        .spawn_target(Command::new("sh").arg("-c").arg(&script))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(10), || {
+        read(&out).is_some_and(|s| s == "first\n")
+            && fd_links(pid).iter().any(|(_, l)| l.contains("inotify"))
+    }) {
+        t.fail(&format!(
+            "tail -f did not start with inotify: {:?}",
+            fd_links(pid)
+        ));
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"after restore\n").unwrap();
+    }
+    if !wait_for(Duration::from_secs(10), || {
+        read(&out).is_some_and(|s| s.ends_with("after restore\n"))
+    }) {
+        t.fail(&format!(
+            "tail did not print the line appended after restore: {:?}",
+            read(&out)
+        ));
+    }
+    kill_and_reap(pid);
+}
+
+/// A python3 target that sets up `setup` (which must define `fd`, the
+/// descriptor the error names) and then counts, one line per 50 ms.
+fn refusal_target(t: &Test, setup: &str) -> (i32, i32) {
+    let w = t.work();
+    let prog = format!(
+        "import ctypes, os, select, sys, time\nd = sys.argv[1]\nlibc = ctypes.CDLL(None, use_errno=True)\n{setup}\nopen(os.path.join(d, 'ready.tmp'), 'w').write(str(fd))\nos.rename(os.path.join(d, 'ready.tmp'), os.path.join(d, 'ready'))\nn = 0\nwhile True:\n    n += 1\n    open(os.path.join(d, 'count'), 'w').write(str(n))\n    time.sleep(0.05)\n"
+    );
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(&prog).arg(&w))
+        .id() as i32;
+    wait_ready(t, &w, pid);
+    let fd = read(&w.join("ready"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    (pid, fd)
+}
+
+/// The dump fails naming what cannot be restored, and the target runs on.
+fn assert_refused(t: &Test, pid: i32, needles: &[&str]) {
+    let images = t.images();
+    let p = pid.to_string();
+    t.criu_err(
+        &[
+            "dump",
+            "-t",
+            &p,
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "dump.log",
+        ],
+        needles,
+    );
+    t.assert_running_untouched(pid, "after the refused dump");
+    let count = || read(&t.work().join("count")).and_then(|s| s.parse::<u64>().ok());
+    let before = count();
+    if !wait_for(Duration::from_secs(5), || count() > before) {
+        t.fail("the target stopped counting after the refused dump");
+    }
+    if images.join("inventory.img").exists() {
+        t.fail("a refused dump left an inventory.img");
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn epoll_watching_a_closed_descriptor_is_refused() {
+    let Some(t) = Test::new("fd_kinds_epoll_closed") else {
+        return;
+    };
+    // The eventfd stays registered (its dup keeps it open) under a number
+    // that no longer names it.
+    let (pid, fd) = refusal_target(
+        &t,
+        "e = os.eventfd(0)\nkeep = os.dup(e)\nep = select.epoll()\nep.register(e, select.EPOLLIN)\nos.close(e)\nfd = e",
+    );
+    let what = format!("pid {pid}: an epoll instance watches a file registered as fd {fd} that is no longer open at that number");
+    assert_refused(&t, pid, &[&what]);
+}
+
+#[test]
+fn inotify_watch_on_a_deleted_file_is_refused() {
+    let Some(t) = Test::new("fd_kinds_inotify_deleted") else {
+        return;
+    };
+    let (pid, _) = refusal_target(
+        &t,
+        "p = os.path.join(d, 'gone')\nopen(p, 'w').close()\nkeep = open(p)\nfd = libc.inotify_init1(0)\nlibc.inotify_add_watch(fd, p.encode(), 2)\nos.unlink(p)",
+    );
+    let what = format!("pid {pid}: inotify watch 1 is on inode");
+    assert_refused(&t, pid, &[&what, "cannot name by a path"]);
+}
+
+#[test]
+fn unsupported_kind_is_refused_naming_pid_fd_and_kind() {
+    let Some(t) = Test::new("fd_kinds_io_uring") else {
+        return;
+    };
+    // io_uring_setup(2) with 1 entry; params: 120 zero bytes.
+    let (pid, fd) = refusal_target(
+        &t,
+        "params = ctypes.create_string_buffer(120)\nfd = libc.syscall(425, 1, params)\nassert fd >= 0, ctypes.get_errno()",
+    );
+    let what = format!(
+        "pid {pid} fd {fd}: an anon_inode descriptor (anon_inode:[io_uring]) is not supported"
+    );
+    assert_refused(&t, pid, &[&what]);
+}
