@@ -11,145 +11,7 @@ use std::time::Duration;
 
 /// One process with one descriptor of every kind (python3, with ctypes for
 /// what the os module lacks).
-const ONE_OF_EACH: &str = r#"
-import ctypes, fcntl, os, select, signal, struct, sys, time
-d = sys.argv[1]
-libc = ctypes.CDLL(None, use_errno=True)
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-F_ADD_SEALS, F_GET_SEALS, F_SEAL_SHRINK, F_SEAL_GROW = 1033, 1034, 2, 4
-IN_MODIFY, IN_CREATE = 0x2, 0x100
-
-class ts(ctypes.Structure): _fields_ = [("s", ctypes.c_long), ("n", ctypes.c_long)]
-class its(ctypes.Structure): _fields_ = [("interval", ts), ("value", ts)]
-
-# A pipe of 128 KiB holding 76800 bytes (more than the default 64 KiB).
-r, w = os.pipe()
-fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 17)
-payload = bytes(range(256)) * 300
-os.write(w, payload)
-os.set_blocking(r, False)
-# A FIFO with data.
-fifo = os.path.join(d, "fifo")
-os.mkfifo(fifo)
-fr = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-fw = os.open(fifo, os.O_WRONLY)
-os.write(fw, b"fifo data")
-# eventfds: a semaphore and a big counter.
-ev = os.eventfd(5, os.EFD_SEMAPHORE)
-ev2 = os.eventfd(0, os.EFD_NONBLOCK)
-os.eventfd_write(ev2, 1 << 40)
-# signalfd for SIGUSR1 and SIGRTMIN+3, both blocked.
-rt = signal.SIGRTMIN + 3
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, rt])
-mask = ctypes.c_uint64((1 << (signal.SIGUSR1 - 1)) | (1 << (rt - 1)))
-sfd = libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK)
-# timerfds: periodic, fired once and unread, and disarmed.
-tfd = libc.timerfd_create(1, 0)
-libc.timerfd_settime(tfd, 0, ctypes.byref(its(ts(1000, 0), ts(500, 0))), None)
-tfired = libc.timerfd_create(1, os.O_NONBLOCK)
-libc.timerfd_settime(tfired, 0, ctypes.byref(its(ts(0, 0), ts(0, 1000000))), None)
-time.sleep(0.05)
-# epoll on the pipe (level) and the semaphore eventfd (edge); checked first,
-# while both are readable.
-ep = select.epoll()
-ep.register(r, select.EPOLLIN)
-ep.register(ev, select.EPOLLIN | select.EPOLLET)
-# memfd: contents, name, offset, seals.
-m = os.memfd_create("fdk test", os.MFD_ALLOW_SEALING)
-content = b"memfd-contents " * 1000
-os.write(m, content)
-os.lseek(m, 123, os.SEEK_SET)
-fcntl.fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
-# inotify: a file and a directory; wd 2 was removed so the directory is wd 3.
-watched = os.path.join(d, "watched")
-open(watched, "w").close()
-ino = libc.inotify_init1(os.O_NONBLOCK)
-wd1 = libc.inotify_add_watch(ino, watched.encode(), IN_MODIFY)
-libc.inotify_rm_watch(ino, libc.inotify_add_watch(ino, b"/", IN_CREATE))
-sub = os.path.join(d, "sub")
-os.mkdir(sub)
-wd3 = libc.inotify_add_watch(ino, sub.encode(), IN_CREATE)
-while os.read(ino, 4096) if select.select([ino], [], [], 0)[0] else b"": pass
-
-open(os.path.join(d, "ready"), "w").write(f"{os.getpid()}\n")
-while not os.path.exists(os.path.join(d, "go")):
-    time.sleep(0.05)
-
-out = []
-def check(name, ok, detail=""):
-    out.append(f"{name} {'ok' if ok else 'BAD'} {detail}")
-def fdinfo(fd):
-    return dict(l.split(":", 1) for l in open(f"/proc/self/fdinfo/{fd}").read().splitlines() if ":" in l)
-def attempt(name, f):
-    try: f()
-    except Exception as e: check(name, False, repr(e))
-
-def epoll():
-    got = dict(ep.poll(0))
-    check("epoll-ready", got == {r: select.EPOLLIN, ev: select.EPOLLIN}, repr(got))
-    lines = [l for l in open(f"/proc/self/fdinfo/{ep.fileno()}").read().splitlines() if l.startswith("tfd:")]
-    check("epoll-registered", sorted(int(l.split()[1]) for l in lines) == sorted([r, ev]), repr(lines))
-attempt("epoll", epoll)
-def pipe():
-    got = b""
-    while True:
-        try: b = os.read(r, 1 << 20)
-        except BlockingIOError: break
-        if not b: break
-        got += b
-    check("pipe-data", got == payload, f"{len(got)} bytes")
-    check("pipe-size", fcntl.fcntl(w, F_GETPIPE_SZ) == 1 << 17, str(fcntl.fcntl(w, F_GETPIPE_SZ)))
-    check("pipe-flags", not os.get_blocking(r) and os.get_blocking(w))
-    os.write(w, b"again")
-    check("pipe-works", os.read(r, 10) == b"again")
-attempt("pipe", pipe)
-def fifo_():
-    check("fifo-data", os.read(fr, 100) == b"fifo data")
-    check("fifo-path", os.readlink(f"/proc/self/fd/{fw}") == fifo)
-attempt("fifo", fifo_)
-def eventfd():
-    check("eventfd-semaphore", os.eventfd_read(ev) == 1 and fdinfo(ev)["eventfd-count"].strip() == "4")
-    check("eventfd-counter", os.eventfd_read(ev2) == 1 << 40)
-    check("eventfd-flags", os.get_blocking(ev) and not os.get_blocking(ev2))
-attempt("eventfd", eventfd)
-def signalfd():
-    check("signalfd-mask", int(fdinfo(sfd)["sigmask"], 16) == mask.value, fdinfo(sfd)["sigmask"])
-    os.kill(os.getpid(), signal.SIGUSR1)
-    info = os.read(sfd, 128)
-    check("signalfd-read", struct.unpack("I", info[:4])[0] == signal.SIGUSR1)
-attempt("signalfd", signalfd)
-def timerfd():
-    cur = its()
-    libc.timerfd_gettime(tfd, ctypes.byref(cur))
-    check("timerfd-interval", cur.interval.s == 1000 and cur.interval.n == 0, str(cur.interval.s))
-    check("timerfd-remaining", 400 < cur.value.s < 500, str(cur.value.s))
-    check("timerfd-ticks", struct.unpack("Q", os.read(tfired, 8))[0] == 1)
-    libc.timerfd_gettime(tfired, ctypes.byref(cur))
-    check("timerfd-disarmed", cur.value.s == 0 and cur.value.n == 0)
-attempt("timerfd", timerfd)
-def memfd():
-    check("memfd-name", os.readlink(f"/proc/self/fd/{m}") == "/memfd:fdk test (deleted)")
-    check("memfd-offset", os.lseek(m, 0, os.SEEK_CUR) == 123)
-    check("memfd-contents", os.pread(m, 1 << 20, 0) == content)
-    check("memfd-seals", fcntl.fcntl(m, F_GET_SEALS) == F_SEAL_SHRINK | F_SEAL_GROW, str(fcntl.fcntl(m, F_GET_SEALS)))
-attempt("memfd", memfd)
-def inotify():
-    with open(watched, "a") as f: f.write("x")
-    open(os.path.join(sub, "new"), "w").close()
-    time.sleep(0.1)
-    buf = os.read(ino, 4096)
-    evs = []
-    while buf:
-        wd, mk, _, ln = struct.unpack("iIII", buf[:16])
-        evs.append((wd, mk))
-        buf = buf[16 + ln:]
-    check("inotify-events", (wd1, IN_MODIFY) in evs and (wd3, IN_CREATE) in evs and wd3 == 3, repr(evs))
-attempt("inotify", inotify)
-open(os.path.join(d, "result.tmp"), "w").write("\n".join(out) + "\n")
-os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
-while True:
-    time.sleep(1)
-"#;
+const ONE_OF_EACH: &str = include_str!("../programs/fd_one_of_each.py");
 
 /// Starts `go` and waits for the target's `result`; fails the test on any
 /// `BAD` line or when fewer than `want` checks ran.
@@ -507,4 +369,119 @@ fn unsupported_kind_is_refused_naming_pid_fd_and_kind() {
         "pid {pid} fd {fd}: an anon_inode descriptor (anon_inode:[io_uring]) is not supported"
     );
     assert_refused(&t, pid, &[&what]);
+}
+
+/// A python3 asyncio program: its loop waits in epoll (with the loop's
+/// self-pipe socketpair registered), a stream over a socketpair carries a
+/// message every 50 ms from one coroutine to another, and an eventfd
+/// registered with `add_reader` is signalled by a timer. It writes its
+/// token and the three counters to `state`.
+const ASYNCIO: &str = r#"
+import asyncio, os, secrets, socket, sys
+d = sys.argv[1]
+token = secrets.token_hex(8)
+counts = {"ticks": 0, "messages": 0, "events": 0}
+
+def save():
+    tmp = os.path.join(d, "state.tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{token} {counts['ticks']} {counts['messages']} {counts['events']}\n")
+    os.replace(tmp, os.path.join(d, "state"))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    rb, wb = await asyncio.open_connection(sock=b)
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    def on_event():
+        counts["events"] += os.eventfd_read(ev)
+    loop.add_reader(ev, on_event)
+    async def sender():
+        n = 0
+        while True:
+            n += 1
+            wa.write(f"msg {n}\n".encode())
+            await wa.drain()
+            await asyncio.sleep(0.05)
+    async def receiver():
+        expect = 1
+        while True:
+            line = await rb.readline()
+            if line != f"msg {expect}\n".encode():
+                counts["messages"] = -1000000
+            expect += 1
+            counts["messages"] += 1
+    async def ticker():
+        while True:
+            counts["ticks"] += 1
+            os.eventfd_write(ev, 1)
+            save()
+            await asyncio.sleep(0.05)
+    await asyncio.gather(sender(), receiver(), ticker())
+
+asyncio.run(main())
+"#;
+
+fn asyncio_state(path: &Path) -> Option<(String, [i64; 3])> {
+    let text = read(path)?;
+    let mut it = text.split_whitespace();
+    let token = it.next()?.to_owned();
+    let mut c = [0i64; 3];
+    for v in &mut c {
+        *v = it.next()?.parse().ok()?;
+    }
+    Some((token, c))
+}
+
+#[test]
+fn python_asyncio_carries_on() {
+    let Some(t) = Test::new("fd_kinds_asyncio") else {
+        return;
+    };
+    let w = t.work();
+    let state = w.join("state");
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(ASYNCIO).arg(&w))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        asyncio_state(&state).is_some_and(|(_, c)| c.iter().all(|&x| x >= 5))
+    }) {
+        t.fail(&format!(
+            "the asyncio program did not get going: {:?} {}",
+            read(&state),
+            describe(pid)
+        ));
+    }
+    let kinds: Vec<String> = fd_links(pid).into_iter().map(|(_, l)| l).collect();
+    for want in ["anon_inode:[eventpoll]", "anon_inode:[eventfd]", "socket:["] {
+        if !kinds.iter().any(|k| k.starts_with(want)) {
+            t.fail(&format!("the program has no {want} descriptor: {kinds:?}"));
+        }
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    let Some((token, at_dump)) = asyncio_state(&state) else {
+        t.fail("no state after the dump")
+    };
+    t.restore_detached(pid, &[]);
+    let mut now = None;
+    if !wait_for(Duration::from_secs(10), || {
+        now = asyncio_state(&state);
+        now.as_ref()
+            .is_some_and(|(_, c)| c.iter().zip(&at_dump).all(|(n, d)| *n >= d + 10))
+    }) {
+        t.fail(&format!(
+            "after restore the counters (ticks, messages, events) did not all go on from {at_dump:?}: {now:?} {}",
+            describe(pid)
+        ));
+    }
+    let (new_token, c) = now.unwrap();
+    if new_token != token || c[1] < 0 {
+        t.fail(&format!(
+            "token {token} -> {new_token}, messages {} (negative: one was lost or out of order)",
+            c[1]
+        ));
+    }
+    kill_and_reap(pid);
 }
