@@ -3,6 +3,7 @@
 //! every dumped VMA, filling pages with large `pread64`s, and the
 //! `PR_SET_MM_MAP` fields.
 
+use super::cow::Fill;
 use super::layout::{self, Range};
 use super::validate::{fillable, PAGE};
 use crate::error::{Error, Result};
@@ -115,29 +116,32 @@ fn live_ranges(maps: &[SmapsVma]) -> Vec<Range> {
         .collect()
 }
 
-/// Pick the trampoline area: free in both the dumped and the stub's layout.
-pub fn plan_trampoline(vmas: &[Vma], stub: &[SmapsVma]) -> Option<Range> {
-    let mut occ = dumped_ranges(vmas);
-    occ.extend(live_ranges(stub));
+/// Pick the trampoline area: free in every range of `occupied` (the
+/// dumped layouts of the whole tree, the root stub's live one and the
+/// shared objects), so that one area serves every process: a child forked
+/// from a restored parent inherits it.
+pub fn plan_trampoline(occupied: Vec<Range>) -> Option<Range> {
     let len = TRAMPOLINE_PAGES * PAGE;
-    layout::find_hole(occ, len, MIN_ADDR, TASK_SIZE).map(|a| (a, a + len))
+    layout::find_hole(occupied, len, MIN_ADDR, TASK_SIZE).map(|a| (a, a + len))
 }
 
-/// Map the trampoline in the stub (through the stub's current gadget), put
-/// the `syscall` instruction at its start and switch to it.
+/// The trampoline of `pid` at `tramp` as a [`Remote`]: its first page holds
+/// the gadget, the rest is the scratch area.
+pub fn trampoline_remote(pid: i32, tramp: Range) -> Remote {
+    Remote {
+        pid,
+        scratch: tramp.0 + PAGE,
+        scratch_len: tramp.1 - tramp.0 - PAGE,
+    }
+}
+
+/// Map the trampoline at `(t, end)` (from [`plan_trampoline`]) in the root
+/// stub (through the stub's current gadget), put the `syscall` instruction
+/// at its start and switch to it. The processes forked from it later
+/// inherit it.
 ///
-/// Errors: no hole, or an injected call failed.
-pub fn setup_trampoline(
-    h: &mut Helper,
-    pid: i32,
-    vmas: &[Vma],
-    stub: &[SmapsVma],
-) -> Result<(Remote, Range)> {
-    let (t, end) = plan_trampoline(vmas, stub).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "pid {pid}: no free area for the trampoline in both the dumped and the current layout"
-        ))
-    })?;
+/// Errors: an injected call failed, or the area was taken.
+pub fn setup_trampoline(h: &mut Helper, pid: i32, (t, end): Range) -> Result<Remote> {
     let boot = Remote::new(pid);
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
     let got = boot.call(
@@ -167,14 +171,7 @@ pub fn setup_trampoline(
     )?;
     h.set_gadget(pid, t)?;
     info!("pid {pid}: trampoline at {t:#x}-{end:#x}");
-    Ok((
-        Remote {
-            pid,
-            scratch: t + PAGE,
-            scratch_len: end - t - PAGE,
-        },
-        (t, end),
-    ))
+    Ok(trampoline_remote(pid, (t, end)))
 }
 
 /// A shared anonymous memory object of the checkpoint (every mapping with
@@ -456,12 +453,9 @@ pub fn open_high(h: &mut Helper, r: &Remote, path: &str, flags: i32, min: i32) -
     Ok(high as i32)
 }
 
-/// For each VMA, whether stored pages fall in it.
-pub fn vmas_with_pages(vmas: &[Vma], runs: &[PagemapEntry]) -> Vec<bool> {
-    let ranges: Vec<Range> = runs
-        .iter()
-        .map(|r| (r.vaddr, r.vaddr + r.nr_pages * PAGE))
-        .collect();
+/// For each VMA, whether pages are written into it.
+pub fn vmas_with_pages(vmas: &[Vma], fills: &[Fill]) -> Vec<bool> {
+    let ranges: Vec<Range> = fills.iter().map(|f| (f.vaddr, f.vaddr + f.len)).collect();
     vmas.iter()
         .map(|v| fillable(v) && layout::overlaps(&ranges, v.start, v.end))
         .collect()
@@ -488,7 +482,9 @@ pub fn map_flags(v: &Vma) -> u32 {
     }
 }
 
-/// Map every dumped VMA but the vDSO areas and `[vsyscall]`, then re-apply
+/// Map every dumped VMA but the vDSO areas, `[vsyscall]` and the ones
+/// `inherited` from the parent (already in place, see [`super::cow`]; they
+/// only get write access if `fills` writes into them), then re-apply
 /// madvise and mlock. Shared anonymous memory is mapped from its object in
 /// `shared` (see [`SharedObject`]). Returns, per VMA, whether its protection
 /// differs from the dumped one (widened for page filling, or the shared
@@ -500,12 +496,27 @@ pub fn map_vmas(
     h: &mut Helper,
     r: &Remote,
     mm: &MmEntry,
-    runs: &[PagemapEntry],
+    fills: &[Fill],
     shared: &[SharedObject],
+    inherited: &[bool],
 ) -> Result<Vec<bool>> {
-    let pages = vmas_with_pages(&mm.vmas, runs);
+    let pages = vmas_with_pages(&mm.vmas, fills);
     let mut widened = vec![false; mm.vmas.len()];
     for (i, v) in mm.vmas.iter().enumerate() {
+        if inherited.get(i) == Some(&true) {
+            let prot = map_prot(v, pages[i]);
+            if prot != v.prot {
+                widened[i] = true;
+                r.call(
+                    h,
+                    &format!("mprotect({:#x}-{:#x}, {prot:#x})", v.start, v.end),
+                    libc::SYS_mprotect,
+                    [v.start, v.end - v.start, prot as u64, 0, 0, 0],
+                )?;
+            }
+            apply_advice(h, r, v)?;
+            continue;
+        }
         if let VmaKind::SharedAnon { shmid } = v.kind {
             map_shared(h, r, v, shmid, shared)?;
             widened[i] = v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32;
@@ -648,21 +659,37 @@ const MADV_POPULATE_WRITE: u64 = 23;
 /// Runs at least this long (bytes) are pre-populated before being read.
 const POPULATE_MIN: u64 = 64 * 1024;
 
-/// Read every run from the pages file (open in the task as `fd`) straight
-/// into place: one `pread64` per run, looping only on short reads.
+/// Drop the pages of `ranges` (parts of inherited VMAs the parent stored
+/// and this process did not) with `MADV_DONTNEED`, so that they read as
+/// zeros (anonymous memory) or as the file (a private file mapping), see
+/// madvise(2).
+///
+/// Errors: an injected madvise failed.
+pub fn drop_pages(h: &mut Helper, r: &Remote, ranges: &[Range]) -> Result<()> {
+    for &(s, e) in ranges {
+        r.call(
+            h,
+            &format!("madvise({s:#x}-{e:#x}, MADV_DONTNEED)"),
+            libc::SYS_madvise,
+            [s, e - s, libc::MADV_DONTNEED as u64, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Read every run of `fills` from the pages file (open in the task as
+/// `fd`) straight into place: one `pread64` per run, looping only on short
+/// reads.
 ///
 /// Errors: an injected call failed, or the file ended early.
-pub fn fill_pages(
-    h: &mut Helper,
-    r: &Remote,
-    fd: i32,
-    runs: &[PagemapEntry],
-    pages: &Path,
-) -> Result<()> {
-    let mut off = 0u64;
+pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &Path) -> Result<()> {
     let mut total = 0u64;
-    for run in runs {
-        let len = run.nr_pages * PAGE;
+    for f in fills {
+        let (len, off) = (f.len, f.off);
+        let run = PagemapEntry {
+            vaddr: f.vaddr,
+            nr_pages: len / PAGE,
+        };
         if len >= POPULATE_MIN {
             // Allocate the run's pages in one call rather than one page fault
             // per page inside pread64 (see madvise(2), MADV_POPULATE_WRITE,
@@ -700,13 +727,12 @@ pub fn fill_pages(
             }
             done += n;
         }
-        off += len;
         total += len;
     }
     info!(
         "pid {}: {} runs, {total} bytes of pages restored",
         r.pid,
-        runs.len()
+        fills.len()
     );
     Ok(())
 }
@@ -739,7 +765,10 @@ pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
 }
 
 /// Set code/data/brk/stack/args/env, auxv and the executable with
-/// `PR_SET_MM_MAP`.
+/// `PR_SET_MM_MAP`. `exe_inherited`: the task was forked from a restored
+/// parent with the same executable, whose exe link it inherited (see
+/// fork(2)); it is left as it is, since the kernel refuses to change the
+/// link while the old file is still mapped (EBUSY, see prctl(2)).
 ///
 /// Errors: opening the executable or the prctl failed.
 ///
@@ -747,10 +776,13 @@ pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
 /// caller's credentials and lacks `CAP_CHECKPOINT_RESTORE`, which the kernel
 /// requires to change the exe link: the map is set with `exe_fd = -1` and
 /// `/proc/PID/exe` keeps pointing at `criu-helper` (see SECURITY.md).
-pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
-    let set_exe = h.caller_uid == 0;
+pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry, exe_inherited: bool) -> Result<()> {
+    let root = h.caller_uid == 0;
+    let set_exe = root && !exe_inherited;
     let exe_fd = if set_exe {
         open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?
+    } else if root {
+        -1
     } else {
         warn!(
             "pid {}: setuid mode cannot set the exe link to {}; /proc/{}/exe still points at criu-helper (restore as root to set it)",
@@ -780,6 +812,11 @@ pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry) -> Result<()> {
     res?;
     if set_exe {
         info!("pid {}: mm fields, auxv and exe ({}) set", r.pid, mm.exe);
+    } else if root {
+        info!(
+            "pid {}: mm fields and auxv set (exe {} inherited from its parent)",
+            r.pid, mm.exe
+        );
     } else {
         info!("pid {}: mm fields and auxv set (exe link unchanged)", r.pid);
     }
@@ -819,7 +856,9 @@ mod tests {
     fn trampoline_avoids_both_layouts() {
         let mm = sample_mm();
         let stub = maps(&[(0x7ffffff00000, 0x7ffffffff000, "[stack]")]);
-        let (s, e) = plan_trampoline(&mm.vmas, &stub).unwrap();
+        let mut occ = dumped_ranges(&mm.vmas);
+        occ.extend(live_ranges(&stub));
+        let (s, e) = plan_trampoline(occ).unwrap();
         assert_eq!(e - s, TRAMPOLINE_PAGES * PAGE);
         assert!(e <= 0x7ffffff00000 && s >= MIN_ADDR);
         for v in &mm.vmas {
@@ -886,9 +925,10 @@ mod tests {
             (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN | libc::MAP_FIXED)
                 as u32
         );
-        let runs = [PagemapEntry {
+        let runs = [Fill {
             vaddr: 0x1000,
-            nr_pages: 1,
+            len: PAGE,
+            off: 0,
         }];
         assert_eq!(vmas_with_pages(std::slice::from_ref(&v), &runs), vec![true]);
         assert_eq!(vmas_with_pages(&[v], &[]), vec![false]);

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cow;
 mod files;
 mod ghost;
 mod layout;
@@ -98,18 +99,39 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
     })
 }
 
-/// Create every task, then turn each stub into its dumped process.
+/// Create every task and turn each stub into its dumped process: parents
+/// first, each process's memory is restored and then its children are
+/// forked from it (inheriting its private pages copy-on-write, see
+/// [`cow`]); once every process exists, groups and zombies are made, then
+/// each process gets its descriptors, threads and state.
 fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     let (mut sender, theirs) = files::FileSender::new(ck)?;
     create_stub(h, ck, sender.transport, theirs)?;
-    let shared = create_shared(h, ck)?;
-    tree::create_processes(h, ck)?;
-    for (i, p) in ck.procs.iter().enumerate() {
+    let root = ck.root().pstree.pid;
+    let (shared, tramp) = plan_areas(ck)?;
+    mm::create_shared(h, &Remote::new(root), &shared)?;
+    let mut remotes = Vec::with_capacity(ck.procs.len());
+    for e in ck.tree.iter().filter(|e| e.zombie.is_none()) {
+        let img = image_of(ck, e.pid)?;
+        tree::start_session(h, ck, e)?;
+        let parent = if e.pid == root {
+            None
+        } else {
+            Some(image_of(ck, e.ppid)?)
+        };
+        let r = restore_memory(h, sender.transport + 1, img, parent, tramp, &shared)?;
+        tree::fork_children(h, ck, e, &r)?;
+        // The children have mapped their parts; the whole goes.
+        mm::unmap_shared(h, &r, &shared)?;
+        remotes.push(r);
+    }
+    tree::finish_tree(h, ck)?;
+    for (i, (p, r)) in ck.procs.iter().zip(&remotes).enumerate() {
         let reaps = ck
             .tree
             .iter()
             .any(|e| e.ppid == p.pstree.pid && e.zombie.is_some());
-        restore_stub(h, p, reaps, &shared, &mut sender)?;
+        restore_rest(h, p, r, tramp, reaps, &mut sender)?;
         sender.done_with(i);
     }
     sender.finish_sockets()?;
@@ -117,17 +139,22 @@ fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
-/// Create every shared memory object of the checkpoint in the root stub,
-/// in a hole of every process's dumped layout and of the stub's own, so
-/// that the processes forked from it all inherit them (see
-/// [`mm::SharedObject`]).
+/// The images of live process `pid`.
 ///
-/// Errors: no hole that large, or an injected call failed.
-fn create_shared(h: &mut Helper, ck: &Checkpoint) -> Result<Vec<mm::SharedObject>> {
-    let sizes = mm::shared_sizes(ck.procs.iter().map(|p| &p.mm));
-    if sizes.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Errors: it has none (a zombie's children are not restored).
+fn image_of(ck: &Checkpoint, pid: i32) -> Result<&Images> {
+    ck.procs
+        .iter()
+        .find(|p| p.pstree.pid == pid)
+        .ok_or_else(|| Error::Unsupported(format!("pid {pid}: no images of a live process")))
+}
+
+/// Place every shared memory object of the checkpoint and the trampoline
+/// that every process uses, in holes of every process's dumped layout and
+/// of the root stub's own (see [`mm::SharedObject`]).
+///
+/// Errors: no hole that large.
+fn plan_areas(ck: &Checkpoint) -> Result<(Vec<mm::SharedObject>, layout::Range)> {
     let root = ck.root().pstree.pid;
     let mut occ: Vec<layout::Range> = ck
         .procs
@@ -142,14 +169,20 @@ fn create_shared(h: &mut Helper, ck: &Checkpoint) -> Result<Vec<mm::SharedObject
             .filter(|m| m.end <= shared_ipc::TASK_SIZE)
             .map(|m| (m.start, m.end)),
     );
-    let objs = mm::plan_shared(&sizes, occ).ok_or_else(|| {
+    let sizes = mm::shared_sizes(ck.procs.iter().map(|p| &p.mm));
+    let objs = mm::plan_shared(&sizes, occ.clone()).ok_or_else(|| {
         Error::Unsupported(format!(
             "no free area for the {} shared memory objects of the tree",
             sizes.len()
         ))
     })?;
-    mm::create_shared(h, &Remote::new(root), &objs)?;
-    Ok(objs)
+    occ.extend(objs.iter().map(|o| o.range()));
+    let tramp = mm::plan_trampoline(occ).ok_or_else(|| {
+        Error::Unsupported(
+            "no free area for the trampoline in the dumped layouts and the stub's".into(),
+        )
+    })?;
+    Ok((objs, tramp))
 }
 
 /// [`precheck`] for every process, and every thread ID free.
@@ -249,18 +282,22 @@ fn create_stub(h: &mut Helper, ck: &Checkpoint, number: i32, transport: OwnedFd)
     }
 }
 
-/// Turn a stub into the dumped process, up to its final registers; its
-/// extra threads are created and restored too. `reaps`: it has zombie
-/// children, whose `SIGCHLD` (made at restore) is dropped.
-fn restore_stub(
+/// Turn a stub's address space into the dumped process's: the root stub
+/// (`parent` None) gets the trampoline `tramp` and every mapping; a child,
+/// just forked from its restored `parent`, keeps what it inherited where
+/// that matches its own images and writes only what differs (see [`cow`]).
+/// The shared objects' whole mappings stay until the children are forked.
+/// Temporary descriptors go at `high` or above. Returns the process's
+/// trampoline.
+fn restore_memory(
     h: &mut Helper,
+    high: i32,
     img: &Images,
-    reaps: bool,
+    parent: Option<&Images>,
+    tramp: layout::Range,
     shared: &[mm::SharedObject],
-    sender: &mut files::FileSender<'_>,
-) -> Result<()> {
+) -> Result<Remote> {
     let pid = img.pstree.pid;
-    h.set_sigmask(pid, !0)?;
     let rs = h.get_rseq(pid)?;
     if rs.rseq_abi_pointer != 0 {
         Remote::new(pid).call(
@@ -278,26 +315,69 @@ fn restore_stub(
         )?;
     }
     let stub_maps = crate::proc::read_maps(pid)?;
-    let (r, tramp) = mm::setup_trampoline(h, pid, &img.mm.vmas, &stub_maps)?;
-    let shared_ranges: Vec<layout::Range> = shared.iter().map(|o| o.range()).collect();
-    mm::unmap_stub(h, &r, tramp, &stub_maps, &shared_ranges)?;
+    let (r, plan) = match parent {
+        None => (
+            mm::setup_trampoline(h, pid, tramp)?,
+            cow::plain(cow::MemImages::of(img)),
+        ),
+        Some(p) => (
+            mm::trampoline_remote(pid, tramp),
+            cow::plan(cow::MemImages::of(img), cow::MemImages::of(p), &stub_maps)?,
+        ),
+    };
+    let mut keep: Vec<layout::Range> = shared.iter().map(|o| o.range()).collect();
+    let shared_ranges = keep.clone();
+    keep.extend(
+        img.mm
+            .vmas
+            .iter()
+            .zip(&plan.inherited)
+            .filter(|x| *x.1)
+            .map(|(v, _)| (v.start, v.end)),
+    );
+    mm::unmap_stub(h, &r, tramp, &stub_maps, &keep)?;
     mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps, &shared_ranges)?;
+    mm::drop_pages(h, &r, &plan.drop)?;
+    let pages = img.pages.to_string_lossy().into_owned();
+    let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
+    let widened = mm::map_vmas(h, &r, &img.mm, &plan.fills, shared, &plan.inherited)?;
+    mm::fill_pages(h, &r, pages_fd, &plan.fills, &img.pages)?;
+    mm::close_in(h, &r, pages_fd)?;
+    mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
+    let exe_inherited = parent.is_some_and(|p| p.mm.exe == img.mm.exe);
+    mm::set_mm_fields(h, &r, &img.mm, exe_inherited)?;
+    if let Some(p) = parent {
+        let kept = plan.inherited.iter().filter(|&&k| k).count();
+        info!(
+            "pid {pid}: {kept} mappings inherited from {}, {} bytes of them left shared, {} bytes dropped",
+            p.pstree.pid,
+            plan.same,
+            plan.drop.iter().map(|(s, e)| e - s).sum::<u64>()
+        );
+    }
+    Ok(r)
+}
+
+/// The rest of a process once every process exists, up to its final
+/// registers: descriptors, fs information, threads and their state, then
+/// the trampoline goes. `reaps`: it has zombie children, whose `SIGCHLD`
+/// (made at restore) is dropped.
+fn restore_rest(
+    h: &mut Helper,
+    img: &Images,
+    r: &Remote,
+    tramp: layout::Range,
+    reaps: bool,
+    sender: &mut files::FileSender<'_>,
+) -> Result<()> {
+    let pid = img.pstree.pid;
+    let r = *r;
     if reaps {
         // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}): EAGAIN when none.
         let set = r.put(h, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
         let ts = r.put(h, 16, &[0u8; 16])?;
         r.raw(h, libc::SYS_rt_sigtimedwait, [set, 0, ts, 8, 0, 0])?;
     }
-    let high = sender.transport + 1;
-    let pages = img.pages.to_string_lossy().into_owned();
-    let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
-    let widened = mm::map_vmas(h, &r, &img.mm, &img.runs, shared)?;
-    mm::unmap_shared(h, &r, shared)?;
-    mm::fill_pages(h, &r, pages_fd, &img.runs, &img.pages)?;
-    mm::close_in(h, &r, pages_fd)?;
-    mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
-    mm::set_mm_fields(h, &r, &img.mm)?;
-
     // A process made with CLONE_FILES / CLONE_FS has its parent's table and
     // fs information, which the parent (restored before it) already set.
     if img.pstree.shares_files {

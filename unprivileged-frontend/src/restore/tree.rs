@@ -1,9 +1,11 @@
 //! Creating the processes and threads of a checkpoint with their dumped IDs:
 //! child processes are forked (an injected fork-like `clone3` with `set_tid`)
-//! from their parent's stub before any memory is replaced, so every stub
-//! is still a copy of the helper; sessions and process groups are set up,
-//! zombies are made to exit with their dumped status; extra threads are
-//! created (an injected `clone3` with `CLONE_THREAD`) in a restored leader.
+//! from their parent's stub once the parent's memory is restored (so they
+//! inherit its private pages copy-on-write, see `super::cow`) and before
+//! its descriptors, threads and credentials are; sessions and process
+//! groups are set up, zombies are made to exit with their dumped status;
+//! extra threads are created (an injected `clone3` with `CLONE_THREAD`) in
+//! a restored leader.
 
 use super::validate::Checkpoint;
 use crate::error::{Error, Result};
@@ -149,8 +151,8 @@ fn undo_clone(h: &mut Helper, r: &Remote, flags: u64, got: i32) -> Result<()> {
     Ok(())
 }
 
-/// A one-page scratch area in a stub that is still a copy of the helper
-/// (it disappears with the stub's other mappings when it is restored).
+/// A one-page scratch area, anywhere free, in a stub that is about to
+/// become a zombie.
 fn boot_scratch(h: &mut Helper, pid: i32) -> Result<Remote> {
     let mut r = Remote::new(pid);
     r.scratch = r.call(
@@ -174,43 +176,51 @@ fn entry(ck: &Checkpoint, pid: i32) -> Option<&PstreeEntry> {
     ck.tree.iter().find(|e| e.pid == pid)
 }
 
-/// After the root stub exists: fork every other process from its parent's
-/// stub (parents first), with sessions made before children are forked,
-/// then process groups, then let zombies exit. Every stub has all signals
-/// blocked from here on (a zombie's `SIGCHLD` waits in its parent, which
-/// drops it before its own pending signals are re-queued).
+/// Before a process's children are forked: block every signal in it (a
+/// zombie's `SIGCHLD` waits in its parent, which drops it before its own
+/// pending signals are re-queued) and make it a session leader if it was
+/// one.
 ///
-/// Errors: an ID is taken, a session or group cannot be rebuilt, or an
-/// injected call failed.
-pub fn create_processes(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+/// Errors: an injected call failed.
+pub fn start_session(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry) -> Result<()> {
     let root = ck.tree[0].pid;
-    for e in ck.tree.iter().filter(|e| e.zombie.is_none()) {
-        h.set_sigmask(e.pid, !0)?;
-        let r = Remote::new(e.pid);
-        if e.sid == e.pid {
-            r.call(h, "setsid", libc::SYS_setsid, [0; 6])?;
-        } else if e.pid == root {
-            info!(
-                "pid {root}: was in session {} (not in the checkpoint); it joins criu's session",
-                e.sid
-            );
-        }
-        let kids: Vec<&PstreeEntry> = ck.tree.iter().filter(|c| c.ppid == e.pid).collect();
-        if kids.is_empty() {
-            continue;
-        }
-        let boot = boot_scratch(h, e.pid)?;
-        for c in kids {
-            if c.sid != c.pid && c.sid != e.sid && !(e.pid == root && e.sid != root) {
-                return Err(Error::Unsupported(format!(
-                    "pid {}: its session {} has no leader in the checkpoint and is not its parent's; such sessions cannot be rebuilt",
-                    c.pid, c.sid
-                )));
-            }
-            clone_in(h, &boot, share_flags(c), libc::SIGCHLD as u64, c.pid)
-                .map_err(|e| in_use(e, c.pid))?;
-        }
+    h.set_sigmask(e.pid, !0)?;
+    let r = Remote::new(e.pid);
+    if e.sid == e.pid {
+        r.call(h, "setsid", libc::SYS_setsid, [0; 6])?;
+    } else if e.pid == root {
+        info!(
+            "pid {root}: was in session {} (not in the checkpoint); it joins criu's session",
+            e.sid
+        );
     }
+    Ok(())
+}
+
+/// Fork the children of `e` from its stub through `r` (its trampoline),
+/// each with its dumped PID and the sharing flags of [`share_flags`].
+///
+/// Errors: an ID is taken, a session cannot be rebuilt, or an injected
+/// call failed.
+pub fn fork_children(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry, r: &Remote) -> Result<()> {
+    let root = ck.tree[0].pid;
+    for c in ck.tree.iter().filter(|c| c.ppid == e.pid) {
+        if c.sid != c.pid && c.sid != e.sid && !(e.pid == root && e.sid != root) {
+            return Err(Error::Unsupported(format!(
+                "pid {}: its session {} has no leader in the checkpoint and is not its parent's; such sessions cannot be rebuilt",
+                c.pid, c.sid
+            )));
+        }
+        clone_in(h, r, share_flags(c), libc::SIGCHLD as u64, c.pid)
+            .map_err(|e| in_use(e, c.pid))?;
+    }
+    Ok(())
+}
+
+/// Once every process exists: process groups, then the zombies exit.
+///
+/// Errors: a group cannot be rebuilt, or an injected call failed.
+pub fn finish_tree(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     set_groups(h, ck)?;
     for e in ck.tree.iter() {
         if let Some(status) = e.zombie {
