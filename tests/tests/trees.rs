@@ -78,7 +78,10 @@ fn tree_with_groups_and_a_zombie() {
         }
     }
     signal(root, libc::SIGUSR1).expect("SIGUSR1");
-    if !wait_for(Duration::from_secs(5), || read(&w.join("reaped")).is_some()) {
+    // open(.., "w") creates the file empty before the write: wait for text.
+    if !wait_for(Duration::from_secs(5), || {
+        read(&w.join("reaped")).is_some_and(|s| !s.trim().is_empty())
+    }) {
         t.fail("the parent did not reap its zombie");
     }
     let code = read(&w.join("reaped")).unwrap();
