@@ -44,6 +44,12 @@ pub struct Stat {
     pub pgrp: i32,
     /// (6) session.
     pub session: i32,
+    /// (7) controlling terminal: its device number (minor in bits 31..20
+    /// and 7..0, major in bits 15..8), 0 when none.
+    pub tty_nr: u32,
+    /// (8) foreground process group of the controlling terminal, -1 when
+    /// none.
+    pub tpgid: i32,
     /// (20) number of threads.
     pub num_threads: i64,
     /// (26) start of code.
@@ -91,6 +97,8 @@ pub fn parse_stat(text: &str) -> std::result::Result<Stat, String> {
         ppid: num(4)? as i32,
         pgrp: num(5)? as i32,
         session: num(6)? as i32,
+        tty_nr: num(7)? as u32,
+        tpgid: num(8)? as i32,
         num_threads: num(20)? as i64,
         start_code: num(26)?,
         end_code: num(27)?,

@@ -178,6 +178,131 @@ fn owned(fd: libc::c_long) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
+// ---------------------------------------------------------------------------
+// Terminals (see fdkind/tty.rs).
+
+/// The kernel's `struct termios` as the `TCGETS` and `TCSETS` ioctls pass
+/// it (see ioctl_tty(2); not glibc's larger one): flags, line discipline
+/// and the 19 control characters (`NCCS` of the kernel).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelTermios {
+    /// `c_iflag`.
+    pub iflag: u32,
+    /// `c_oflag`.
+    pub oflag: u32,
+    /// `c_cflag`.
+    pub cflag: u32,
+    /// `c_lflag`.
+    pub lflag: u32,
+    /// `c_line`.
+    pub line: u8,
+    /// `c_cc`.
+    pub cc: [u8; 19],
+}
+
+/// `TCGETS` (or, `locked`, `TIOCGLCKTRMIOS`) on a terminal (see
+/// ioctl_tty(2)); on a pseudo-terminal master it reads the pair's (the
+/// slave's) settings.
+///
+/// Errors: its errno (ENOTTY: not a terminal).
+pub fn tty_get_termios(fd: &impl AsRawFd, locked: bool) -> std::io::Result<KernelTermios> {
+    let mut t = KernelTermios::default();
+    let req = if locked {
+        libc::TIOCGLCKTRMIOS
+    } else {
+        libc::TCGETS
+    };
+    // SAFETY: the kernel writes one `struct termios` (36 bytes, the
+    // layout of KernelTermios) to `t`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut t as *mut KernelTermios) } as libc::c_long)?;
+    Ok(t)
+}
+
+/// `TCSETS` (or, `locked`, `TIOCSLCKTRMIOS`, which needs
+/// `CAP_SYS_ADMIN`): set the settings at once, neither draining nor
+/// flushing (see ioctl_tty(2)).
+///
+/// Errors: its errno.
+pub fn tty_set_termios(fd: &impl AsRawFd, t: &KernelTermios, locked: bool) -> std::io::Result<()> {
+    let req = if locked {
+        libc::TIOCSLCKTRMIOS
+    } else {
+        libc::TCSETS
+    };
+    // SAFETY: the kernel reads one `struct termios` from `t`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, t as *const KernelTermios) } as libc::c_long)?;
+    Ok(())
+}
+
+/// `TIOCGWINSZ`: (rows, columns, x pixels, y pixels), see ioctl_tty(2).
+///
+/// Errors: its errno.
+pub fn tty_get_winsize(fd: &impl AsRawFd) -> std::io::Result<[u16; 4]> {
+    let mut w = [0u16; 4];
+    // SAFETY: the kernel writes one `struct winsize` (four unsigned
+    // shorts) to `w`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, w.as_mut_ptr()) } as libc::c_long)?;
+    Ok(w)
+}
+
+/// `TIOCSWINSZ` with (rows, columns, x pixels, y pixels).
+///
+/// Errors: its errno.
+pub fn tty_set_winsize(fd: &impl AsRawFd, w: [u16; 4]) -> std::io::Result<()> {
+    // SAFETY: the kernel reads one `struct winsize` from `w`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, w.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// A terminal ioctl that writes one int: `TIOCGPTN`, `TIOCGPKT`,
+/// `TIOCGPTLCK`, `TIOCGSID`, `TIOCGPGRP`, `FIONREAD` (see ioctl_tty(2),
+/// pty(7)).
+///
+/// Errors: its errno.
+pub fn tty_get_int(fd: &impl AsRawFd, req: libc::Ioctl) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: each of these requests writes one int to `v`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v as *mut libc::c_int) } as libc::c_long)?;
+    Ok(v)
+}
+
+/// A terminal ioctl that reads one int through a pointer: `TIOCPKT`,
+/// `TIOCSPTLCK`, `TIOCSPGRP`.
+///
+/// Errors: its errno.
+pub fn tty_set_int(fd: &impl AsRawFd, req: libc::Ioctl, v: i32) -> std::io::Result<()> {
+    // SAFETY: each of these requests reads one int from `v`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, &v as *const libc::c_int) } as libc::c_long)?;
+    Ok(())
+}
+
+/// `TIOCGPTPEER`: open the slave of the pseudo-terminal master `fd` with
+/// open(2) `flags`, without a path lookup (Linux 4.13, see ioctl_tty(2)).
+///
+/// Errors: its errno (EIO: the pair is locked).
+pub fn tty_open_peer(fd: &impl AsRawFd, flags: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only; the result is a new descriptor.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTPEER, flags as libc::c_ulong) };
+    cvt(r as libc::c_long).map(owned)
+}
+
+/// poll(2) `fd` for `POLLIN` without waiting: whether it is readable now.
+/// On a terminal this also makes the kernel process input received so
+/// far (n_tty flushes its pending receive work when polled).
+pub fn poll_in_now(fd: &impl AsRawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, count 1, no timeout.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & libc::POLLIN != 0
+}
+
+// ---------------------------------------------------------------------------
+
 /// Fork a child for `criu check` to probe: it sets `*word` to `value` (so
 /// that page is present and private in the child), asks to be killed when
 /// we die, and then sleeps in `pause(2)` until killed. Returns its pid.

@@ -23,10 +23,6 @@ const DEVICES: [&str; 6] = [
     "/dev/tty",
 ];
 
-fn is_terminal_path(p: &str) -> bool {
-    p.starts_with("/dev/pts/") || p.starts_with("/dev/tty") || p == "/dev/console"
-}
-
 /// What the options of `criu dump` say about descriptors.
 #[derive(Debug, Clone)]
 pub struct FileOptions {
@@ -81,6 +77,8 @@ pub struct FileTable {
     memfds: memfd::MemfdDumper,
     /// The descriptions of each pipe, by pipe (see [`PipeUse`]).
     pipe_uses: HashMap<(Option<String>, u64), PipeUse>,
+    /// Terminals seen so far.
+    pub tty: crate::fdkind::tty::Collector,
 }
 
 /// The descriptions of one pipe in the tree: a pipe held only at
@@ -112,6 +110,7 @@ impl FileTable {
             pipes: pipe::PipeDumper::new(),
             memfds: memfd::MemfdDumper::new(dir.path()),
             pipe_uses: HashMap::new(),
+            tty: Default::default(),
         }
     }
 
@@ -262,6 +261,7 @@ impl FileTable {
                 }
             };
             self.add_locks(pid, fd, &link, &info, id)?;
+            self.tty.note(pid, fd, id, &self.entries[id as usize].kind);
             out.push(FdEntry { fd, cloexec, id });
         }
         Ok(out)
@@ -588,18 +588,11 @@ impl FileTable {
             };
             return unsupported(format!("{article} {kind} descriptor"));
         }
-        if is_terminal_path(link) && link != "/dev/tty" {
-            if fd <= 2 {
-                if !self.opts.shell_job {
-                    crate::warn!(
-                        "pid {pid} fd {fd} is the terminal {link}; it will be the restoring criu's fd {fd} (use --shell-job to say so)"
-                    );
-                }
-                return Ok(FileKind::Inherited {
-                    was: link.to_string(),
-                });
-            }
-            return unsupported("a terminal".into());
+        if crate::fdkind::tty::is_terminal(link) {
+            let dup = self.take_fd(pid, fd)?;
+            let id = self.entries.len() as u32;
+            let shell_job = self.opts.shell_job;
+            return self.tty.classify(id, pid, fd, link, flags, dup, shell_job);
         }
         // Metadata of the open file itself, not whatever the path names now.
         let fdpath = proc::path(pid, &format!("fd/{fd}"));

@@ -386,6 +386,25 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
     table.check_unix(&ext_unix(args)?)?;
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
     table.finish();
+    // Terminal queues are read out last (they cannot be peeked) and put
+    // back if the tree keeps running or the rest fails.
+    let queues = table
+        .tty
+        .finish(&mut table.entries, &entries, args.common.shell_job)?;
+    let written = write_tail(dir, &table, tree, args);
+    if written.is_err() || args.leave_running || args.leave_stopped {
+        queues.put_back();
+    }
+    written
+}
+
+/// `files.img`, then the inventory, then sync the directory.
+fn write_tail(
+    dir: &ImageDir,
+    table: &files::FileTable,
+    tree: &Tree,
+    args: &DumpArgs,
+) -> Result<()> {
     write_image(&dir.file_table(), Kind::FileTable, &table.entries)?;
     // The inventory is written last: a directory without it is incomplete.
     let inv = Inventory {

@@ -13,6 +13,7 @@ pub mod inotify;
 pub mod memfd;
 pub mod pidfd;
 pub mod pipe;
+pub mod tty;
 pub mod unix;
 
 use crate::error::Error;

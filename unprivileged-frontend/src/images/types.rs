@@ -532,4 +532,8 @@ pub enum FileKind {
     Inotify(crate::fdkind::inotify::InotifyEntry),
     /// A memfd (see [`crate::fdkind::memfd`]).
     Memfd(crate::fdkind::memfd::MemfdEntry),
+    /// A terminal: a pseudo-terminal master or slave of a pair inside the
+    /// tree, or the caller's terminal of a shell job (see
+    /// [`crate::fdkind::tty`]).
+    Tty(crate::fdkind::tty::TtyEntry),
 }

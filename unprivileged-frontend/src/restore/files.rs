@@ -137,6 +137,8 @@ pub struct FileSender<'a> {
     kinds: KindRestorers,
     /// Epoll descriptions whose registrations are made already.
     epolls_done: std::collections::HashSet<u32>,
+    /// Terminals made so far.
+    ttys: crate::fdkind::tty::Restorer,
 }
 
 /// Objects behind several open file descriptions (a pipe's buffer, a
@@ -201,6 +203,7 @@ impl<'a> FileSender<'a> {
                     memfds: crate::fdkind::memfd::MemfdRestorer::new(&ck.root().dir),
                 },
                 epolls_done: std::collections::HashSet::new(),
+                ttys: Default::default(),
             },
             remote,
         ))
@@ -229,6 +232,7 @@ impl<'a> FileSender<'a> {
             let fd = match &e.kind {
                 FileKind::Ghost { .. } => self.make_ghost(e, pid, f.fd)?,
                 FileKind::Unix(u) => self.unix.open(u).map_err(|er| in_pid(pid, f.fd, er))?,
+                FileKind::Tty(t) => self.ttys.open(self.table, t, pid, f.fd)?,
                 _ => make(e, pid, f.fd, &mut self.kinds)?,
             };
             self.describe_more(e, &fd, pid, f.fd)?;
@@ -391,12 +395,21 @@ impl<'a> FileSender<'a> {
     /// description was made; call once every task exists.
     ///
     /// Errors: [`Error::Refused`] when the owner still does not exist.
-    pub fn finish(&mut self) -> Result<()> {
+    /// Then what is left to do on terminals (locking pty pairs again) and
+    /// a shell job's terminal foreground group (`root`: the pstree root).
+    pub fn finish(&mut self, root: &crate::images::types::PstreeEntry) -> Result<()> {
+        self.ttys.finish()?;
+        crate::fdkind::tty::shell_foreground(self.table, root);
         for (fd, o, pid, n) in self.pending_owners.drain(..) {
             crate::sys::set_file_owner(&fd, o.kind, o.pid, o.signal)
                 .map_err(|err| owner_error(pid, n, &o, &err))?;
         }
         Ok(())
+    }
+
+    /// The checkpoint's open file descriptions (`files.img`).
+    pub fn table(&self) -> &'a [FileEntry] {
+        self.table
     }
 
     /// Close criu's copies of the descriptions no process after `index`
@@ -454,7 +467,10 @@ fn make(e: &FileEntry, pid: i32, fd: i32, kinds: &mut KindRestorers) -> Result<O
         }
         FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
         FileKind::Pidfd(p) => crate::fdkind::pidfd::restore(p, pid, fd),
-        FileKind::Inherited { .. } | FileKind::Ghost { .. } | FileKind::Unix(_) => {
+        FileKind::Inherited { .. }
+        | FileKind::Ghost { .. }
+        | FileKind::Unix(_)
+        | FileKind::Tty(_) => {
             unreachable!("made by FileSender::get")
         }
     }

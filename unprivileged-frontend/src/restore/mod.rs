@@ -49,6 +49,7 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
         warn!("the dump was made with --shell-job; restoring without it");
     }
     precheck_all(&ck)?;
+    crate::fdkind::tty::precheck(&ck.files, args.common.shell_job)?;
     // Opened (with the user's rights) before anything is created, so an
     // unwritable pidfile fails the restore while nothing runs yet.
     let pidfile = match &args.pidfile {
@@ -135,8 +136,7 @@ fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
         sender.done_with(i);
     }
     sender.finish_sockets()?;
-    sender.finish()?;
-    Ok(())
+    sender.finish(&ck.tree[0])
 }
 
 /// The images of live process `pid`.
@@ -385,6 +385,7 @@ fn restore_rest(
     } else {
         files::restore_fds(h, &r, sender, &img.files)?;
     }
+    crate::fdkind::tty::restore_ctty(h, &r, sender.table(), &img.files, &img.pstree)?;
     if img.pstree.shares_fs {
         info!("pid {pid}: shares its parent's cwd, root and umask (CLONE_FS)");
     } else {

@@ -736,6 +736,7 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
                 Some(m.pos),
             )
         }
+        FileKind::Tty(t) => ("tty", t.describe(), open_flags(t.flags()), None),
     }
 }
 
