@@ -338,27 +338,19 @@ fn type_line(m: &OwnedFd, line: &str) {
     assert_eq!(n, b.len() as isize);
 }
 
-#[test]
-fn shell_job_on_the_callers_terminal() {
-    let Some(t) = Test::new("shell_job") else {
-        return;
-    };
-    let (m, slave) = open_pty();
-    let state = t.work().join("job");
-    let trigger = t.work().join("restore-now");
-    let images = t.images();
+/// The [`SHELL_PROGRAM`] command, session leader with the slave `slave`
+/// as its terminal: first job `job`, then `criu restore -j` of the test's
+/// images once `trigger` exists.
+fn mini_shell(t: &Test, slave: OwnedFd, trigger: &Path, job: &[String]) -> Command {
     let mut cmd = Command::new("python3");
     cmd.arg("-c")
         .arg(SHELL_PROGRAM)
-        .arg(&trigger)
-        .arg("python3")
-        .arg("-c")
-        .arg(JOB_PROGRAM)
-        .arg(&state)
+        .arg(trigger)
+        .args(job)
         .arg("--")
         .arg(&bins().criu)
         .args(["restore", "-j", "-D"])
-        .arg(&images)
+        .arg(t.images())
         .args(["-o", "restore.log", "-v4"])
         .current_dir(t.root())
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -379,16 +371,38 @@ fn shell_job_on_the_callers_terminal() {
             Ok(())
         });
     }
+    cmd
+}
+
+/// The pids the mini shell started, in order.
+fn shell_jobs(t: &Test) -> Vec<i32> {
+    read(&t.work().join("restore-now.jobs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn shell_job_on_the_callers_terminal() {
+    let Some(t) = Test::new("shell_job") else {
+        return;
+    };
+    let (m, slave) = open_pty();
+    let state = t.work().join("job");
+    let trigger = t.work().join("restore-now");
+    let images = t.images();
+    let job_argv = [
+        "python3".into(),
+        "-c".into(),
+        JOB_PROGRAM.into(),
+        state.display().to_string(),
+    ];
+    let mut cmd = mini_shell(&t, slave, &trigger, &job_argv);
     let mut shell = cmd.spawn().expect("start the mini shell");
     let shell_pid = shell.id() as i32;
     t.track(shell_pid);
-    let jobs = || -> Vec<i32> {
-        read(&t.work().join("restore-now.jobs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect()
-    };
+    let jobs = || shell_jobs(&t);
     if !wait_for(Duration::from_secs(10), || !jobs().is_empty()) {
         t.fail("the mini shell started no job");
     }
@@ -469,6 +483,94 @@ fn shell_job_on_the_callers_terminal() {
         ));
     }
     kill_and_reap(job);
+    let _ = shell.kill();
+    let _ = shell.wait();
+}
+
+/// util-linux `script -f` run as a shell job on the test's terminal, with a
+/// python3 line echoer as its command: script holds the master of its own
+/// pty (plus a signalfd and the typescript file), the echoer is a session
+/// leader on the slave. Dumped with -j, restored by `criu restore -j`
+/// started from the same terminal: lines typed on the terminal still go
+/// through script and its pty to the echoer and back, and into the
+/// typescript.
+#[test]
+fn script_carries_on_after_restore() {
+    let Some(t) = Test::new("script") else {
+        return;
+    };
+    let (m, slave) = open_pty();
+    let trigger = t.work().join("restore-now");
+    let typescript = t.work().join("typescript");
+    let echoer = "python3 -c 'import sys\nwhile True:\n l = sys.stdin.readline()\n sys.stdout.write(\"ECHO \" + l.upper()); sys.stdout.flush()'".to_string();
+    let job = [
+        "script".to_string(),
+        "-q".into(),
+        "-f".into(),
+        "-c".into(),
+        echoer,
+        typescript.display().to_string(),
+    ];
+    let mut shell = mini_shell(&t, slave, &trigger, &job)
+        .spawn()
+        .expect("start the mini shell");
+    t.track(shell.id() as i32);
+    if !wait_for(Duration::from_secs(10), || !shell_jobs(&t).is_empty()) {
+        t.fail("the mini shell started no job");
+    }
+    let script = shell_jobs(&t)[0];
+    t.track(script);
+    let mut seen = String::new();
+    type_line(&m, "one\n");
+    if !expect(&m, &mut seen, "ECHO ONE", Duration::from_secs(20)) {
+        t.fail(&format!(
+            "script does not pass lines: {seen:?} {}",
+            describe(script)
+        ));
+    }
+    let kids =
+        read(Path::new(&format!("/proc/{script}/task/{script}/children"))).unwrap_or_default();
+    let echoer: i32 = kids
+        .split_whitespace()
+        .next()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
+    t.track(echoer);
+
+    t.dump(script, &["-j"]);
+    if !wait_for(Duration::from_secs(10), || proc_state(script).is_none()) {
+        t.fail(&format!(
+            "the dumped script is still there: {}",
+            describe(script)
+        ));
+    }
+    let _ = reap(echoer, Duration::from_secs(5));
+    std::fs::write(&trigger, b"").unwrap();
+    if !wait_for(Duration::from_secs(20), || {
+        is_alive(script) && is_alive(echoer)
+    }) {
+        t.fail(&format!(
+            "criu restore -j did not bring script back: {}",
+            read(&t.images().join("restore.log")).unwrap_or_default()
+        ));
+    }
+    t.track(script);
+    t.track(echoer);
+    type_line(&m, "two\n");
+    if !expect(&m, &mut seen, "ECHO TWO", Duration::from_secs(10)) {
+        t.fail(&format!(
+            "restored script does not pass lines: {seen:?} {} / {}\n{}",
+            describe(script),
+            describe(echoer),
+            read(&t.images().join("restore.log")).unwrap_or_default()
+        ));
+    }
+    let ts = read(&typescript).unwrap_or_default();
+    if !ts.contains("ECHO ONE") || !ts.contains("ECHO TWO") {
+        t.fail(&format!("the typescript lacks the lines: {ts:?}"));
+    }
+    kill_and_reap(echoer);
+    kill_and_reap(script);
     let _ = shell.kill();
     let _ = shell.wait();
 }
