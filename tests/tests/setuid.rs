@@ -943,3 +943,72 @@ fn user_dumps_and_restores_own_unix_sockets() {
     }
     kill_and_reap(pid);
 }
+
+/// The user dumps and restores their own pseudo-terminal program
+/// (tests/programs/pty_pair.py, see tests/tests/terminals.rs): criu, as the
+/// user, makes the pair again, refills its queues and gives the child
+/// (a session leader) its controlling terminal back; the child then reads
+/// the line queued before the dump and the partial line completed after.
+#[test]
+fn user_dumps_and_restores_own_pty_pair() {
+    let Some((t, inst)) = setup("setuid_pty") else {
+        return;
+    };
+    let s = t.work().join("s").display().to_string();
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.arg("-c")
+        .arg(include_str!("../programs/pty_pair.py"))
+        .arg(&s);
+    let parent = t.spawn_target(&mut cmd).id() as i32;
+    let mut pids = None;
+    if !wait_for(Duration::from_secs(20), || {
+        pids = read(Path::new(&format!("{s}.pid"))).and_then(|p| {
+            let v: Vec<i32> = p
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (v.len() == 2).then(|| (v[0], v[1]))
+        });
+        pids.is_some()
+    }) {
+        t.fail(&format!("pty program did not start: {}", describe(parent)));
+    }
+    let child = pids.unwrap().1;
+    t.track(child);
+    must_succeed(&t, &criu_as_user(&t, &inst, &strs(&dump_args(&t, parent))));
+    reap_dumped(&t, parent);
+    let _ = reap(child, Duration::from_secs(10));
+    must_succeed(&t, &criu_as_user(&t, &inst, &strs(&restore_args(&t))));
+    t.track(parent);
+    t.track(child);
+    fs::write(format!("{s}.go"), b"").expect("write go");
+    let lines = || read(Path::new(&format!("{s}.lines"))).unwrap_or_default();
+    if !wait_for(Duration::from_secs(10), || lines().lines().count() >= 3) {
+        t.fail(&format!(
+            "the restored child does not read through its pty: {:?} {}",
+            lines(),
+            describe(child)
+        ));
+    }
+    let l = lines();
+    let l: Vec<&str> = l.lines().collect();
+    if l[0] != "queued line" || l[1] != "partial end" {
+        t.fail(&format!("queued input not read back as typed: {l:?}"));
+    }
+    let rdev = fs::metadata(format!("/proc/{child}/fd/0"))
+        .map(|m| m.rdev())
+        .unwrap_or(0);
+    let stat = read(Path::new(&format!("/proc/{child}/stat"))).unwrap_or_default();
+    let tty_nr: u64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().nth(4)?.parse().ok())
+        .unwrap_or(1);
+    if rdev != tty_nr || status_field(child, "Uid:").is_none_or(|u| !u.starts_with("65534")) {
+        t.fail(&format!(
+            "child's controlling terminal {tty_nr:#x} is not its fd 0 {rdev:#x}, or it is not the user's: {}",
+            describe(child)
+        ));
+    }
+    kill_and_reap(child);
+    kill_and_reap(parent);
+}

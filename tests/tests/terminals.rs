@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `argv[1]` is a path prefix `S`. The parent (master) sets the window
+/// tests/programs/pty_pair.py: `argv[1]` is a path prefix `S`. The parent (master) sets the window
 /// to 33 rows x 111 columns and writes "queued line\npartial" to the
 /// master before the child reads anything; the child (slave, session
 /// leader) sets VINTR to ^G and says "child ready". Nobody reads until
@@ -23,59 +23,7 @@ use std::time::{Duration, Instant};
 /// each line with "ECHO <LINE>" and writes what it sees (its line, count,
 /// session, group, terminal foreground group, tty name, window size and
 /// VINTR) to `S.child`.
-const PTY_PROGRAM: &str = r#"
-import os, sys, time, pty, termios, fcntl, struct
-s = sys.argv[1]
-go = s + ".go"
-pid, master = pty.fork()
-if pid == 0:
-    t = termios.tcgetattr(0)
-    t[6][termios.VINTR] = b'\x07'
-    termios.tcsetattr(0, termios.TCSANOW, t)
-    sys.stdout.write("child ready\n"); sys.stdout.flush()
-    open(s + ".child-ready", "w").close()
-    while not os.path.exists(go):
-        time.sleep(0.05)
-    n = 0
-    while True:
-        line = sys.stdin.readline()
-        n += 1
-        ws = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
-        intr = termios.tcgetattr(0)[6][termios.VINTR]
-        rep = "%d|%s|%d|%d|%d|%s|%dx%d|%d\n" % (n, line.strip(), os.getsid(0), os.getpgrp(),
-            os.tcgetpgrp(0), os.ttyname(0), ws[1], ws[0], intr[0])
-        with open(s + ".child.tmp", "w") as f:
-            f.write(rep)
-        os.replace(s + ".child.tmp", s + ".child")
-        with open(s + ".lines", "a") as f:
-            f.write(line.strip() + "\n")
-        sys.stdout.write("ECHO " + line.upper()); sys.stdout.flush()
-else:
-    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-    os.write(master, b"queued line\npartial")
-    while not os.path.exists(s + ".child-ready"):
-        time.sleep(0.05)
-    with open(s + ".pid.tmp", "w") as f:
-        f.write("%d %d\n" % (os.getpid(), pid))
-    os.replace(s + ".pid.tmp", s + ".pid")
-    while not os.path.exists(go):
-        time.sleep(0.05)
-    os.write(master, b" end\n")
-    os.set_blocking(master, False)
-    buf = b""
-    k = 0
-    while True:
-        try:
-            buf += os.read(master, 4096)
-        except BlockingIOError:
-            pass
-        with open(s + ".parent.tmp", "wb") as f:
-            f.write(buf)
-        os.replace(s + ".parent.tmp", s + ".parent")
-        k += 1
-        os.write(master, b"ping %d\n" % k)
-        time.sleep(0.1)
-"#;
+const PTY_PROGRAM: &str = include_str!("../programs/pty_pair.py");
 
 fn child_report(s: &str) -> Option<Vec<String>> {
     let text = read(Path::new(&format!("{s}.child")))?;
@@ -453,6 +401,13 @@ fn shell_job_on_the_callers_terminal() {
         &["--shell-job"],
     );
     t.assert_no_process(job);
+    // With -j but no terminal on criu's 0-2 (the harness gives /dev/null
+    // and files): refused too, before anything is made.
+    t.criu_err(
+        &["restore", "-d", "-j", "-D", images.to_str().unwrap()],
+        &["needs a terminal"],
+    );
+    t.assert_no_process(job);
 
     // The mini shell runs `criu restore -j` as its next foreground job.
     std::fs::write(&trigger, b"").unwrap();
@@ -573,4 +528,54 @@ fn script_carries_on_after_restore() {
     kill_and_reap(script);
     let _ = shell.kill();
     let _ = shell.wait();
+}
+
+/// A session leader whose controlling terminal (a pty of the tree) is open
+/// in none of its descriptors cannot get it back: the dump is refused,
+/// naming it, and both processes run on.
+#[test]
+fn session_leader_without_its_ctty_open_is_refused() {
+    let Some(t) = Test::new("pty_ctty_closed") else {
+        return;
+    };
+    const PROGRAM: &str = r#"
+import os, pty, sys, time
+pid, master = pty.fork()
+if pid == 0:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+while True:
+    time.sleep(1)
+"#;
+    let ready = t.work().join("child");
+    let parent = t
+        .spawn_target(Command::new("python3").arg("-c").arg(PROGRAM).arg(&ready))
+        .id() as i32;
+    let mut child = 0;
+    if !wait_for(Duration::from_secs(20), || {
+        child = read(&ready).and_then(|c| c.parse().ok()).unwrap_or(0);
+        child != 0
+    }) {
+        t.fail(&format!("program did not start: {}", describe(parent)));
+    }
+    t.track(child);
+    let pid = parent.to_string();
+    let run = t.criu(&["dump", "-t", &pid, "-D", t.images().to_str().unwrap()]);
+    t.check_err(
+        &run,
+        &[
+            &format!("pid {child}"),
+            "controlling terminal /dev/pts/",
+            "none of its descriptors",
+        ],
+    );
+    t.assert_running_untouched(parent, "after the refused dump");
+    t.assert_running_untouched(child, "after the refused dump");
+    kill_and_reap(child);
+    kill_and_reap(parent);
 }
