@@ -864,3 +864,28 @@ pub fn eventfd(initval: u32, flags: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: integer arguments only.
     cvt(unsafe { libc::eventfd(initval, flags) } as libc::c_long).map(owned)
 }
+
+/// The soft and hard limit of resource `res` of process `pid`, read by
+/// criu itself (prlimit(2) with no new limit: allowed when criu's real IDs
+/// match the process's, or as root).
+///
+/// Errors: the errno of prlimit.
+pub fn prlimit_get(pid: i32, res: u32) -> std::io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 writes one struct rlimit64 into `old`; no new limit.
+    let r = unsafe {
+        libc::prlimit64(
+            pid,
+            res as libc::__rlimit_resource_t,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}

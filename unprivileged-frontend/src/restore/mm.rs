@@ -8,7 +8,7 @@ use super::layout::{self, Range};
 use super::validate::{fillable, PAGE};
 use crate::error::{Error, Result};
 use crate::helper::Helper;
-use crate::images::types::{MmEntry, PagemapEntry, Vma, VmaKind};
+use crate::images::types::{MmEntry, Vma, VmaKind};
 use crate::proc::SmapsVma;
 use crate::remote::{errno_of, Remote};
 use crate::{debug, info, warn};
@@ -502,6 +502,38 @@ pub fn map_vmas(
 ) -> Result<Vec<bool>> {
     let pages = vmas_with_pages(&mm.vmas, fills);
     let mut widened = vec![false; mm.vmas.len()];
+    // Each mapped file is opened once (a library has four or five
+    // mappings) and closed after the last mapping.
+    let mut open_files: Vec<(&str, i32, i32)> = Vec::new();
+    let res = map_all(
+        h,
+        r,
+        mm,
+        &pages,
+        shared,
+        inherited,
+        &mut widened,
+        &mut open_files,
+    );
+    for &(_, _, fd) in &open_files {
+        close_in(h, r, fd)?;
+    }
+    res?;
+    info!("pid {}: {} mappings in place", r.pid, mm.vmas.len());
+    Ok(widened)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn map_all<'m>(
+    h: &mut Helper,
+    r: &Remote,
+    mm: &'m MmEntry,
+    pages: &[bool],
+    shared: &[SharedObject],
+    inherited: &[bool],
+    widened: &mut [bool],
+    open_files: &mut Vec<(&'m str, i32, i32)>,
+) -> Result<()> {
     for (i, v) in mm.vmas.iter().enumerate() {
         if inherited.get(i) == Some(&true) {
             let prot = map_prot(v, pages[i]);
@@ -539,8 +571,18 @@ pub fn map_vmas(
                 } else {
                     libc::O_RDONLY
                 };
-                let fd = open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?;
-                let res = r.call(
+                let fd = match open_files
+                    .iter()
+                    .find(|(p, m, _)| *p == f.path.as_str() && *m == mode)
+                {
+                    Some(&(_, _, fd)) => fd,
+                    None => {
+                        let fd = open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?;
+                        open_files.push((f.path.as_str(), mode, fd));
+                        fd
+                    }
+                };
+                r.call(
                     h,
                     &what,
                     libc::SYS_mmap,
@@ -552,9 +594,7 @@ pub fn map_vmas(
                         fd as u64,
                         v.pgoff,
                     ],
-                );
-                close_in(h, r, fd)?;
-                res?
+                )?
             }
             _ => r.call(
                 h,
@@ -578,8 +618,7 @@ pub fn map_vmas(
         }
         apply_advice(h, r, v)?;
     }
-    info!("pid {}: {} mappings in place", r.pid, mm.vmas.len());
-    Ok(widened)
+    Ok(())
 }
 
 /// Map the part of shared object `shmid` that `v` maps at `v.start`: an
@@ -654,6 +693,9 @@ fn apply_advice(h: &mut Helper, r: &Remote, v: &Vma) -> Result<()> {
     Ok(())
 }
 
+/// Most iovecs one preadv(2) takes (`IOV_MAX`, see writev(2)).
+const MAX_IOV: u64 = 1024;
+
 /// `MADV_POPULATE_WRITE` (see madvise(2)).
 const MADV_POPULATE_WRITE: u64 = 23;
 /// Runs at least this long (bytes) are pre-populated before being read.
@@ -678,62 +720,120 @@ pub fn drop_pages(h: &mut Helper, r: &Remote, ranges: &[Range]) -> Result<()> {
 }
 
 /// Read every run of `fills` from the pages file (open in the task as
-/// `fd`) straight into place: one `pread64` per run, looping only on short
-/// reads.
+/// `fd`) straight into place: a large run with one `pread64` (after
+/// `MADV_POPULATE_WRITE`), small runs that follow each other in the file
+/// with one `preadv` of up to [`MAX_IOV`] of them (the iovec array in the
+/// scratch area), so a process of a few hundred small runs costs a few
+/// calls; short reads go on run by run.
 ///
 /// Errors: an injected call failed, or the file ended early.
 pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &Path) -> Result<()> {
+    let max_iov = (r.scratch_len / 16).min(MAX_IOV) as usize;
     let mut total = 0u64;
-    for f in fills {
-        let (len, off) = (f.len, f.off);
-        let run = PagemapEntry {
-            vaddr: f.vaddr,
-            nr_pages: len / PAGE,
-        };
-        if len >= POPULATE_MIN {
+    let mut i = 0;
+    while i < fills.len() {
+        let f = &fills[i];
+        if f.len < POPULATE_MIN && max_iov > 1 {
+            let mut n = 1;
+            while n < max_iov
+                && i + n < fills.len()
+                && fills[i + n].len < POPULATE_MIN
+                && fills[i + n].off == fills[i + n - 1].off + fills[i + n - 1].len
+            {
+                n += 1;
+            }
+            let group = &fills[i..i + n];
+            let glen: u64 = group.iter().map(|x| x.len).sum();
+            let iov: Vec<u8> = group
+                .iter()
+                .flat_map(|x| [x.vaddr, x.len])
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            let iov_addr = r.put(h, 0, &iov)?;
+            let what = format!(
+                "preadv({}, {n} runs, {glen} bytes, {})",
+                pages.display(),
+                f.off
+            );
+            let got = r.call(
+                h,
+                &what,
+                libc::SYS_preadv,
+                [fd as u64, iov_addr, n as u64, f.off, 0, 0],
+            )?;
+            let mut left = got.min(glen);
+            for x in group {
+                let have = left.min(x.len);
+                left -= have;
+                if have < x.len {
+                    pread_run(h, r, fd, pages, x, have)?;
+                }
+            }
+            total += glen;
+            i += n;
+            continue;
+        }
+        if f.len >= POPULATE_MIN {
             // Allocate the run's pages in one call rather than one page fault
             // per page inside pread64 (see madvise(2), MADV_POPULATE_WRITE,
             // Linux 5.14+). Only a speed-up: a refusal changes nothing.
             let _ = r.raw(
                 h,
                 libc::SYS_madvise,
-                [run.vaddr, len, MADV_POPULATE_WRITE, 0, 0, 0],
+                [f.vaddr, f.len, MADV_POPULATE_WRITE, 0, 0, 0],
             );
         }
-        let mut done = 0;
-        while done < len {
-            let what = format!(
-                "pread64({}, {:#x}, {}, {})",
-                pages.display(),
-                run.vaddr + done,
-                len - done,
-                off + done
-            );
-            let n = r.call(
-                h,
-                &what,
-                libc::SYS_pread64,
-                [fd as u64, run.vaddr + done, len - done, off + done, 0, 0],
-            )?;
-            if n == 0 {
-                return Err(Error::Image(crate::images::ImageError::invalid(
-                    pages,
-                    format!(
-                        "ends at {} bytes, before the pages of {:#x}",
-                        off + done,
-                        run.vaddr + done
-                    ),
-                )));
-            }
-            done += n;
-        }
-        total += len;
+        pread_run(h, r, fd, pages, f, 0)?;
+        total += f.len;
+        i += 1;
     }
     info!(
         "pid {}: {} runs, {total} bytes of pages restored",
         r.pid,
         fills.len()
     );
+    Ok(())
+}
+
+/// Read bytes `done..` of fill `f` with as many pread64 calls as the
+/// kernel needs.
+///
+/// Errors: the file ends first (damaged image), or a call failed.
+fn pread_run(
+    h: &mut Helper,
+    r: &Remote,
+    fd: i32,
+    pages: &Path,
+    f: &Fill,
+    mut done: u64,
+) -> Result<()> {
+    let (vaddr, len, off) = (f.vaddr, f.len, f.off);
+    while done < len {
+        let what = format!(
+            "pread64({}, {:#x}, {}, {})",
+            pages.display(),
+            vaddr + done,
+            len - done,
+            off + done
+        );
+        let n = r.call(
+            h,
+            &what,
+            libc::SYS_pread64,
+            [fd as u64, vaddr + done, len - done, off + done, 0, 0],
+        )?;
+        if n == 0 {
+            return Err(Error::Image(crate::images::ImageError::invalid(
+                pages,
+                format!(
+                    "ends at {} bytes, before the pages of {:#x}",
+                    off + done,
+                    vaddr + done
+                ),
+            )));
+        }
+        done += n;
+    }
     Ok(())
 }
 

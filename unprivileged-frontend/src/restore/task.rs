@@ -415,15 +415,26 @@ pub fn clamp_rlimit(cur: u64, max: u64, hard_now: u64) -> (u64, u64, bool) {
 fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
     for l in &core.rlimits {
         let res = l.resource as u64;
-        let old = r.put(h, 16, &[0; 16])?;
-        r.call(
-            h,
-            &format!("prlimit64(get {res})"),
-            libc::SYS_prlimit64,
-            [0, res, 0, old, 0, 0],
-        )?;
-        let b = r.get(h, 16, 16)?;
-        let hard_now = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0xff; 8]));
+        // Read by criu when it may (no injected call); the stub's limits
+        // are usually the dumped ones already, and then nothing is set.
+        let (cur_now, hard_now) = match crate::sys::prlimit_get(r.pid, l.resource) {
+            Ok(v) => v,
+            Err(_) => {
+                let old = r.put(h, 16, &[0; 16])?;
+                r.call(
+                    h,
+                    &format!("prlimit64(get {res})"),
+                    libc::SYS_prlimit64,
+                    [0, res, 0, old, 0, 0],
+                )?;
+                let b = r.get(h, 16, 16)?;
+                let w = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0xff; 8]));
+                (w(0), w(8))
+            }
+        };
+        if (cur_now, hard_now) == (l.cur, l.max) {
+            continue;
+        }
         let (cur, max, clamped) = clamp_rlimit(l.cur, l.max, hard_now);
         if clamped {
             warn!(
