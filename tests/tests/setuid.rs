@@ -41,7 +41,15 @@ struct Install {
     workload: PathBuf,
     /// `T/libexec/criu/criu-helper`, root:root 4755.
     helper: PathBuf,
+    /// Held for the whole test: these tests run one at a time. A setuid
+    /// restore of a tree sets the system's next PID (`SetNextPid`) just
+    /// before each fork, so a process another test starts in that instant
+    /// takes the PID the restore needs (and a failed test's cleanup would
+    /// then kill that other test's process).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
@@ -51,6 +59,7 @@ fn chmod(p: &Path, mode: u32) {
 /// A test as root with the setuid install, the images and work directories
 /// owned by [`USER`]; `None` (with the reason printed) when it cannot run.
 fn setup(name: &str) -> Option<(Test, Install)> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Test::new(name)?;
     for tool in ["setpriv", "/usr/bin/python3"] {
         if Command::new(tool)
@@ -78,6 +87,7 @@ fn setup(name: &str) -> Option<(Test, Install)> {
         criu: tree.join("bin/criu"),
         workload: tree.join("bin/criu-workload"),
         helper: tree.join("libexec/criu/criu-helper"),
+        _serial: serial,
     };
     for (from, to) in [
         (&b.criu, &inst.criu),
