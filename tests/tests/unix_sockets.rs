@@ -1,13 +1,13 @@
 //! UNIX domain sockets across dump and restore, checked from inside the
 //! restored python3 processes: a stream socketpair shared by parent and
 //! child (one description) with data queued both ways, a listener bound to
-//! a path with an accepted connection and a request queued, a datagram
-//! socket bound to a relative path with datagrams queued from a connected
-//! sender, a seqpacket pair carrying a file (with its offset) and a socket in flight
+//! a path with an accepted connection and a request queued, a listener
+//! with a connection not accepted yet, a datagram socket bound to a
+//! relative path with datagrams queued from a connected sender, a
+//! seqpacket pair carrying a file (with its offset) and a socket in flight
 //! (`SCM_RIGHTS`, the senders' copies closed), a half shut down pair, an
 //! abstract name, `SO_PASSCRED` and `O_NONBLOCK`. Then the refusals: a
 //! peer outside the tree, and `--ext-unix-sk` reconnecting to it.
-
 use criu_tests::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
@@ -37,6 +37,8 @@ L = socket.socket(U, socket.SOCK_STREAM); L.bind(lpath); L.listen(5)
 cl = socket.socket(U, socket.SOCK_STREAM); cl.connect(lpath)
 acc, _ = L.accept()
 cl.send(b"hello server")
+L2 = socket.socket(U, socket.SOCK_STREAM); L2.bind(w + "/pending.sock"); L2.listen(2)
+pc = socket.socket(U, socket.SOCK_STREAM); pc.connect(w + "/pending.sock")
 
 D = socket.socket(U, socket.SOCK_DGRAM); D.bind("dgram.sock")
 ds = socket.socket(U, socket.SOCK_DGRAM); ds.connect("dgram.sock")
@@ -89,6 +91,8 @@ try:
     acc.send(b"reply"); check("client gets reply", cl.recv(100), b"reply")
     c2 = socket.socket(U, socket.SOCK_STREAM); c2.connect(lpath)
     n, _ = L.accept(); c2.send(b"new"); check("new connection", n.recv(10), b"new")
+    pn, _ = L2.accept(); pn.send(b"late")
+    check("connection accepted after restore", pc.recv(10), b"late")
     check("dgram 1", D.recv(100), b"dg1")
     check("dgram 2", D.recv(100), b"dg2")
     check("dgram name", D.getsockname(), "dgram.sock")
@@ -190,8 +194,9 @@ fn unix_sockets_survive_dump_and_restore() {
     if res != "ok" || cres != "ok" {
         t.fail(&format!("after restore, parent: {res}; child: {cres}"));
     }
-    kill_and_reap(child);
+    // The parent first: then the child is ours (we are a subreaper) to reap.
     kill_and_reap(pid);
+    kill_and_reap(child);
 }
 
 /// Connects to `argv[1]` (a listener of the test's), writes `ready`, and

@@ -184,6 +184,13 @@ pub struct UnixEntry {
     /// The peer is outside the dumped tree and the user allowed it
     /// (`--ext-unix-sk`): restore connects to `peer_name` again.
     pub external: bool,
+    /// A listener: the inodes of the sockets that connected to it and are
+    /// not accepted yet, oldest first (sock_diag(7) `UNIX_DIAG_ICONS`).
+    pub pending: Vec<u64>,
+    /// A socket that connected to a listener of the tree that has not
+    /// accepted it yet: that listener's inode (0: none). Its `peer` is 0
+    /// (the connection's other end has no inode before accept(2)).
+    pub pending_on: u64,
     /// `listen(2)` backlog of a listening socket.
     pub backlog: u32,
     /// [`RCV_SHUTDOWN`] | [`SEND_SHUTDOWN`].
@@ -475,15 +482,26 @@ impl Dumper {
             ST_ESTABLISHED if ty != UnixType::Dgram || d.peer != 0 => UnixState::Connected,
             _ => UnixState::Unconnected,
         };
-        if state == UnixState::Listening && !d.icons.is_empty() {
+        // A stream socket whose connection is not accepted yet: its peer
+        // has no inode yet (sock_diag says 0) and, unlike a socket whose
+        // peer was closed, it is not shut down. What it sent waits in that
+        // peer's queue, which nothing can read without accepting it.
+        let unaccepted = ty != UnixType::Dgram
+            && state == UnixState::Connected
+            && d.peer == 0
+            && d.shutdown == 0;
+        if unaccepted && d.rqlen.1 != 0 {
             return Err(Error::Unsupported(format!(
-                "{who}: listening UNIX socket socket:[{ino}]{} has {} connection(s) not yet accepted; dump again once the process has accepted them",
-                name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
-                d.icons.len()
+                "{who}: UNIX socket socket:[{ino}] has sent data on a connection its listener has not accepted yet; dump again once it is accepted"
             )));
         }
         let peer = d.peer as u64;
-        let peer_name = if peer != 0 {
+        let peer_name = if unaccepted {
+            sk::getpeername::<UnixAddr>(sock.as_raw_fd())
+                .ok()
+                .as_ref()
+                .and_then(UnixName::from_addr)
+        } else if peer != 0 {
             match self.diag.query(peer) {
                 Ok(pd) => UnixName::from_sun_path(&pd.name),
                 Err(e) => {
@@ -553,6 +571,8 @@ impl Dumper {
             peer,
             peer_name,
             external: false,
+            pending: d.icons.iter().map(|&i| i as u64).collect(),
+            pending_on: 0,
             backlog: if state == UnixState::Listening {
                 d.rqlen.1
             } else {
@@ -720,20 +740,44 @@ pub fn check_peers(
     ext: &ExtUnix,
 ) -> Result<()> {
     let inos: HashSet<u64> = socks.iter().map(|e| e.ino).collect();
+    // Connections not accepted yet: each client must be in the tree.
+    let mut pending_on: HashMap<u64, u64> = HashMap::new();
+    for l in socks.iter() {
+        for &c in &l.pending {
+            if c == 0 || !inos.contains(&c) {
+                return Err(Error::Refused(format!(
+                    "{}: {} has a connection not accepted yet from socket:[{c}], which is outside the dumped tree; dump again once the process has accepted it",
+                    who(l.ino),
+                    l.who()
+                )));
+            }
+            pending_on.insert(c, l.ino);
+        }
+    }
     for e in socks.iter_mut() {
-        if e.peer == 0 || inos.contains(&e.peer) {
+        if let Some(&l) = pending_on.get(&e.ino) {
+            e.pending_on = l;
             continue;
         }
-        let peer = match &e.peer_name {
-            Some(n) => format!("socket:[{}] ({n})", e.peer),
-            None => format!("socket:[{}]", e.peer),
+        let unaccepted = e.ty != UnixType::Dgram
+            && e.state == UnixState::Connected
+            && e.peer == 0
+            && e.shutdown == 0;
+        if !unaccepted && (e.peer == 0 || inos.contains(&e.peer)) {
+            continue;
+        }
+        let peer = match (&e.peer_name, unaccepted) {
+            (Some(n), true) => format!("a listener ({n}) that has not accepted it yet"),
+            (None, true) => "a listener that has not accepted it yet".to_string(),
+            (Some(n), false) => format!("socket:[{}] ({n})", e.peer),
+            (None, false) => format!("socket:[{}]", e.peer),
         };
         if !ext.allows(e) {
             return Err(Error::Refused(format!(
                 "{}: {} is connected to {peer}, which is outside the dumped tree; dump the process holding it too, or allow it with --ext-unix-sk (or --external unix[{}]) to reconnect by name at restore",
                 who(e.ino),
                 e.who(),
-                e.peer
+                if e.peer != 0 { e.peer } else { e.ino }
             )));
         }
         if e.peer_name.is_none() {
@@ -876,7 +920,53 @@ impl Restorer {
                     sk::Backlog::new(e.backlog as i32).unwrap_or(sk::Backlog::MAXCONN),
                 )
                 .map_err(|er| sys_err(&e, "listen", er))?;
-                self.store(ino, s)
+                self.store(ino, s)?;
+                // Its connections not accepted yet, in their order.
+                for c in &e.pending {
+                    let Some(ce) = self.entries.get(c).cloned() else {
+                        continue;
+                    };
+                    if self.keep.contains_key(c) {
+                        continue;
+                    }
+                    let n = e.name.as_ref().ok_or_else(|| {
+                        Error::Refused(format!(
+                            "{}: a listener with no name has connections",
+                            e.who()
+                        ))
+                    })?;
+                    let cs = new(&ce)?;
+                    if let Some(cn) = &ce.name {
+                        if cn != n {
+                            bind_name(&ce, cs.as_fd(), cn)?;
+                        }
+                    }
+                    sk::connect(cs.as_raw_fd(), &abs_addr(n, e.bind_dir.as_deref())?)
+                        .map_err(|er| sys_err(&ce, "connect", er))?;
+                    self.store(*c, cs)?;
+                }
+                Ok(())
+            }
+            UnixState::Connected if e.pending_on != 0 => {
+                if !self.entries.contains_key(&e.pending_on) {
+                    return Err(Error::Refused(format!(
+                        "{}: its listener socket:[{}] is not in the images",
+                        e.who(),
+                        e.pending_on
+                    )));
+                }
+                if !self.keep.contains_key(&e.pending_on) {
+                    self.create(e.pending_on)?;
+                }
+                if self.keep.contains_key(&ino) {
+                    Ok(())
+                } else {
+                    Err(Error::Refused(format!(
+                        "{}: not among the connections of its listener socket:[{}] (image inconsistent)",
+                        e.who(),
+                        e.pending_on
+                    )))
+                }
             }
             UnixState::Connected if e.ty != UnixType::Dgram => {
                 if let Some(p) = internal_peer {
@@ -1470,20 +1560,6 @@ mod tests {
         )
         .unwrap();
         sk::connect(c.as_raw_fd(), &addr).unwrap();
-        // A listener with a connection not yet accepted is refused.
-        let mut d = Dumper::new().unwrap();
-        let e = d
-            .dump(
-                "pid 1 fd 3",
-                l.as_fd(),
-                false,
-                dir.path(),
-                &mut |_| unreachable!(),
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("pid 1 fd 3: listening UNIX socket"), "{e}");
-        assert!(e.contains("1 connection(s) not yet accepted"), "{e}");
         let a = sys::accept_cloexec(l.as_fd()).unwrap();
         send(&c, b"request", &[]);
         let es = dump_all(&[&c, &l, &a], &mut Table::default());
@@ -1629,5 +1705,91 @@ mod tests {
         let fds = restore_all(&es, &Table::default());
         send(&fds[0], b"log line", &[]);
         assert_eq!(recv(&outside).0, b"log line");
+    }
+
+    #[test]
+    fn connections_not_accepted_yet() {
+        let dir = tmpdir();
+        let path = dir.path().join("p.sock");
+        let stream = || {
+            sk::socket(
+                sk::AddressFamily::Unix,
+                sk::SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap()
+        };
+        let l = stream();
+        let addr = UnixAddr::new(&path).unwrap();
+        sk::bind(l.as_raw_fd(), &addr).unwrap();
+        sk::listen(&l, sk::Backlog::new(4).unwrap()).unwrap();
+        let (c1, c2) = (stream(), stream());
+        sk::connect(c1.as_raw_fd(), &addr).unwrap();
+        sk::connect(c2.as_raw_fd(), &addr).unwrap();
+        let who = |ino: u64| format!("pid 9 (socket:[{ino}])");
+        // The listener without its clients: refused.
+        let mut alone = dump_all(&[&l], &mut Table::default());
+        assert_eq!(alone[0].pending.len(), 2);
+        let e = check_peers(
+            &mut alone.iter_mut().collect::<Vec<_>>(),
+            &who,
+            &ExtUnix::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not accepted yet"), "{e}");
+        assert!(e.contains("outside the dumped tree"), "{e}");
+        // A client without its listener: refused unless allowed.
+        let mut client = dump_all(&[&c1], &mut Table::default());
+        let e = check_peers(
+            &mut client.iter_mut().collect::<Vec<_>>(),
+            &who,
+            &ExtUnix::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has not accepted it yet"), "{e}");
+        assert!(e.contains(path.to_str().unwrap()), "{e}");
+        // All of them: the clients wait in the restored listener, in order.
+        let mut es = dump_all(&[&c2, &l, &c1], &mut Table::default());
+        check_peers(
+            &mut es.iter_mut().collect::<Vec<_>>(),
+            &who,
+            &ExtUnix::default(),
+        )
+        .unwrap();
+        assert_eq!(es[0].pending_on, es[1].ino);
+        assert_eq!(es[1].pending, vec![es[2].ino, es[0].ino]);
+        drop((l, c1, c2));
+        let fds = restore_all(&es, &Table::default());
+        let a1 = sys::accept_cloexec(fds[1].as_fd()).unwrap();
+        let a2 = sys::accept_cloexec(fds[1].as_fd()).unwrap();
+        send(&a1, b"to c1", &[]);
+        send(&a2, b"to c2", &[]);
+        assert_eq!(recv(&fds[2]).0, b"to c1");
+        assert_eq!(recv(&fds[0]).0, b"to c2");
+        // A client that sent data before being accepted is refused.
+        let l = stream();
+        let path2 = dir.path().join("q.sock");
+        let addr2 = UnixAddr::new(&path2).unwrap();
+        sk::bind(l.as_raw_fd(), &addr2).unwrap();
+        sk::listen(&l, sk::Backlog::new(1).unwrap()).unwrap();
+        let c = stream();
+        sk::connect(c.as_raw_fd(), &addr2).unwrap();
+        send(&c, b"early", &[]);
+        let e = Dumper::new()
+            .unwrap()
+            .dump(
+                "pid 9 fd 4",
+                c.as_fd(),
+                false,
+                dir.path(),
+                &mut |_| unreachable!(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pid 9 fd 4: "), "{e}");
+        assert!(e.contains("not accepted yet"), "{e}");
     }
 }
