@@ -8,6 +8,7 @@
 //! (`SCM_RIGHTS`, the senders' copies closed), a half shut down pair, an
 //! abstract name, `SO_PASSCRED` and `O_NONBLOCK`. Then the refusals: a
 //! peer outside the tree, and `--ext-unix-sk` reconnecting to it.
+
 use criu_tests::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
