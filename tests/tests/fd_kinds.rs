@@ -11,145 +11,7 @@ use std::time::Duration;
 
 /// One process with one descriptor of every kind (python3, with ctypes for
 /// what the os module lacks).
-const ONE_OF_EACH: &str = r#"
-import ctypes, fcntl, os, select, signal, struct, sys, time
-d = sys.argv[1]
-libc = ctypes.CDLL(None, use_errno=True)
-F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
-F_ADD_SEALS, F_GET_SEALS, F_SEAL_SHRINK, F_SEAL_GROW = 1033, 1034, 2, 4
-IN_MODIFY, IN_CREATE = 0x2, 0x100
-
-class ts(ctypes.Structure): _fields_ = [("s", ctypes.c_long), ("n", ctypes.c_long)]
-class its(ctypes.Structure): _fields_ = [("interval", ts), ("value", ts)]
-
-# A pipe of 128 KiB holding 76800 bytes (more than the default 64 KiB).
-r, w = os.pipe()
-fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 17)
-payload = bytes(range(256)) * 300
-os.write(w, payload)
-os.set_blocking(r, False)
-# A FIFO with data.
-fifo = os.path.join(d, "fifo")
-os.mkfifo(fifo)
-fr = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-fw = os.open(fifo, os.O_WRONLY)
-os.write(fw, b"fifo data")
-# eventfds: a semaphore and a big counter.
-ev = os.eventfd(5, os.EFD_SEMAPHORE)
-ev2 = os.eventfd(0, os.EFD_NONBLOCK)
-os.eventfd_write(ev2, 1 << 40)
-# signalfd for SIGUSR1 and SIGRTMIN+3, both blocked.
-rt = signal.SIGRTMIN + 3
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1, rt])
-mask = ctypes.c_uint64((1 << (signal.SIGUSR1 - 1)) | (1 << (rt - 1)))
-sfd = libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK)
-# timerfds: periodic, fired once and unread, and disarmed.
-tfd = libc.timerfd_create(1, 0)
-libc.timerfd_settime(tfd, 0, ctypes.byref(its(ts(1000, 0), ts(500, 0))), None)
-tfired = libc.timerfd_create(1, os.O_NONBLOCK)
-libc.timerfd_settime(tfired, 0, ctypes.byref(its(ts(0, 0), ts(0, 1000000))), None)
-time.sleep(0.05)
-# epoll on the pipe (level) and the semaphore eventfd (edge); checked first,
-# while both are readable.
-ep = select.epoll()
-ep.register(r, select.EPOLLIN)
-ep.register(ev, select.EPOLLIN | select.EPOLLET)
-# memfd: contents, name, offset, seals.
-m = os.memfd_create("fdk test", os.MFD_ALLOW_SEALING)
-content = b"memfd-contents " * 1000
-os.write(m, content)
-os.lseek(m, 123, os.SEEK_SET)
-fcntl.fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
-# inotify: a file and a directory; wd 2 was removed so the directory is wd 3.
-watched = os.path.join(d, "watched")
-open(watched, "w").close()
-ino = libc.inotify_init1(os.O_NONBLOCK)
-wd1 = libc.inotify_add_watch(ino, watched.encode(), IN_MODIFY)
-libc.inotify_rm_watch(ino, libc.inotify_add_watch(ino, b"/", IN_CREATE))
-sub = os.path.join(d, "sub")
-os.mkdir(sub)
-wd3 = libc.inotify_add_watch(ino, sub.encode(), IN_CREATE)
-while os.read(ino, 4096) if select.select([ino], [], [], 0)[0] else b"": pass
-
-open(os.path.join(d, "ready"), "w").write(f"{os.getpid()}\n")
-while not os.path.exists(os.path.join(d, "go")):
-    time.sleep(0.05)
-
-out = []
-def check(name, ok, detail=""):
-    out.append(f"{name} {'ok' if ok else 'BAD'} {detail}")
-def fdinfo(fd):
-    return dict(l.split(":", 1) for l in open(f"/proc/self/fdinfo/{fd}").read().splitlines() if ":" in l)
-def attempt(name, f):
-    try: f()
-    except Exception as e: check(name, False, repr(e))
-
-def epoll():
-    got = dict(ep.poll(0))
-    check("epoll-ready", got == {r: select.EPOLLIN, ev: select.EPOLLIN}, repr(got))
-    lines = [l for l in open(f"/proc/self/fdinfo/{ep.fileno()}").read().splitlines() if l.startswith("tfd:")]
-    check("epoll-registered", sorted(int(l.split()[1]) for l in lines) == sorted([r, ev]), repr(lines))
-attempt("epoll", epoll)
-def pipe():
-    got = b""
-    while True:
-        try: b = os.read(r, 1 << 20)
-        except BlockingIOError: break
-        if not b: break
-        got += b
-    check("pipe-data", got == payload, f"{len(got)} bytes")
-    check("pipe-size", fcntl.fcntl(w, F_GETPIPE_SZ) == 1 << 17, str(fcntl.fcntl(w, F_GETPIPE_SZ)))
-    check("pipe-flags", not os.get_blocking(r) and os.get_blocking(w))
-    os.write(w, b"again")
-    check("pipe-works", os.read(r, 10) == b"again")
-attempt("pipe", pipe)
-def fifo_():
-    check("fifo-data", os.read(fr, 100) == b"fifo data")
-    check("fifo-path", os.readlink(f"/proc/self/fd/{fw}") == fifo)
-attempt("fifo", fifo_)
-def eventfd():
-    check("eventfd-semaphore", os.eventfd_read(ev) == 1 and fdinfo(ev)["eventfd-count"].strip() == "4")
-    check("eventfd-counter", os.eventfd_read(ev2) == 1 << 40)
-    check("eventfd-flags", os.get_blocking(ev) and not os.get_blocking(ev2))
-attempt("eventfd", eventfd)
-def signalfd():
-    check("signalfd-mask", int(fdinfo(sfd)["sigmask"], 16) == mask.value, fdinfo(sfd)["sigmask"])
-    os.kill(os.getpid(), signal.SIGUSR1)
-    info = os.read(sfd, 128)
-    check("signalfd-read", struct.unpack("I", info[:4])[0] == signal.SIGUSR1)
-attempt("signalfd", signalfd)
-def timerfd():
-    cur = its()
-    libc.timerfd_gettime(tfd, ctypes.byref(cur))
-    check("timerfd-interval", cur.interval.s == 1000 and cur.interval.n == 0, str(cur.interval.s))
-    check("timerfd-remaining", 400 < cur.value.s < 500, str(cur.value.s))
-    check("timerfd-ticks", struct.unpack("Q", os.read(tfired, 8))[0] == 1)
-    libc.timerfd_gettime(tfired, ctypes.byref(cur))
-    check("timerfd-disarmed", cur.value.s == 0 and cur.value.n == 0)
-attempt("timerfd", timerfd)
-def memfd():
-    check("memfd-name", os.readlink(f"/proc/self/fd/{m}") == "/memfd:fdk test (deleted)")
-    check("memfd-offset", os.lseek(m, 0, os.SEEK_CUR) == 123)
-    check("memfd-contents", os.pread(m, 1 << 20, 0) == content)
-    check("memfd-seals", fcntl.fcntl(m, F_GET_SEALS) == F_SEAL_SHRINK | F_SEAL_GROW, str(fcntl.fcntl(m, F_GET_SEALS)))
-attempt("memfd", memfd)
-def inotify():
-    with open(watched, "a") as f: f.write("x")
-    open(os.path.join(sub, "new"), "w").close()
-    time.sleep(0.1)
-    buf = os.read(ino, 4096)
-    evs = []
-    while buf:
-        wd, mk, _, ln = struct.unpack("iIII", buf[:16])
-        evs.append((wd, mk))
-        buf = buf[16 + ln:]
-    check("inotify-events", (wd1, IN_MODIFY) in evs and (wd3, IN_CREATE) in evs and wd3 == 3, repr(evs))
-attempt("inotify", inotify)
-open(os.path.join(d, "result.tmp"), "w").write("\n".join(out) + "\n")
-os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
-while True:
-    time.sleep(1)
-"#;
+const ONE_OF_EACH: &str = include_str!("../programs/fd_one_of_each.py");
 
 /// Starts `go` and waits for the target's `result`; fails the test on any
 /// `BAD` line or when fewer than `want` checks ran.
@@ -213,4 +75,413 @@ fn kind(link: &str) -> String {
         Some(i) if !link.starts_with('/') => link[..i].to_string(),
         _ => link.to_string(),
     }
+}
+
+fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
+}
+
+/// A parent and its child share both ends of a pipe with 100 KiB in flight
+/// (the pipe enlarged to 256 KiB); after restore they still share the same
+/// descriptions, the child reads everything the parent wrote before the
+/// dump and after the restore, in order.
+const PIPE_PARENT_CHILD: &str = r#"
+import fcntl, os, sys, time
+d = sys.argv[1]
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 1 << 18)
+before = bytes((i * 7) % 251 for i in range(100 * 1024))
+os.write(w, before)
+child = os.fork()
+if child == 0:
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.05)
+    got = b""
+    want = len(before) + len(b"after restore")
+    while len(got) < want:
+        got += os.read(r, 1 << 20)
+    ok = got == before + b"after restore"
+    open(os.path.join(d, "result"), "w").write(f"pipe-child {'ok' if ok else 'BAD'} {len(got)}\n")
+    while True:
+        time.sleep(1)
+open(os.path.join(d, "ready.tmp"), "w").write(f"{os.getpid()} {child} {r} {w}\n")
+os.rename(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.05)
+os.write(w, b"after restore")
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn pipe_shared_by_parent_and_child_keeps_data_in_flight() {
+    let Some(t) = Test::new("fd_kinds_pipe_tree") else {
+        return;
+    };
+    let w = t.work();
+    let parent = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(PIPE_PARENT_CHILD)
+                .arg(&w),
+        )
+        .id() as i32;
+    wait_ready(&t, &w, parent);
+    let ready = read(&w.join("ready")).unwrap_or_default();
+    let n: Vec<i32> = ready
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (child, r, wr) = (n[1], n[2], n[3]);
+    t.track(child);
+    t.dump(parent, &[]);
+    reap_dumped(&t, parent);
+    if let Err(e) = reap(child, Duration::from_secs(10)) {
+        t.fail(&format!("dumped child {child} was not killed: {e}"));
+    }
+    t.restore_detached(parent, &[]);
+    for fd in [r, wr] {
+        if !same_description(parent, fd, child, fd) {
+            t.fail(&format!(
+                "fd {fd} of {parent} and {child} are not one description after restore"
+            ));
+        }
+    }
+    if !same_description(parent, r, parent, r) || same_description(parent, r, parent, wr) {
+        t.fail("kcmp does not tell the two ends apart");
+    }
+    std::fs::write(w.join("go"), "").unwrap();
+    if !wait_for(Duration::from_secs(20), || w.join("result").exists()) {
+        t.fail(&format!(
+            "the restored child wrote no result: {}",
+            describe(child)
+        ));
+    }
+    let text = read(&w.join("result")).unwrap_or_default();
+    if !text.starts_with("pipe-child ok") {
+        t.fail(&format!("the child read the wrong data: {text}"));
+    }
+    kill_and_reap(parent);
+    kill_and_reap(child);
+}
+
+/// `bash -c 'A | B'` with a line in flight between the two: after restore
+/// the reader gets it (and the next one the writer sends). Both sides wait
+/// with `read -t` on a FIFO the shell opened read-write (no short-lived
+/// `sleep` processes to race with the dump).
+#[test]
+fn bash_pipeline_with_data_in_flight() {
+    let Some(t) = Test::new("fd_kinds_bash_pipeline") else {
+        return;
+    };
+    let w = t.work();
+    let script = format!(
+        "cd {}; mkfifo tick; exec 9<>tick; {{ echo in-flight; while [ ! -e go ]; do read -t 0.1 -u 9 x; done; echo after; read -u 9 x; }} | {{ while [ ! -e go ]; do read -t 0.1 -u 9 x; done; cat > out; }}",
+        w.display()
+    );
+    let root = t
+        .spawn_target(Command::new("bash").arg("-c").arg(&script))
+        .id() as i32;
+    // Both subshells running, and the echo done (give it a moment).
+    if !wait_for(Duration::from_secs(10), || descendants(root).len() >= 2) {
+        t.fail(&format!("the pipeline did not start: {}", describe(root)));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = descendants(root);
+    for &p in &before {
+        t.track(p);
+    }
+    t.dump(root, &[]);
+    let images = t.images();
+    let show = t.criu_ok(&["show", "-D", images.to_str().unwrap()]);
+    if !show.stdout.contains("10 of 65536 bytes queued") {
+        t.fail("criu show does not list the 10 bytes in flight in the pipeline's pipe");
+    }
+    reap_dumped(&t, root);
+    for &p in &before {
+        let _ = reap(p, Duration::from_secs(10));
+    }
+    t.restore_detached(root, &[]);
+    std::fs::write(w.join("go"), "").unwrap();
+    if !wait_for(Duration::from_secs(10), || {
+        read(&w.join("out")).is_some_and(|s| s == "in-flight\nafter\n")
+    }) {
+        t.fail(&format!(
+            "the reader got {:?}, not the line in flight and the next: {}",
+            read(&w.join("out")),
+            describe(root)
+        ));
+    }
+    for p in descendants(root) {
+        kill_and_reap(p);
+    }
+    kill_and_reap(root);
+}
+
+/// Every descendant of `pid` (children first).
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for k in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<i32>().ok())
+        {
+            out.push(k);
+            todo.push(k);
+        }
+    }
+    out
+}
+
+/// `tail -f` (inotify on the file it follows) goes on printing lines
+/// appended after the restore.
+#[test]
+fn tail_follows_after_restore() {
+    let Some(t) = Test::new("fd_kinds_tail") else {
+        return;
+    };
+    let w = t.work();
+    let log = w.join("log");
+    let out = w.join("tail.out");
+    std::fs::write(&log, "first\n").unwrap();
+    let script = format!("exec tail -n +1 -f {} > {}", log.display(), out.display());
+    let pid = t
+        .spawn_target(Command::new("sh").arg("-c").arg(&script))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(10), || {
+        read(&out).is_some_and(|s| s == "first\n")
+            && fd_links(pid).iter().any(|(_, l)| l.contains("inotify"))
+    }) {
+        t.fail(&format!(
+            "tail -f did not start with inotify: {:?}",
+            fd_links(pid)
+        ));
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"after restore\n").unwrap();
+    }
+    if !wait_for(Duration::from_secs(10), || {
+        read(&out).is_some_and(|s| s.ends_with("after restore\n"))
+    }) {
+        t.fail(&format!(
+            "tail did not print the line appended after restore: {:?}",
+            read(&out)
+        ));
+    }
+    kill_and_reap(pid);
+}
+
+/// A python3 target that sets up `setup` (which must define `fd`, the
+/// descriptor the error names) and then counts, one line per 50 ms.
+fn refusal_target(t: &Test, setup: &str) -> (i32, i32) {
+    let w = t.work();
+    let prog = format!(
+        "import ctypes, os, select, sys, time\nd = sys.argv[1]\nlibc = ctypes.CDLL(None, use_errno=True)\n{setup}\nopen(os.path.join(d, 'ready.tmp'), 'w').write(str(fd))\nos.rename(os.path.join(d, 'ready.tmp'), os.path.join(d, 'ready'))\nn = 0\nwhile True:\n    n += 1\n    open(os.path.join(d, 'count'), 'w').write(str(n))\n    time.sleep(0.05)\n"
+    );
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(&prog).arg(&w))
+        .id() as i32;
+    wait_ready(t, &w, pid);
+    let fd = read(&w.join("ready"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    (pid, fd)
+}
+
+/// The dump fails naming what cannot be restored, and the target runs on.
+fn assert_refused(t: &Test, pid: i32, needles: &[&str]) {
+    let images = t.images();
+    let p = pid.to_string();
+    t.criu_err(
+        &[
+            "dump",
+            "-t",
+            &p,
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "dump.log",
+        ],
+        needles,
+    );
+    t.assert_running_untouched(pid, "after the refused dump");
+    let count = || read(&t.work().join("count")).and_then(|s| s.parse::<u64>().ok());
+    let before = count();
+    if !wait_for(Duration::from_secs(5), || count() > before) {
+        t.fail("the target stopped counting after the refused dump");
+    }
+    if images.join("inventory.img").exists() {
+        t.fail("a refused dump left an inventory.img");
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn epoll_watching_a_closed_descriptor_is_refused() {
+    let Some(t) = Test::new("fd_kinds_epoll_closed") else {
+        return;
+    };
+    // The eventfd stays registered (its dup keeps it open) under a number
+    // that no longer names it.
+    let (pid, fd) = refusal_target(
+        &t,
+        "e = os.eventfd(0)\nkeep = os.dup(e)\nep = select.epoll()\nep.register(e, select.EPOLLIN)\nos.close(e)\nfd = e",
+    );
+    let what = format!("pid {pid}: an epoll instance watches a file registered as fd {fd} that is no longer open at that number");
+    assert_refused(&t, pid, &[&what]);
+}
+
+#[test]
+fn inotify_watch_on_a_deleted_file_is_refused() {
+    let Some(t) = Test::new("fd_kinds_inotify_deleted") else {
+        return;
+    };
+    let (pid, _) = refusal_target(
+        &t,
+        "p = os.path.join(d, 'gone')\nopen(p, 'w').close()\nkeep = open(p)\nfd = libc.inotify_init1(0)\nlibc.inotify_add_watch(fd, p.encode(), 2)\nos.unlink(p)",
+    );
+    let what = format!("pid {pid}: inotify watch 1 is on inode");
+    assert_refused(&t, pid, &[&what, "cannot name by a path"]);
+}
+
+#[test]
+fn unsupported_kind_is_refused_naming_pid_fd_and_kind() {
+    let Some(t) = Test::new("fd_kinds_io_uring") else {
+        return;
+    };
+    // io_uring_setup(2) with 1 entry; params: 120 zero bytes.
+    let (pid, fd) = refusal_target(
+        &t,
+        "params = ctypes.create_string_buffer(120)\nfd = libc.syscall(425, 1, params)\nassert fd >= 0, ctypes.get_errno()",
+    );
+    let what = format!(
+        "pid {pid} fd {fd}: an anon_inode descriptor (anon_inode:[io_uring]) is not supported"
+    );
+    assert_refused(&t, pid, &[&what]);
+}
+
+/// A python3 asyncio program: its loop waits in epoll (with the loop's
+/// self-pipe socketpair registered), a stream over a socketpair carries a
+/// message every 50 ms from one coroutine to another, and an eventfd
+/// registered with `add_reader` is signalled by a timer. It writes its
+/// token and the three counters to `state`.
+const ASYNCIO: &str = r#"
+import asyncio, os, secrets, socket, sys
+d = sys.argv[1]
+token = secrets.token_hex(8)
+counts = {"ticks": 0, "messages": 0, "events": 0}
+
+def save():
+    tmp = os.path.join(d, "state.tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{token} {counts['ticks']} {counts['messages']} {counts['events']}\n")
+    os.replace(tmp, os.path.join(d, "state"))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    rb, wb = await asyncio.open_connection(sock=b)
+    ev = os.eventfd(0, os.EFD_NONBLOCK)
+    def on_event():
+        counts["events"] += os.eventfd_read(ev)
+    loop.add_reader(ev, on_event)
+    async def sender():
+        n = 0
+        while True:
+            n += 1
+            wa.write(f"msg {n}\n".encode())
+            await wa.drain()
+            await asyncio.sleep(0.05)
+    async def receiver():
+        expect = 1
+        while True:
+            line = await rb.readline()
+            if line != f"msg {expect}\n".encode():
+                counts["messages"] = -1000000
+            expect += 1
+            counts["messages"] += 1
+    async def ticker():
+        while True:
+            counts["ticks"] += 1
+            os.eventfd_write(ev, 1)
+            save()
+            await asyncio.sleep(0.05)
+    await asyncio.gather(sender(), receiver(), ticker())
+
+asyncio.run(main())
+"#;
+
+fn asyncio_state(path: &Path) -> Option<(String, [i64; 3])> {
+    let text = read(path)?;
+    let mut it = text.split_whitespace();
+    let token = it.next()?.to_owned();
+    let mut c = [0i64; 3];
+    for v in &mut c {
+        *v = it.next()?.parse().ok()?;
+    }
+    Some((token, c))
+}
+
+#[test]
+fn python_asyncio_carries_on() {
+    let Some(t) = Test::new("fd_kinds_asyncio") else {
+        return;
+    };
+    let w = t.work();
+    let state = w.join("state");
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(ASYNCIO).arg(&w))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || {
+        asyncio_state(&state).is_some_and(|(_, c)| c.iter().all(|&x| x >= 5))
+    }) {
+        t.fail(&format!(
+            "the asyncio program did not get going: {:?} {}",
+            read(&state),
+            describe(pid)
+        ));
+    }
+    let kinds: Vec<String> = fd_links(pid).into_iter().map(|(_, l)| l).collect();
+    for want in ["anon_inode:[eventpoll]", "anon_inode:[eventfd]", "socket:["] {
+        if !kinds.iter().any(|k| k.starts_with(want)) {
+            t.fail(&format!("the program has no {want} descriptor: {kinds:?}"));
+        }
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    let Some((token, at_dump)) = asyncio_state(&state) else {
+        t.fail("no state after the dump")
+    };
+    t.restore_detached(pid, &[]);
+    let mut now = None;
+    if !wait_for(Duration::from_secs(10), || {
+        now = asyncio_state(&state);
+        now.as_ref()
+            .is_some_and(|(_, c)| c.iter().zip(&at_dump).all(|(n, d)| *n >= d + 10))
+    }) {
+        t.fail(&format!(
+            "after restore the counters (ticks, messages, events) did not all go on from {at_dump:?}: {now:?} {}",
+            describe(pid)
+        ));
+    }
+    let (new_token, c) = now.unwrap();
+    if new_token != token || c[1] < 0 {
+        t.fail(&format!(
+            "token {token} -> {new_token}, messages {} (negative: one was lost or out of order)",
+            c[1]
+        ));
+    }
+    kill_and_reap(pid);
 }

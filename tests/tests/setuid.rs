@@ -1022,3 +1022,47 @@ fn user_dumps_and_restores_own_pty_pair() {
     kill_and_reap(child);
     kill_and_reap(parent);
 }
+
+/// The pipes, FIFO, eventfd, signalfd, timerfd, epoll, memfd and inotify
+/// program of fd_kinds.rs, run, dumped and restored by the user (criu
+/// cannot use open_by_handle_at(2) then: the inotify watches are named
+/// from the files the process has open and their directories).
+const FD_KINDS: &str = include_str!("../programs/fd_one_of_each.py");
+
+#[test]
+fn user_dumps_and_restores_own_pipes_and_event_descriptors() {
+    let Some((t, inst)) = setup("setuid_fd_kinds") else {
+        return;
+    };
+    let w = t.work();
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.arg("-c").arg(FD_KINDS).arg(&w);
+    let pid = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || w.join("ready").exists()) {
+        t.fail(&format!(
+            "the user's python3 did not start: {}",
+            describe(pid)
+        ));
+    }
+    let run = criu_as_user(&t, &inst, &strs(&dump_args(&t, pid)));
+    must_succeed(&t, &run);
+    reap_dumped(&t, pid);
+    let run = criu_as_user(&t, &inst, &strs(&restore_args(&t)));
+    must_succeed(&t, &run);
+    t.track(pid);
+    fs::write(w.join("go"), "").expect("write go");
+    if !wait_for(Duration::from_secs(20), || w.join("result").exists()) {
+        t.fail(&format!(
+            "no result from the restored python3: {}",
+            describe(pid)
+        ));
+    }
+    let text = read(&w.join("result")).unwrap_or_default();
+    let ok = text.lines().filter(|l| l.contains(" ok ")).count();
+    if ok < 21 || text.lines().any(|l| !l.contains(" ok ")) {
+        t.fail(&format!(
+            "checks after restore as the user ({ok} passed):\n{text}"
+        ));
+    }
+    kill_and_reap(pid);
+}

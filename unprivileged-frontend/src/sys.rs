@@ -889,3 +889,18 @@ pub fn prlimit_get(pid: i32, res: u32) -> std::io::Result<(u64, u64)> {
     }
     Ok((old.rlim_cur, old.rlim_max))
 }
+
+/// `kcmp(2)` with `KCMP_EPOLL_TFD`: whether descriptor `fd` of `pid` is
+/// the file registered as `tfd` in the epoll instance at descriptor `epfd`
+/// of `pid`.
+///
+/// Errors: its errno (`EBADF`: `fd` is not open; `ENOENT`: no such
+/// registration; `EINVAL` on kernels without it).
+pub fn kcmp_epoll_tfd(pid: i32, fd: i32, epfd: i32, tfd: i32) -> std::io::Result<bool> {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    // struct kcmp_epoll_slot { __u32 efd; __u32 tfd; __u64 toff; }
+    let slot: [u32; 4] = [epfd as u32, tfd as u32, 0, 0];
+    // SAFETY: the kernel reads the 16-byte slot; the rest are integers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, slot.as_ptr()) };
+    cvt(r).map(|r| r == 0)
+}

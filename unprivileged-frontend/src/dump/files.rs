@@ -178,7 +178,9 @@ impl FileTable {
                 let d = self.take_fd(pid, fd)?;
                 FileKind::Timerfd(event::dump_timerfd(d.as_fd(), fdinfo).map_err(named)?)
             }
-            "anon_inode:[eventpoll]" => FileKind::Epoll(epoll::dump(pid, fdinfo).map_err(named)?),
+            "anon_inode:[eventpoll]" => {
+                FileKind::Epoll(epoll::dump(pid, fd, fdinfo).map_err(named)?)
+            }
             "anon_inode:inotify" => {
                 let d = self.take_fd(pid, fd)?;
                 let hints = open_paths(pid);

@@ -94,21 +94,31 @@ pub fn parse_targets(fdinfo: &str) -> Result<Vec<EpollTarget>> {
     Ok(out)
 }
 
-/// Dump an epoll instance of task `pid` from its fdinfo text, checking that
-/// each registration's descriptor number in `pid` still names the
-/// registered file (it may have been closed or replaced since epoll_ctl,
-/// which the kernel keeps registered; that is not restorable by number).
+/// Dump the epoll instance at descriptor `epfd` of task `pid` from its
+/// fdinfo text, checking that each registration's descriptor number in
+/// `pid` still names the registered file (it may have been closed or
+/// replaced since epoll_ctl, which the kernel keeps registered; that is
+/// not restorable by number): by kcmp(2) `KCMP_EPOLL_TFD`, or where the
+/// kernel lacks it by inode and device (which cannot tell two eventfds,
+/// say, apart: they share one anonymous inode).
 ///
 /// Errors: [`Error::Parse`]; [`Error::Unsupported`] naming the descriptor
 /// whose registration cannot be restored.
-pub fn dump(pid: i32, fdinfo: &str) -> Result<EpollEntry> {
+pub fn dump(pid: i32, epfd: i32, fdinfo: &str) -> Result<EpollEntry> {
     let targets = parse_targets(fdinfo)?;
     for t in &targets {
         let p = crate::proc::path(pid, &format!("fd/{}", t.fd));
-        let ok = std::fs::metadata(&p).is_ok_and(|md| {
-            use std::os::unix::fs::MetadataExt;
-            md.ino() == t.ino && md.dev() == t.dev
-        });
+        let same_inode = || {
+            std::fs::metadata(&p).is_ok_and(|md| {
+                use std::os::unix::fs::MetadataExt;
+                md.ino() == t.ino && md.dev() == t.dev
+            })
+        };
+        let ok = match crate::sys::kcmp_epoll_tfd(pid, t.fd, epfd, t.fd) {
+            Ok(same) => same,
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => false,
+            Err(_) => same_inode(),
+        };
         if !ok {
             return Err(Error::Unsupported(format!(
                 "pid {pid}: an epoll instance watches a file registered as fd {} that is no longer open at that number (closed or replaced after epoll_ctl)",
@@ -222,7 +232,7 @@ mod tests {
         .unwrap();
         let info =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ep.0.as_raw_fd())).unwrap();
-        let e = dump(std::process::id() as i32, &info).unwrap();
+        let e = dump(std::process::id() as i32, ep.0.as_raw_fd(), &info).unwrap();
         let by_fd = |fd: i32| e.targets.iter().find(|t| t.fd == fd).unwrap().clone();
         let t = by_fd(r.as_raw_fd());
         assert_eq!(t.data, u64::MAX - 5);
@@ -247,13 +257,23 @@ mod tests {
         ep.add(ev.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
             .unwrap();
         let num = ev.as_raw_fd();
-        drop(ev); // still registered: `dup` keeps the file open
         let info =
             std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ep.0.as_raw_fd())).unwrap();
         assert!(info.contains(&format!("tfd: {num:>8}")), "{info}");
-        let err = dump(std::process::id() as i32, &info)
-            .unwrap_err()
-            .to_string();
+        let me = std::process::id() as i32;
+        assert!(dump(me, ep.0.as_raw_fd(), &info).is_ok());
+
+        // Another eventfd put at that number (`dup` keeps the registered
+        // one open): the same anonymous inode, yet not the registered file;
+        // kcmp(2) KCMP_EPOLL_TFD tells them apart.
+        let other = crate::sys::eventfd(0, libc::EFD_CLOEXEC).unwrap();
+        nix::unistd::dup2(other.as_raw_fd(), num).unwrap();
+        let err = dump(me, ep.0.as_raw_fd(), &info).unwrap_err().to_string();
+        assert!(err.contains(&format!("registered as fd {num}")), "{err}");
+
+        // Closed: refused too.
+        drop(ev);
+        let err = dump(me, ep.0.as_raw_fd(), &info).unwrap_err().to_string();
         assert!(err.contains(&format!("registered as fd {num}")), "{err}");
         drop(dup);
     }

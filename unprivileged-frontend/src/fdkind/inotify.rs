@@ -5,7 +5,7 @@
 //! it, and the event mask. The inode is named by a path, found with
 //! open_by_handle_at(2) (which needs `CAP_DAC_READ_SEARCH`) or else among
 //! paths the caller offers (files the tree has open, their directories,
-//! cwd). Restore adds the watches by path to a new instance so that each
+//! cwd) and the entries of those directories. Restore adds the watches by path to a new instance so that each
 //! gets its dumped watch descriptor number back: inotify hands out numbers
 //! in increasing order, so a watch given a lower number is removed and
 //! added again until it gets the right one.
@@ -141,7 +141,8 @@ fn same_inode(path: &str, w: &RawWatch) -> bool {
 }
 
 /// A path naming the watched inode: by its file handle if the kernel lets
-/// us, else the first of `hints` (or a hint's parent directory) that is it.
+/// us, else the first of `hints`, a hint's parent directory, or an entry
+/// of either, that is it.
 fn name_watch(w: &RawWatch, hints: &[String]) -> Option<String> {
     if !w.handle.is_empty() {
         if let Some(mp) = mount_of(w.dev) {
@@ -169,8 +170,31 @@ fn name_watch(w: &RawWatch, hints: &[String]) -> Option<String> {
             }
         }
     }
+    // One level further: the entries of those directories (a file next to
+    // one the process has open, a subdirectory of its cwd).
+    for h in hints {
+        let p = std::path::Path::new(h);
+        for dir in [Some(p), p.parent()].into_iter().flatten() {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten().take(MAX_SCAN) {
+                use std::os::unix::fs::DirEntryExt;
+                if e.ino() != w.ino {
+                    continue;
+                }
+                let c = e.path().to_string_lossy().into_owned();
+                if same_inode(&c, w) {
+                    return Some(c);
+                }
+            }
+        }
+    }
     None
 }
+
+/// Most entries of one directory looked at when naming a watched inode.
+const MAX_SCAN: usize = 10_000;
 
 /// Dump the inotify instance `fd` (criu's duplicate; only FIONREAD is done
 /// on it) of task `pid` from its fdinfo text; `hints` are paths the watched
@@ -355,6 +379,26 @@ mod tests {
             .unwrap()
             .trim();
         u64::from_str_radix(eff, 16).unwrap() & (1 << 2) != 0
+    }
+
+    #[test]
+    fn named_as_a_sibling_of_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_one = dir.path().join("open");
+        let watched = dir.path().join("sub");
+        std::fs::write(&open_one, "x").unwrap();
+        std::fs::create_dir(&watched).unwrap();
+        let w = RawWatch {
+            wd: 1,
+            ino: std::fs::metadata(&watched).unwrap().ino(),
+            dev: std::fs::metadata(&watched).unwrap().dev(),
+            mask: libc::IN_CREATE,
+            handle_type: 0,
+            handle: Vec::new(),
+        };
+        let hints = vec![open_one.to_str().unwrap().to_string()];
+        assert_eq!(name_watch(&w, &hints).as_deref(), watched.to_str());
+        assert_eq!(name_watch(&w, &[]), None);
     }
 
     #[test]
