@@ -485,3 +485,63 @@ fn python_asyncio_carries_on() {
     }
     kill_and_reap(pid);
 }
+
+/// A fanotify group (root only) with an inode mark on a file and an ignore
+/// mark on its directory: after restore its marks are the same (fdinfo)
+/// and a write to the file is reported, with a descriptor of that file.
+const FANOTIFY: &str = r#"
+import ctypes, os, select, struct, sys, time
+d = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+FAN_MODIFY, FAN_OPEN = 0x2, 0x20
+fd = libc.fanotify_init(0x10, os.O_RDONLY)
+assert fd >= 0, ctypes.get_errno()
+watched = os.path.join(d, "watched")
+open(watched, "w").close()
+assert libc.fanotify_mark(fd, 1, FAN_MODIFY, -100, watched.encode()) == 0
+assert libc.fanotify_mark(fd, 1 | 0x20 | 0x40, FAN_OPEN, -100, d.encode()) == 0
+def marks():
+    return sorted(l for l in open(f"/proc/self/fdinfo/{fd}").read().splitlines() if l.startswith("fanotify"))
+before = marks()
+open(os.path.join(d, "ready.tmp"), "w").write(str(fd))
+os.rename(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.05)
+out = []
+out.append(f"fanotify-marks {'ok' if marks() == before else 'BAD'} {marks()!r} vs {before!r}")
+with open(watched, "a") as f:
+    f.write("x")
+select.select([fd], [], [], 5)
+buf = os.read(fd, 4096)
+ok = False
+while len(buf) >= 24:
+    ln, _, _, _, mask, efd, pid = struct.unpack("IBBHQii", buf[:24])
+    if mask & FAN_MODIFY and efd >= 0 and os.readlink(f"/proc/self/fd/{efd}") == watched:
+        ok = True
+    if efd >= 0:
+        os.close(efd)
+    buf = buf[ln:]
+out.append(f"fanotify-event {'ok' if ok else 'BAD'} ")
+open(os.path.join(d, "result.tmp"), "w").write("\n".join(out) + "\n")
+os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn fanotify_marks_and_events_after_restore() {
+    let Some(t) = Test::new("fd_kinds_fanotify") else {
+        return;
+    };
+    let w = t.work();
+    let pid = t
+        .spawn_target(Command::new("python3").arg("-c").arg(FANOTIFY).arg(&w))
+        .id() as i32;
+    wait_ready(&t, &w, pid);
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    collect_result(&t, &w, pid, 2);
+    kill_and_reap(pid);
+}

@@ -904,3 +904,28 @@ pub fn kcmp_epoll_tfd(pid: i32, fd: i32, epfd: i32, tfd: i32) -> std::io::Result
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, slot.as_ptr()) };
     cvt(r).map(|r| r == 0)
 }
+
+/// `fanotify_init(2)`.
+///
+/// Errors: its errno (`EPERM` without `CAP_SYS_ADMIN` for most flags).
+pub fn fanotify_init(flags: u32, event_f_flags: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::fanotify_init(flags, event_f_flags) } as libc::c_long).map(owned)
+}
+
+/// `fanotify_mark(2)` of `path` (relative to the working directory).
+///
+/// Errors: its errno.
+pub fn fanotify_mark(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flags: u32,
+    mask: u64,
+    path: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string the kernel only reads.
+    cvt(
+        unsafe { libc::fanotify_mark(fd.as_raw_fd(), flags, mask, libc::AT_FDCWD, path.as_ptr()) }
+            as libc::c_long,
+    )
+    .map(|_| ())
+}

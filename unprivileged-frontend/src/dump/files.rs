@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::fdkind::unix;
-use crate::fdkind::{epoll, event, inotify, memfd, pipe};
+use crate::fdkind::{epoll, event, fanotify, inotify, memfd, pipe};
 use crate::images::types::{
     FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
 };
@@ -185,6 +185,11 @@ impl FileTable {
                 let d = self.take_fd(pid, fd)?;
                 let hints = open_paths(pid);
                 FileKind::Inotify(inotify::dump(pid, d.as_fd(), fdinfo, &hints).map_err(named)?)
+            }
+            "anon_inode:[fanotify]" => {
+                let d = self.take_fd(pid, fd)?;
+                let hints = open_paths(pid);
+                FileKind::Fanotify(fanotify::dump(pid, d.as_fd(), fdinfo, &hints).map_err(named)?)
             }
             l if memfd::memfd_name(l).is_some() => {
                 let d = self.take_fd(pid, fd)?;

@@ -118,7 +118,7 @@ pub fn parse_watches(fdinfo: &str) -> Result<Vec<RawWatch>> {
 /// The mount point of a mount of the file system with device `dev`
 /// (stat(2) encoding), preferring one of its root, from
 /// `/proc/self/mountinfo` (see proc(5)).
-fn mount_of(dev: u64) -> Option<String> {
+pub(crate) fn mount_of(dev: u64) -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let mut best: Option<String> = None;
@@ -143,7 +143,7 @@ fn same_inode(path: &str, w: &RawWatch) -> bool {
 /// A path naming the watched inode: by its file handle if the kernel lets
 /// us, else the first of `hints`, a hint's parent directory, or an entry
 /// of either, that is it.
-fn name_watch(w: &RawWatch, hints: &[String]) -> Option<String> {
+pub(crate) fn name_watch(w: &RawWatch, hints: &[String]) -> Option<String> {
     if !w.handle.is_empty() {
         if let Some(mp) = mount_of(w.dev) {
             // Not O_PATH: open_by_handle_at(2) refuses that as `mount_fd`.

@@ -8,6 +8,7 @@
 
 pub mod epoll;
 pub mod event;
+pub mod fanotify;
 pub mod inet;
 pub mod inotify;
 pub mod memfd;

@@ -536,4 +536,6 @@ pub enum FileKind {
     /// tree, or the caller's terminal of a shell job (see
     /// [`crate::fdkind::tty`]).
     Tty(crate::fdkind::tty::TtyEntry),
+    /// A fanotify group (see [`crate::fdkind::fanotify`]).
+    Fanotify(crate::fdkind::fanotify::FanotifyEntry),
 }

@@ -457,6 +457,7 @@ fn make(e: &FileEntry, pid: i32, fd: i32, kinds: &mut KindRestorers) -> Result<O
         FileKind::Epoll(x) => epoll::restore(x).map_err(named),
         FileKind::Inotify(x) => inotify::restore(x).map_err(named),
         FileKind::Memfd(x) => kinds.memfds.open(x).map_err(named),
+        FileKind::Fanotify(x) => crate::fdkind::fanotify::restore(x).map_err(named),
         FileKind::Reg { file, flags, pos } => {
             let fl = reopen_flags(*flags);
             let f = open(&file.path, fl, pid, fd)?;

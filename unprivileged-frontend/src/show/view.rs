@@ -721,6 +721,24 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
             open_flags(e.flags),
             None,
         ),
+        FileKind::Fanotify(e) => (
+            "fanotify",
+            format!(
+                "flags {:#x}, event flags {:#x}: {}",
+                e.init_flags,
+                e.event_flags,
+                e.marks
+                    .iter()
+                    .map(|m| format!(
+                        "{:?} mask {:#x} ignored {:#x} mflags {:#x}",
+                        m.target, m.mask, m.ignored_mask, m.mflags
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            open_flags(e.flags),
+            None,
+        ),
         FileKind::Memfd(m) => {
             let state = match &m.state {
                 Some(s) => format!(
