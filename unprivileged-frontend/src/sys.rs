@@ -929,3 +929,67 @@ pub fn fanotify_mark(
     )
     .map(|_| ())
 }
+
+// ---------------------------------------------------------------------------
+// Socket options and queue sizes for network sockets (see fdkind/inet.rs).
+
+/// `getsockopt(2)` of option `name` at `level` into `buf`; returns how many
+/// bytes the kernel wrote.
+///
+/// Errors: its errno (ENOPROTOOPT for an option the socket lacks).
+pub fn getsockopt_raw(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a valid
+    // in/out pointer; the kernel writes at most `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    cvt(r as libc::c_long)?;
+    Ok(len as usize)
+}
+
+/// `setsockopt(2)` of option `name` at `level` to the bytes `val`.
+///
+/// Errors: its errno.
+pub fn setsockopt_raw(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    val: &[u8],
+) -> std::io::Result<()> {
+    // SAFETY: `val` is valid for reads of its length; the kernel only reads.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            val.as_ptr().cast(),
+            val.len() as libc::socklen_t,
+        )
+    };
+    cvt(r as libc::c_long).map(drop)
+}
+
+/// An `ioctl(2)` that writes one `int`, such as `SIOCINQ` or `SIOCOUTQ`
+/// (see tcp(7), udp(7)).
+///
+/// Errors: its errno.
+pub fn ioctl_get_int(fd: std::os::fd::BorrowedFd<'_>, request: u64) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the requests this is used with write one int to the pointer,
+    // which is valid for that write.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut v as *mut libc::c_int) };
+    cvt(r as libc::c_long)?;
+    Ok(v)
+}
