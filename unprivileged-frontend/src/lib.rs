@@ -13,6 +13,7 @@ pub mod fdkind;
 pub mod helper;
 pub mod images;
 pub mod log;
+pub mod netlock;
 pub mod proc;
 pub mod remote;
 pub mod restore;

@@ -783,8 +783,18 @@ pub fn restore(e: &InetEntry, opts: &RestoreOpts) -> Result<OwnedFd> {
             let peer = e.peer.ok_or_else(|| {
                 Error::Unsupported(format!("restoring {what}: the image has no peer address"))
             })?;
-            sk::connect(fd.as_raw_fd(), &peer.to_storage())
-                .map_err(|er| fail("connect", er.into()))?;
+            // EADDRNOTAVAIL: the kernel still holds a socket with this
+            // address pair (the dumped one, closing); wait for it a while.
+            let mut tries = 0;
+            loop {
+                match sk::connect(fd.as_raw_fd(), &peer.to_storage()) {
+                    Err(Errno::EADDRNOTAVAIL) if conn.is_some() && tries < 100 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    r => break r.map_err(|er| fail("connect", er.into()))?,
+                }
+            }
         }
         InetState::Unconnected | InetState::Closed { .. } => {}
     }
