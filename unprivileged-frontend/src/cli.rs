@@ -104,6 +104,23 @@ pub struct DumpArgs {
     /// peer outside the dumped tree, as --ext-unix-sk does for all.
     #[arg(long = "external", value_name = "KIND[ID]")]
     pub external: Vec<String>,
+    /// Save established TCP connections, so they continue after restore
+    /// (TCP repair mode, see tcp(7); needs CAP_NET_ADMIN).
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Save established (and half-closed) TCP connections as closed
+    /// sockets: they are neither locked nor repaired.
+    #[arg(long = "tcp-close")]
+    pub tcp_close: bool,
+    /// How packets of saved connections are held back while they are down:
+    /// `nftables` (default) or `skip`.
+    #[arg(
+        long = "network-lock",
+        value_name = "METHOD",
+        value_enum,
+        default_value_t
+    )]
+    pub network_lock: crate::netlock::Method,
     /// Common options.
     #[command(flatten)]
     pub common: Common,
@@ -118,6 +135,22 @@ pub struct RestoreArgs {
     /// Write the restored root PID to this file.
     #[arg(long = "pidfile", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+    /// Accepted for upstream's scripts: connections saved with
+    /// `--tcp-established` are always restored (unless `--tcp-close`).
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Restore saved TCP connections as closed sockets.
+    #[arg(long = "tcp-close")]
+    pub tcp_close: bool,
+    /// Accepted for upstream's scripts: a lock the dump left is always
+    /// removed at the end of the restore.
+    #[arg(
+        long = "network-lock",
+        value_name = "METHOD",
+        value_enum,
+        default_value_t
+    )]
+    pub network_lock: crate::netlock::Method,
     /// Common options.
     #[command(flatten)]
     pub common: Common,
@@ -254,6 +287,28 @@ mod tests {
         };
         assert!(r.detach);
         assert_eq!(r.common.level(), 3);
+        assert!(!r.tcp_close);
+        let c = Cli::try_parse_from([
+            "criu",
+            "dump",
+            "-t",
+            "1",
+            "-D",
+            "x",
+            "--tcp-established",
+            "--network-lock",
+            "skip",
+        ])
+        .unwrap();
+        let Command::Dump(d) = c.command else {
+            panic!()
+        };
+        assert!(d.tcp_established && !d.tcp_close);
+        assert_eq!(d.network_lock, crate::netlock::Method::Skip);
+        assert!(
+            Cli::try_parse_from(["criu", "dump", "-t", "1", "-D", "x", "--network-lock", "x"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["criu", "dump", "-t", "1", "-D", "x", "-s", "-R"]).is_err());
     }
 

@@ -2,12 +2,14 @@
 //! filesystem context (cwd, root, umask).
 
 use crate::error::{Error, Result};
+use crate::fdkind::inet::{self, InetEntry, InetState};
 use crate::fdkind::unix;
 use crate::fdkind::{epoll, event, fanotify, inotify, memfd, pipe};
 use crate::images::types::{
     FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
 };
 use crate::images::ImageDir;
+use crate::netlock::{self, NetLock};
 use crate::proc::{self, Status};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -79,6 +81,10 @@ pub struct FileTable {
     pipe_uses: HashMap<(Option<String>, u64), PipeUse>,
     /// Terminals seen so far.
     pub tty: crate::fdkind::tty::Collector,
+    /// How network sockets are dumped.
+    pub inet: inet::DumpOpts,
+    /// Connections in repair mode and the network lock.
+    pub hold: InetHold,
 }
 
 /// The descriptions of one pipe in the tree: a pipe held only at
@@ -91,6 +97,69 @@ struct PipeUse {
     modes: u32,
     /// Its descriptions.
     ids: Vec<u32>,
+}
+
+/// What the dump of network sockets leaves behind until the tasks are
+/// killed or let go: established connections in TCP repair mode (criu's
+/// duplicates of them) and the network lock over them. Dropping it takes
+/// the sockets out of repair mode (before the tasks run on) and removes
+/// the lock; [`InetHold::keep`] leaves both for a dump that kills the
+/// tasks, so that their sockets close without a word to the peer and the
+/// peer's packets are dropped until the restore.
+#[derive(Default)]
+pub struct InetHold {
+    method: netlock::Method,
+    lock: Option<NetLock>,
+    lock_name: String,
+    repaired: Vec<(OwnedFd, InetEntry)>,
+}
+
+impl InetHold {
+    /// Lock with `method`, in an nftables table named `name`.
+    pub fn configure(&mut self, method: netlock::Method, name: String) {
+        self.method = method;
+        self.lock_name = name;
+    }
+
+    /// Lock the connection `local` - `peer` (unless `--network-lock skip`).
+    fn lock(&mut self, local: inet::Addr, peer: inet::Addr) -> Result<()> {
+        if self.method == netlock::Method::Skip {
+            return Ok(());
+        }
+        let name = self.lock_name.clone();
+        self.lock
+            .get_or_insert_with(|| NetLock::new(name))
+            .add(local, peer)
+    }
+
+    /// The name of the lock table if any connection is locked.
+    pub fn lock_table(&self) -> Option<String> {
+        self.lock
+            .as_ref()
+            .filter(|l| l.is_taken())
+            .map(|l| l.table().to_string())
+    }
+
+    /// The tasks were killed: leave the lock for the restore.
+    pub fn keep(mut self) {
+        if let Some(l) = self.lock.take() {
+            l.keep();
+        }
+        // The sockets stay in repair mode; criu's duplicates just close.
+        self.repaired.clear();
+    }
+}
+
+impl Drop for InetHold {
+    fn drop(&mut self) {
+        for (fd, e) in self.repaired.drain(..) {
+            if let Err(err) = inet::release(fd.as_fd(), &e) {
+                crate::error!("{}: {err}", e.describe());
+            }
+        }
+        // Then the lock goes (NetLock's drop).
+        self.lock.take();
+    }
 }
 
 impl FileTable {
@@ -111,6 +180,8 @@ impl FileTable {
             memfds: memfd::MemfdDumper::new(dir.path()),
             pipe_uses: HashMap::new(),
             tty: Default::default(),
+            inet: inet::DumpOpts::default(),
+            hold: InetHold::default(),
         }
     }
 
@@ -245,6 +316,7 @@ impl FileTable {
                         flags: info.flags & !(libc::O_CLOEXEC as u32),
                     };
                     let mut unix_id = None;
+                    let mut inet_kind = None;
                     if link.starts_with("socket:") {
                         let sock = self.take_fd(pid, fd)?;
                         if is_unix(&sock) {
@@ -252,14 +324,19 @@ impl FileTable {
                             let who = format!("pid {pid} fd {fd}");
                             unix_id =
                                 Some(self.add_unix(&who, sock, cur.flags, &cwd, at, (pid, fd))?);
+                        } else {
+                            inet_kind = self.inet_socket(pid, fd, sock)?;
                         }
                     }
                     match unix_id {
                         Some(id) => id,
                         None => {
-                            let kind = match self.special(&cur)? {
+                            let kind = match inet_kind {
                                 Some(k) => k,
-                                None => self.classify(&cur)?,
+                                None => match self.special(&cur)? {
+                                    Some(k) => k,
+                                    None => self.classify(&cur)?,
+                                },
                             };
                             let owner = self.owner(&cur, &kind)?;
                             self.push(kind, owner, at, (pid, fd))
@@ -272,6 +349,35 @@ impl FileTable {
             out.push(FdEntry { fd, cloexec, id });
         }
         Ok(out)
+    }
+
+    /// A TCP or UDP socket at `fd` of `pid`, dumped through a duplicate;
+    /// `None` when `dup` is not an IPv4 or IPv6 socket. An established
+    /// connection is locked (see [`InetHold`]) before it is read.
+    ///
+    /// Errors: those of [`inet::dump`], naming pid and fd.
+    fn inet_socket(&mut self, pid: i32, fd: i32, dup: OwnedFd) -> Result<Option<FileKind>> {
+        let domain = crate::sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+            .unwrap_or(-1);
+        if domain != libc::AF_INET && domain != libc::AF_INET6 {
+            return Ok(None);
+        }
+        let name = |e: Error| match e {
+            Error::Unsupported(m) => Error::Unsupported(format!("pid {pid} fd {fd}: {m}")),
+            Error::Refused(m) => Error::Refused(format!("pid {pid} fd {fd}: {m}")),
+            e => e,
+        };
+        if self.inet.tcp_established && !self.inet.tcp_close {
+            if let Some((local, peer)) = inet::connection(dup.as_fd()) {
+                self.hold.lock(local, peer).map_err(name)?;
+            }
+        }
+        let e = inet::dump(dup.as_fd(), &self.inet).map_err(name)?;
+        crate::info!("pid {pid} fd {fd}: {}", e.describe());
+        if matches!(e.state, InetState::Established(_)) {
+            self.hold.repaired.push((dup, e.clone()));
+        }
+        Ok(Some(FileKind::Inet(e)))
     }
 
     /// A duplicate, in criu, of descriptor `fd` of `pid` (same open file

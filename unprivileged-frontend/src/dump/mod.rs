@@ -40,13 +40,21 @@ pub fn run(args: &DumpArgs) -> Result<()> {
     let result =
         seize_tree(&mut h, pid, &mut tree).and_then(|()| dump_tree(&mut h, &tree, args, &dir));
     match result {
-        Ok(()) => {
+        Ok(hold) => {
             let how = if args.leave_running {
                 ReleaseMode::Resume
             } else if args.leave_stopped {
                 ReleaseMode::Stop
             } else {
                 ReleaseMode::Kill
+            };
+            // Connections leave repair mode before their tasks run again;
+            // killed tasks' sockets close in it, silently, and stay locked.
+            let hold = if matches!(how, ReleaseMode::Kill) {
+                Some(hold)
+            } else {
+                drop(hold);
+                None
             };
             info!("images complete and synced; releasing the tree of pid {pid} ({how:?})");
             let mut first = Ok(());
@@ -59,6 +67,9 @@ pub fn run(args: &DumpArgs) -> Result<()> {
                 }
             }
             h.finish();
+            if let Some(hold) = hold {
+                hold.keep();
+            }
             first?;
             info!("dump finished");
             Ok(())
@@ -333,7 +344,15 @@ fn ext_unix(args: &DumpArgs) -> Result<crate::fdkind::unix::ExtUnix> {
 
 /// Write the images of every process, then `pstree.img` and, last, the
 /// inventory.
-fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Result<()> {
+/// Dump every process of `tree`; returns what the sockets' dump holds
+/// until the tasks are released (dropped on error: nothing stays locked or
+/// in repair mode).
+fn dump_tree(
+    h: &mut Helper,
+    tree: &Tree,
+    args: &DumpArgs,
+    dir: &ImageDir,
+) -> Result<files::InetHold> {
     let live: Vec<&Proc> = tree.procs.iter().filter(|p| p.zombie.is_none()).collect();
     let mut pairs = Vec::new();
     for p in &live {
@@ -356,6 +375,13 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
         },
         dir,
     );
+    table.inet = crate::fdkind::inet::DumpOpts {
+        tcp_established: args.tcp_established,
+        tcp_close: args.tcp_close,
+    };
+    table
+        .hold
+        .configure(args.network_lock, format!("criu-lock-{}", args.pid));
     for p in &tree.procs {
         let stat = crate::proc::read_stat(p.pid)?;
         if p.zombie.is_none() {
@@ -395,7 +421,8 @@ fn dump_tree(h: &mut Helper, tree: &Tree, args: &DumpArgs, dir: &ImageDir) -> Re
     if written.is_err() || args.leave_running || args.leave_stopped {
         queues.put_back();
     }
-    written
+    written?;
+    Ok(std::mem::take(&mut table.hold))
 }
 
 /// `files.img`, then the inventory, then sync the directory.
@@ -422,6 +449,11 @@ fn write_tail(
             shell_job: args.common.shell_job,
             leave_running: args.leave_running,
             leave_stopped: args.leave_stopped,
+            tcp_established: args.tcp_established,
+            network_lock: table
+                .hold
+                .lock_table()
+                .filter(|_| !args.leave_running && !args.leave_stopped),
         },
     };
     write_image(&dir.inventory(), Kind::Inventory, &[&inv])?;

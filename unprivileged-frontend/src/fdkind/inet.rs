@@ -459,6 +459,19 @@ pub fn dump(fd: BorrowedFd<'_>, opts: &DumpOpts) -> Result<InetEntry> {
     Ok(e)
 }
 
+/// The (local, peer) addresses of `fd` if it is an established TCP
+/// connection, the kind [`dump`] puts in repair mode; `None` for anything
+/// else (or when it cannot tell).
+pub fn connection(fd: BorrowedFd<'_>) -> Option<(Addr, Addr)> {
+    let ty = get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
+    if ty != libc::SOCK_STREAM || tcp_state(fd).ok()? != TCP_ESTABLISHED {
+        return None;
+    }
+    let l = sk::getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    let p = sk::getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok()?;
+    Some((Addr::from_storage(&l)?, Addr::from_storage(&p)?))
+}
+
 /// Take a socket that [`dump`] read as `e` out of repair mode again (when
 /// the dumped task keeps running, or the dump failed). Other sockets are
 /// left alone.

@@ -35,6 +35,12 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// `--leave-stopped`.
     pub leave_stopped: bool,
+    /// `--tcp-established`: established TCP connections were saved.
+    pub tcp_established: bool,
+    /// The network lock the dump left in place for the restore to remove:
+    /// the name of an nftables table in the `inet` family (see
+    /// `netlock.rs`); `None` when nothing is locked.
+    pub network_lock: Option<String>,
 }
 
 /// `pstree.img`: one record per process of the tree, root first.
@@ -538,4 +544,6 @@ pub enum FileKind {
     Tty(crate::fdkind::tty::TtyEntry),
     /// A fanotify group (see [`crate::fdkind::fanotify`]).
     Fanotify(crate::fdkind::fanotify::FanotifyEntry),
+    /// A TCP or UDP socket over IPv4 or IPv6 (see `fdkind/inet.rs`).
+    Inet(crate::fdkind::inet::InetEntry),
 }

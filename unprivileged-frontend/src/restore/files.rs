@@ -139,6 +139,8 @@ pub struct FileSender<'a> {
     epolls_done: std::collections::HashSet<u32>,
     /// Terminals made so far.
     ttys: crate::fdkind::tty::Restorer,
+    /// How network sockets are restored.
+    pub inet: crate::fdkind::inet::RestoreOpts,
 }
 
 /// Objects behind several open file descriptions (a pipe's buffer, a
@@ -204,6 +206,7 @@ impl<'a> FileSender<'a> {
                 },
                 epolls_done: std::collections::HashSet::new(),
                 ttys: Default::default(),
+                inet: Default::default(),
             },
             remote,
         ))
@@ -233,7 +236,7 @@ impl<'a> FileSender<'a> {
                 FileKind::Ghost { .. } => self.make_ghost(e, pid, f.fd)?,
                 FileKind::Unix(u) => self.unix.open(u).map_err(|er| in_pid(pid, f.fd, er))?,
                 FileKind::Tty(t) => self.ttys.open(self.table, t, pid, f.fd)?,
-                _ => make(e, pid, f.fd, &mut self.kinds)?,
+                _ => make(e, pid, f.fd, &mut self.kinds, &self.inet)?,
             };
             self.describe_more(e, &fd, pid, f.fd)?;
             self.made.insert(f.id, fd);
@@ -262,6 +265,7 @@ impl<'a> FileSender<'a> {
         }
         let made = &mut self.made;
         let kinds = &mut self.kinds;
+        let inet = &self.inet;
         unix.finish(&mut |id| {
             let e = table.get(id as usize).ok_or_else(|| {
                 Error::Refused(format!("a socket queue refers to file {id}, which files.img does not have"))
@@ -277,7 +281,7 @@ impl<'a> FileSender<'a> {
                             "file {id} in flight in a socket queue cannot be made here: it is marked inherited, a deleted file, or a socket closed already"
                         )));
                     }
-                    v.insert(make(e, 0, -1, kinds)?)
+                    v.insert(make(e, 0, -1, kinds, inet)?)
                 }
             };
             fd.try_clone()
@@ -441,7 +445,13 @@ fn raise_nofile_limit() {
 ///
 /// Errors: [`Error::Refused`] when the file cannot be opened (in setuid
 /// mode with the caller's rights, never the helper's).
-fn make(e: &FileEntry, pid: i32, fd: i32, kinds: &mut KindRestorers) -> Result<OwnedFd> {
+fn make(
+    e: &FileEntry,
+    pid: i32,
+    fd: i32,
+    kinds: &mut KindRestorers,
+    inet: &crate::fdkind::inet::RestoreOpts,
+) -> Result<OwnedFd> {
     use crate::fdkind::{epoll, event, inotify};
     let named = |err: Error| match err {
         Error::Refused(m) => Error::Refused(format!("pid {pid} fd {fd}: {m}")),
@@ -451,6 +461,7 @@ fn make(e: &FileEntry, pid: i32, fd: i32, kinds: &mut KindRestorers) -> Result<O
     };
     match &e.kind {
         FileKind::Pipe(p) => kinds.pipes.open(p).map_err(named),
+        FileKind::Inet(s) => crate::fdkind::inet::restore(s, inet).map_err(named),
         FileKind::Eventfd(x) => event::restore_eventfd(x).map_err(named),
         FileKind::Signalfd(x) => event::restore_signalfd(x).map_err(named),
         FileKind::Timerfd(x) => event::restore_timerfd(x).map_err(named),

@@ -50,6 +50,8 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
     }
     precheck_all(&ck)?;
     crate::fdkind::tty::precheck(&ck.files, args.common.shell_job)?;
+    // A network lock the dump left is removed whatever happens from here.
+    let lock = NetUnlock(ck.inventory.options.network_lock.clone());
     // Opened (with the user's rights) before anything is created, so an
     // unwritable pidfile fails the restore while nothing runs yet.
     let pidfile = match &args.pidfile {
@@ -62,7 +64,10 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
     };
 
     let mut h = Helper::spawn()?;
-    if let Err(e) = restore_all(&mut h, &ck) {
+    let inet = crate::fdkind::inet::RestoreOpts {
+        tcp_close: args.tcp_close,
+    };
+    if let Err(e) = restore_all(&mut h, &ck, inet) {
         // The helper kills every stub it still traces when we hang up.
         warn!("restore of pid {pid} failed, killing every created task");
         h.finish();
@@ -81,6 +86,7 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
         h.release(p.pstree.pid, how)?;
         info!("pid {} restored and released ({how:?})", p.pstree.pid);
     }
+    lock.unlock()?;
     if let Some((mut file, path)) = pidfile {
         use std::io::Write;
         file.write_all(format!("{pid}\n").as_bytes())
@@ -100,13 +106,45 @@ pub fn run(args: &RestoreArgs) -> Result<u8> {
     })
 }
 
+/// Removes the network lock a dump left (see `netlock.rs`) when dropped,
+/// or by [`NetUnlock::unlock`] to see the error.
+struct NetUnlock(Option<String>);
+
+impl NetUnlock {
+    fn unlock(mut self) -> Result<()> {
+        match self.0.take() {
+            Some(t) => {
+                crate::netlock::unlock_table(&t)?;
+                info!("network lock {t} removed");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetUnlock {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            if let Err(e) = crate::netlock::unlock_table(&t) {
+                crate::error!("{e}");
+            }
+        }
+    }
+}
+
 /// Create every task and turn each stub into its dumped process: parents
 /// first, each process's memory is restored and then its children are
 /// forked from it (inheriting its private pages copy-on-write, see
 /// [`cow`]); once every process exists, groups and zombies are made, then
 /// each process gets its descriptors, threads and state.
-fn restore_all(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
+fn restore_all(
+    h: &mut Helper,
+    ck: &Checkpoint,
+    inet: crate::fdkind::inet::RestoreOpts,
+) -> Result<()> {
     let (mut sender, theirs) = files::FileSender::new(ck)?;
+    sender.inet = inet;
     create_stub(h, ck, sender.transport, theirs)?;
     let root = ck.root().pstree.pid;
     let (shared, tramp) = plan_areas(ck)?;

@@ -553,6 +553,12 @@ pub fn inventory(inv: &Inventory) -> InventoryView {
     if inv.options.leave_stopped {
         options.push("leave_stopped");
     }
+    if inv.options.tcp_established {
+        options.push("tcp_established");
+    }
+    if inv.options.network_lock.is_some() {
+        options.push("network_locked");
+    }
     InventoryView {
         format_version: inv.format_version,
         tool_version: inv.tool_version.clone(),
@@ -755,6 +761,18 @@ pub fn describe(k: &FileKind) -> (&'static str, String, String, Option<u64>) {
             )
         }
         FileKind::Tty(t) => ("tty", t.describe(), open_flags(t.flags()), None),
+        FileKind::Inet(e) => {
+            let mut what = e.describe();
+            if let crate::fdkind::inet::InetState::Established(c) = &e.state {
+                what.push_str(&format!(
+                    ", {} bytes unacknowledged, {} bytes unread",
+                    c.sndq.len(),
+                    c.rcvq.len()
+                ));
+            }
+            let flags = if e.nonblock { "O_NONBLOCK" } else { "" };
+            ("inet", what, flags.to_string(), None)
+        }
     }
 }
 
