@@ -382,3 +382,85 @@ fn leave_running_releases_connections_and_lock() {
     }
     kill_and_reap(pid);
 }
+
+/// Send one RESP command (see the Redis protocol) and read one reply line
+/// (and the bulk string after it, if any).
+fn redis_cmd(s: &mut TcpStream, args: &[&str]) -> Result<String, String> {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("send {args:?}: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            Ok(_) => return Err(format!("{args:?}: connection closed")),
+            Err(e) => return Err(format!("{args:?}: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.parse().map_err(|_| format!("bad reply {line}"))?;
+        if n < 0 {
+            return Ok("(nil)".into());
+        }
+        let mut body = vec![0u8; n as usize + 2];
+        s.read_exact(&mut body)
+            .map_err(|e| format!("{args:?}: {e}"))?;
+        return Ok(String::from_utf8_lossy(&body[..n as usize]).into_owned());
+    }
+    Ok(line)
+}
+
+#[test]
+fn redis_keeps_keys_and_its_client_connection() {
+    let Some(t) = Test::new("inet-redis") else {
+        return;
+    };
+    netns(&t);
+    let pid = t
+        .spawn_target(
+            Command::new("redis-server")
+                .args(["--port", "6379", "--bind", "127.0.0.1", "--save", ""])
+                .args(["--appendonly", "no", "--daemonize", "no"])
+                .current_dir(t.work()),
+        )
+        .id() as i32;
+    let mut conn = None;
+    wait_for(Duration::from_secs(20), || {
+        conn = TcpStream::connect(("127.0.0.1", 6379)).ok();
+        conn.is_some()
+    });
+    let Some(mut c) = conn else {
+        t.fail(&format!("redis-server does not answer: {}", describe(pid)))
+    };
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let run = |c: &mut TcpStream, args: &[&str], want: &str| match redis_cmd(c, args) {
+        Ok(r) if r == want => {}
+        other => t.fail(&format!("redis {args:?} gave {other:?}, wanted {want:?}")),
+    };
+    for i in 0..200 {
+        run(
+            &mut c,
+            &["SET", &format!("key{i}"), &format!("value{i}")],
+            "+OK",
+        );
+    }
+    t.dump(pid, &["--tcp-established"]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    // The connection made before the dump still works.
+    for i in 0..200 {
+        run(&mut c, &["GET", &format!("key{i}")], &format!("value{i}"));
+    }
+    run(&mut c, &["SET", "after", "restore"], "+OK");
+    // And new ones are accepted.
+    let mut d = TcpStream::connect(("127.0.0.1", 6379)).unwrap();
+    d.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    run(&mut d, &["GET", "after"], "restore");
+    run(&mut d, &["DBSIZE"], ":201");
+    kill_and_reap(pid);
+}
