@@ -464,3 +464,103 @@ fn redis_keeps_keys_and_its_client_connection() {
     run(&mut d, &["DBSIZE"], ":201");
     kill_and_reap(pid);
 }
+
+/// setuid mode: a user (uid 65534) runs criu with `criu-helper` installed
+/// setuid root. Their python http.server is dumped and restored and serves
+/// again; their client/server pair with an established connection is
+/// refused with `--tcp-established` (TCP repair mode and the network lock
+/// need CAP_NET_ADMIN, which the user's criu lacks) and keeps talking.
+#[test]
+fn setuid_user_restores_a_server_and_is_refused_connections() {
+    let Some(t) = Test::new("inet-setuid") else {
+        return;
+    };
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("inet-setuid: skipped: setpriv is not installed");
+        return;
+    }
+    netns(&t);
+    let helper = t.setuid_helper();
+    let refused_dir = t.root().join("refused");
+    std::fs::create_dir(&refused_dir).unwrap();
+    for d in [t.images(), t.work(), refused_dir.clone()] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let token = format!("user-token-{}", std::process::id());
+    std::fs::write(t.work().join("page.txt"), &token).unwrap();
+    let user = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let env = format!("CRIU_HELPER={}", helper.display());
+    let mut as_user = vec!["env", env.as_str(), "setpriv"];
+    as_user.extend(user);
+    let criu = |args: &[&str]| t.wait_criu(t.spawn_criu_wrapped(&as_user, args), CRIU_TIMEOUT);
+
+    let pid = t
+        .spawn_target(
+            Command::new("setpriv")
+                .args(user)
+                .args(["/usr/bin/python3", "-m", "http.server", "8080"])
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(t.work())
+                .current_dir(t.work()),
+        )
+        .id() as i32;
+    let get = || http_get(8080, "/page.txt");
+    if !wait_for(Duration::from_secs(20), || get().is_some()) {
+        t.fail(&format!(
+            "the user's http.server does not answer: {}",
+            describe(pid)
+        ));
+    }
+    let images = t.images();
+    let images = images.to_str().unwrap();
+    let p = pid.to_string();
+    let run = criu(&["dump", "-t", &p, "-D", images, "-o", "dump.log", "-v4"]);
+    if run.code() != 0 {
+        t.fail("criu dump as the user failed");
+    }
+    reap_dumped(&t, pid);
+    let run = criu(&["restore", "-d", "-D", images, "-o", "restore.log", "-v4"]);
+    if run.code() != 0 {
+        t.fail("criu restore as the user failed");
+    }
+    t.track(pid);
+    match get() {
+        Some((status, body)) if status.contains("200") && body == token => {}
+        other => t.fail(&format!(
+            "the user's restored http.server answered {other:?}"
+        )),
+    }
+    kill_and_reap(pid);
+
+    let file = t.work().join("progress");
+    let pair = t
+        .spawn_target(
+            Command::new("setpriv")
+                .args(user)
+                .args(["/usr/bin/python3", "-c", PAIR])
+                .arg(&file)
+                .current_dir(t.work()),
+        )
+        .id() as i32;
+    let now = wait_pair(&t, &file, 0, "as the user, before the dump");
+    for c in children(pair) {
+        t.track(c);
+    }
+    let p = pair.to_string();
+    let run = criu(&[
+        "dump",
+        "-t",
+        &p,
+        "-D",
+        refused_dir.to_str().unwrap(),
+        "-o",
+        "refused.log",
+        "--tcp-established",
+    ]);
+    t.check_err(&run, &["CAP_NET_ADMIN", "established", "--tcp-close"]);
+    t.assert_running_untouched(pair, "after the refused dump");
+    wait_pair(&t, &file, now, "as the user, after the refused dump");
+    if !nft_tables().trim().is_empty() {
+        t.fail(&format!("a refused dump left a lock: {}", nft_tables()));
+    }
+}

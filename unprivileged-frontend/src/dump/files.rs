@@ -369,6 +369,11 @@ impl FileTable {
         };
         if self.inet.tcp_established && !self.inet.tcp_close {
             if let Some((local, peer)) = inet::connection(dup.as_fd()) {
+                if !inet::has_net_admin() {
+                    return Err(Error::Refused(format!(
+                        "pid {pid} fd {fd}: TCP connection {local} -> {peer} is established; saving it needs CAP_NET_ADMIN (TCP repair mode and the network lock), which this criu lacks (setuid mode cannot save connections yet); dump it as root, or with --tcp-close to restore it closed"
+                    )));
+                }
                 self.hold.lock(local, peer).map_err(name)?;
             }
         }

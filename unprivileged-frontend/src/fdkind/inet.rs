@@ -472,6 +472,21 @@ pub fn connection(fd: BorrowedFd<'_>) -> Option<(Addr, Addr)> {
     Some((Addr::from_storage(&l)?, Addr::from_storage(&p)?))
 }
 
+/// Whether this process has CAP_NET_ADMIN in its effective set (`CapEff`
+/// of /proc/self/status, see proc(5), capabilities(7)), which TCP repair
+/// mode and the network lock need.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
 /// Take a socket that [`dump`] read as `e` out of repair mode again (when
 /// the dumped task keeps running, or the dump failed). Other sockets are
 /// left alone.
