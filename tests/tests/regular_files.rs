@@ -33,6 +33,9 @@ fds["ghost"] = os.open(p("gone.txt"), os.O_RDWR | os.O_CREAT, 0o640)
 os.write(fds["ghost"], (b"ghost!" * (ghost_size // 6 + 1))[:ghost_size])
 os.lseek(fds["ghost"], 3, os.SEEK_SET)
 os.unlink(p("gone.txt"))
+fds["wghost"] = os.open(p("wgone.txt"), os.O_WRONLY | os.O_CREAT, 0o600)
+os.write(fds["wghost"], b"w" * 100)
+os.unlink(p("wgone.txt"))
 fds["owned"] = os.open(p("c.txt"), os.O_RDONLY)
 fcntl.fcntl(fds["owned"], fcntl.F_SETOWN, os.getpid())
 fcntl.fcntl(fds["owned"], F_SETSIG, 10)
@@ -56,6 +59,7 @@ while True:
     g = os.pread(fds["ghost"], ghost_size + 10, 0)
     out.append(f"ghost {len(g)} {g[:12]!r} links {os.fstat(fds['ghost']).st_nlink}")
     out.append(f"tmpfile {os.pread(fds['tmpfile'], 100, 0)!r}")
+    out.append(f"wghost size {os.fstat(fds['wghost']).st_size}")
     out.append(f"dir {sorted(os.listdir(fds['dir']))[:3]}")
     with open(state + ".tmp", "w") as f:
         f.write("\n".join(out) + f"\nn {n}\n")
@@ -153,6 +157,7 @@ fn files_keep_flags_offsets_owner_ghosts_and_locks() {
     for must in [
         "ghost 3000 b'ghost!ghost!' links 0",
         "tmpfile b'tmpfile contents'",
+        "wghost size 100",
         &format!("owner {pid} sig 10"),
     ] {
         if !after.contains(must) {

@@ -698,7 +698,11 @@ impl FileTable {
                     was: link.to_string(),
                 });
             }
-            let kind = link.split(':').next().unwrap_or(link);
+            // anon_inode:[io_uring], anon_inode:bpf-map: name the object.
+            let kind = match link.strip_prefix("anon_inode:") {
+                Some(k) => k.trim_start_matches('[').trim_end_matches(']'),
+                None => link.split(':').next().unwrap_or(link),
+            };
             let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
                 "an"
             } else {
@@ -776,9 +780,15 @@ impl FileTable {
                     )));
                 }
                 let data = self.entries.len() as u32;
-                let copy = self.take_fd(pid, fd)?;
+                // A new read-only description through the magic link (the
+                // process's own may be write-only); its duplicate if that
+                // cannot be opened. Reading with pread moves no offset.
+                let reader = match std::fs::File::open(proc::path(pid, &format!("fd/{fd}"))) {
+                    Ok(f) => OwnedFd::from(f),
+                    Err(_) => self.take_fd(pid, fd)?,
+                };
                 let out = self.dir.ghost(data);
-                save_ghost(&copy, md.size(), &out).map_err(|e| {
+                save_ghost(&reader, md.size(), &out).map_err(|e| {
                     Error::Unsupported(format!(
                         "pid {pid} fd {fd}: saving deleted file {path} to {}: {e}",
                         out.display()

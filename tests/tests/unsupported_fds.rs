@@ -1,0 +1,110 @@
+//! A descriptor of a kind criu cannot save makes the dump fail with an
+//! error naming the PID, the descriptor number and the kind, and the
+//! process runs on as before: io_uring, a BPF map, a netlink socket and a
+//! character device other than the ones criu reopens.
+
+use criu_tests::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Opens one object of the kind `argv[1]` at fd 42, then counts in `state`
+/// every 50 ms.
+const PROGRAM: &str = r#"
+import ctypes, os, socket, struct, sys, time
+kind, state = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+if kind == "io_uring":
+    params = ctypes.create_string_buffer(120)
+    fd = libc.syscall(425, 4, params)
+elif kind == "bpf-map":
+    attr = ctypes.create_string_buffer(struct.pack("IIIII", 2, 4, 4, 1, 0) + b"\0" * 100)
+    fd = libc.syscall(321, 0, attr, 120)
+elif kind == "netlink":
+    fd = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).detach()
+else:
+    fd = os.open("/dev/kmsg", os.O_RDONLY)
+if fd < 0:
+    open(state, "w").write(f"skip errno {ctypes.get_errno()}")
+    sys.exit(3)
+os.dup2(fd, 42)
+os.close(fd)
+n = 0
+while True:
+    n += 1
+    with open(state + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(state + ".tmp", state)
+    time.sleep(0.05)
+"#;
+
+fn count(p: &Path) -> u64 {
+    read_number(p).unwrap_or(0)
+}
+
+fn refused(kind: &str, needle: &str) {
+    let Some(t) = Test::new(&format!("unsupported_{}", kind.replace('-', "_"))) else {
+        return;
+    };
+    let st = t.work().join("state");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(PROGRAM)
+                .arg(kind)
+                .arg(&st),
+        )
+        .id() as i32;
+    let skipped = || read(&st).is_some_and(|s| s.starts_with("skip"));
+    if !wait_for(Duration::from_secs(20), || count(&st) >= 2 || skipped()) {
+        t.fail(&format!("target did not start: {}", describe(pid)));
+    }
+    if skipped() {
+        eprintln!(
+            "unsupported_{kind}: skipped: the kernel refused to make one ({})",
+            read(&st).unwrap_or_default()
+        );
+        return;
+    }
+    let images = t.images();
+    t.criu_err(
+        &[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            images.to_str().unwrap(),
+        ],
+        &[&format!("pid {pid} fd 42"), needle],
+    );
+    t.assert_running_untouched(pid, "after the refused dump");
+    let n = count(&st);
+    if !wait_for(Duration::from_secs(5), || count(&st) > n) {
+        t.fail("the target stopped counting after the refused dump");
+    }
+    if images.join("inventory.img").exists() {
+        t.fail("the refused dump left an inventory.img");
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn io_uring_is_refused() {
+    refused("io_uring", "io_uring");
+}
+
+#[test]
+fn bpf_map_is_refused() {
+    refused("bpf-map", "bpf");
+}
+
+#[test]
+fn netlink_socket_is_refused() {
+    refused("netlink", "socket");
+}
+
+#[test]
+fn other_character_device_is_refused() {
+    refused("kmsg", "/dev/kmsg");
+}
