@@ -524,10 +524,10 @@ pub fn recvmsg_fds(
     buf: &mut [u8],
     flags: nix::sys::socket::MsgFlags,
 ) -> std::io::Result<Received> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, UnixAddr};
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 253], libc::ucred);
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
+    let msg = recvmsg::<UnixAddr>(
         fd.as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
@@ -547,12 +547,12 @@ pub fn recvmsg_fds(
     let truncated = msg
         .flags
         .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    // No address (a stream, an unnamed sender) has length 0, which nix's
+    // accessors must not see.
     let from = msg
         .address
-        .as_ref()
-        .and_then(|a| a.as_unix_addr())
-        .filter(|a| a.path().is_some() || a.as_abstract().is_some())
-        .copied();
+        .filter(|a| a.len() as usize > std::mem::size_of::<libc::sa_family_t>())
+        .filter(|a| a.path().is_some() || a.as_abstract().is_some());
     Ok(Received {
         len: msg.bytes,
         fds,

@@ -20,10 +20,12 @@
 //! connects datagram sockets, applies shutdown and socket options.
 //!
 //! Not restored: the sender's credentials of queued messages
-//! (`SCM_CREDENTIALS` show criu's), a datagram's sender address, out-of-band
-//! data, the name of a stream socket that called `bind` before `connect`
-//! when no listener of that name is restored, connections a listener had
-//! not yet accepted (dump refuses them).
+//! (`SCM_CREDENTIALS` show criu's), the sender address of a datagram from
+//! outside the tree, out-of-band data, data sent on a connection not
+//! accepted yet (dump refuses it), where in a run of stream bytes the
+//! write that carried descriptors began (they come with the run's last
+//! byte), the name of a connected stream socket when no listener of that
+//! name is restored (the pair is made with `socketpair(2)`).
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -1108,6 +1110,15 @@ impl Restorer {
         Ok(())
     }
 
+    /// The datagram socket of the images bound to `n`, if criu made it.
+    fn dgram_named(&self, n: &UnixName) -> Option<u64> {
+        self.entries
+            .values()
+            .find(|x| x.ty == UnixType::Dgram && x.name.as_ref() == Some(n))
+            .map(|x| x.ino)
+            .filter(|ino| self.keep.contains_key(ino))
+    }
+
     fn refill(
         &mut self,
         e: &UnixEntry,
@@ -1142,10 +1153,27 @@ impl Restorer {
         // Room for the data and the kernel's per-message overhead
         // (`truesize`), whatever the sender's own limit was.
         let want = (total * 2 + e.queue.len() * 4096 + (1 << 16)).min(i32::MAX as usize / 2);
-        if sk::setsockopt(&sender, sockopt::SndBufForce, &want).is_err() {
-            let _ = sk::setsockopt(&sender, sockopt::SndBuf, &want);
-        }
+        let room = |s: BorrowedFd<'_>| {
+            if sk::setsockopt(&s, sockopt::SndBufForce, &want).is_err() {
+                let _ = sk::setsockopt(&s, sockopt::SndBuf, &want);
+            }
+        };
+        room(sender);
+        let mut roomy: HashSet<u64> = HashSet::new();
         for (i, m) in e.queue.iter().enumerate() {
+            // A datagram from a named socket of the tree is sent from that
+            // socket again, so the receiver sees the same sender address
+            // (recvfrom(2)); others come from the temporary socket.
+            let sender = match (&to, m.from.as_ref().and_then(|n| self.dgram_named(n))) {
+                (Some(_), Some(ino)) => {
+                    let s = self.keep[&ino].as_fd();
+                    if roomy.insert(ino) {
+                        room(s);
+                    }
+                    s
+                }
+                _ => sender,
+            };
             let mut held = Vec::with_capacity(m.fds.len());
             for &r in &m.fds {
                 held.push(resolve(r)?);
@@ -1791,5 +1819,42 @@ mod tests {
             .to_string();
         assert!(e.starts_with("pid 9 fd 4: "), "{e}");
         assert!(e.contains("not accepted yet"), "{e}");
+    }
+
+    #[test]
+    fn datagram_sender_names_are_kept() {
+        let dir = tmpdir();
+        let dgram = || {
+            sk::socket(
+                sk::AddressFamily::Unix,
+                sk::SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .unwrap()
+        };
+        let (d, a, anon) = (dgram(), dgram(), dgram());
+        let (dp, ap) = (dir.path().join("d.sock"), dir.path().join("a.sock"));
+        sk::bind(d.as_raw_fd(), &UnixAddr::new(&dp).unwrap()).unwrap();
+        sk::bind(a.as_raw_fd(), &UnixAddr::new(&ap).unwrap()).unwrap();
+        let to = UnixAddr::new(&dp).unwrap();
+        sk::sendto(a.as_raw_fd(), b"from a", &to, MsgFlags::empty()).unwrap();
+        sk::sendto(anon.as_raw_fd(), b"anon", &to, MsgFlags::empty()).unwrap();
+        let es = dump_all(&[&d, &a], &mut Table::default());
+        let a_name = Some(UnixName::Path(ap.as_os_str().as_encoded_bytes().to_vec()));
+        assert_eq!(es[0].queue[0].from, a_name);
+        assert_eq!(es[0].queue[1].from, None);
+        drop((d, a, anon));
+        let fds = restore_all(&es, &Table::default());
+        let mut buf = [0u8; 16];
+        let (n, from) = sk::recvfrom::<UnixAddr>(fds[0].as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"from a");
+        assert_eq!(
+            from.and_then(|f| f.path().map(|p| p.to_path_buf())),
+            Some(ap)
+        );
+        let (n, from) = sk::recvfrom::<UnixAddr>(fds[0].as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"anon");
+        assert!(from.map_or(true, |f| f.path().is_none()));
     }
 }
