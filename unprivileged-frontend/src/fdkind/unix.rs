@@ -1855,6 +1855,6 @@ mod tests {
         );
         let (n, from) = sk::recvfrom::<UnixAddr>(fds[0].as_raw_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"anon");
-        assert!(from.map_or(true, |f| f.path().is_none()));
+        assert!(from.is_none_or(|f| f.path().is_none()));
     }
 }
