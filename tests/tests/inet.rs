@@ -564,3 +564,137 @@ fn setuid_user_restores_a_server_and_is_refused_connections() {
         t.fail(&format!("a refused dump left a lock: {}", nft_tables()));
     }
 }
+
+/// A server that accepts one connection on 127.0.0.1:7001 and then never
+/// reads from it; a raw ICMP socket with argv[2] == "raw".
+const IDLE_SERVER: &str = r#"
+import socket, sys, time
+if sys.argv[2] == "raw":
+    r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 7001))
+l.listen(8)
+open(sys.argv[1], "w").write("ready")
+c, _ = l.accept()
+while True:
+    time.sleep(1)
+"#;
+
+fn idle_server(t: &Test, kind: &str) -> (i32, TcpStream) {
+    let ready = t.work().join("ready");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(IDLE_SERVER)
+                .arg(&ready)
+                .arg(kind),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!("idle server did not start: {}", describe(pid)));
+    }
+    let c = TcpStream::connect(("127.0.0.1", 7001)).unwrap();
+    (pid, c)
+}
+
+#[test]
+fn half_closed_connection_refused_unless_tcp_close() {
+    let Some(t) = Test::new("inet-half-closed") else {
+        return;
+    };
+    netns(&t);
+    let (pid, c) = idle_server(&t, "tcp");
+    // The peer closes its side: the server's socket is in CLOSE_WAIT.
+    c.shutdown(Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let images = t.images();
+    let p = pid.to_string();
+    t.criu_err(
+        &[
+            "dump",
+            "-t",
+            &p,
+            "-D",
+            images.to_str().unwrap(),
+            "--tcp-established",
+        ],
+        &["CLOSE_WAIT", "--tcp-close"],
+    );
+    t.assert_running_untouched(pid, "after the refused dump");
+    // With --tcp-close it is saved closed; the listener comes back.
+    t.dump(pid, &["--tcp-close"]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    if TcpStream::connect(("127.0.0.1", 7001)).is_err() {
+        t.fail("the restored server does not listen on 127.0.0.1:7001");
+    }
+    kill_and_reap(pid);
+}
+
+#[test]
+fn raw_socket_refused_and_target_unharmed() {
+    let Some(t) = Test::new("inet-raw") else {
+        return;
+    };
+    netns(&t);
+    let (pid, _c) = idle_server(&t, "raw");
+    let images = t.images();
+    let p = pid.to_string();
+    t.criu_err(
+        &["dump", "-t", &p, "-D", images.to_str().unwrap()],
+        &[&format!("pid {pid} fd"), "raw IP sockets are not supported"],
+    );
+    t.assert_running_untouched(pid, "after the refused dump");
+    kill_and_reap(pid);
+}
+
+#[test]
+fn missing_nft_refuses_and_leaves_the_connection_working() {
+    let Some(t) = Test::new("inet-no-nft") else {
+        return;
+    };
+    netns(&t);
+    let ready = t.work().join("ready");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(ECHO_SERVER)
+                .arg(&ready)
+                .arg("v4"),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!("echo server did not start: {}", describe(pid)));
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", 7000)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let images = t.images();
+    let p = pid.to_string();
+    // criu finds nft through PATH; /usr/sbin (where nft is) left out.
+    let run = t.wait_criu(
+        t.spawn_criu_wrapped(
+            &["env", "PATH=/usr/bin:/bin"],
+            &[
+                "dump",
+                "-t",
+                &p,
+                "-D",
+                images.to_str().unwrap(),
+                "--tcp-established",
+            ],
+        ),
+        CRIU_TIMEOUT,
+    );
+    t.check_err(&run, &["cannot run nft", "--network-lock skip"]);
+    t.assert_running_untouched(pid, "after the refused dump");
+    // Not left in repair mode: the server still echoes.
+    c.write_all(b"still here").unwrap();
+    let mut b = [0u8; 10];
+    if c.read_exact(&mut b).is_err() || &b != b"still here" {
+        t.fail("the connection does not work after the refused dump");
+    }
+    kill_and_reap(pid);
+}
