@@ -14,6 +14,13 @@ fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 17)
 payload = bytes(range(256)) * 300
 os.write(w, payload)
 os.set_blocking(r, False)
+# A pipe whose read end signals its owner (O_ASYNC, F_SETOWN, F_SETSIG).
+ar, aw = os.pipe()
+got_io = []
+signal.signal(signal.SIGUSR2, lambda s, f: got_io.append(s))
+fcntl.fcntl(ar, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(ar, 10, signal.SIGUSR2)  # F_SETSIG
+fcntl.fcntl(ar, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)
 # A FIFO with data.
 fifo = os.path.join(d, "fifo")
 os.mkfifo(fifo)
@@ -89,6 +96,13 @@ def pipe():
     os.write(w, b"again")
     check("pipe-works", os.read(r, 10) == b"again")
 attempt("pipe", pipe)
+def async_pipe():
+    check("async-owner", fcntl.fcntl(ar, fcntl.F_GETOWN) == os.getpid() and fcntl.fcntl(ar, 11) == signal.SIGUSR2)
+    check("async-flags", fcntl.fcntl(ar, fcntl.F_GETFL) & os.O_ASYNC != 0)
+    os.write(aw, b"x")
+    time.sleep(0.1)
+    check("async-signal", len(got_io) > 0, repr(got_io))
+attempt("async", async_pipe)
 def fifo_():
     check("fifo-data", os.read(fr, 100) == b"fifo data")
     check("fifo-path", os.readlink(f"/proc/self/fd/{fw}") == fifo)

@@ -65,7 +65,7 @@ fn one_of_each_kind_keeps_its_state() {
             "descriptors differ after restore:\nbefore {links_before:?}\nafter  {links_after:?}"
         ));
     }
-    collect_result(&t, &w, pid, 21);
+    collect_result(&t, &w, pid, 24);
     kill_and_reap(pid);
 }
 

@@ -1059,7 +1059,7 @@ fn user_dumps_and_restores_own_pipes_and_event_descriptors() {
     }
     let text = read(&w.join("result")).unwrap_or_default();
     let ok = text.lines().filter(|l| l.contains(" ok ")).count();
-    if ok < 21 || text.lines().any(|l| !l.contains(" ok ")) {
+    if ok < 24 || text.lines().any(|l| !l.contains(" ok ")) {
         t.fail(&format!(
             "checks after restore as the user ({ok} passed):\n{text}"
         ));

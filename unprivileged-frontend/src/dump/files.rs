@@ -608,7 +608,17 @@ impl FileTable {
     fn owner(&mut self, cur: &Current<'_>, kind: &FileKind) -> Result<Option<FileOwner>> {
         if !matches!(
             kind,
-            FileKind::Reg { .. } | FileKind::Ghost { .. } | FileKind::Device { .. }
+            FileKind::Reg { .. }
+                | FileKind::Ghost { .. }
+                | FileKind::Device { .. }
+                | FileKind::Pipe(_)
+                | FileKind::Eventfd(_)
+                | FileKind::Signalfd(_)
+                | FileKind::Timerfd(_)
+                | FileKind::Epoll(_)
+                | FileKind::Inotify(_)
+                | FileKind::Fanotify(_)
+                | FileKind::Memfd(_)
         ) || cur.flags & libc::O_PATH as u32 != 0
         {
             // An O_PATH descriptor has no owner (fcntl says EBADF).

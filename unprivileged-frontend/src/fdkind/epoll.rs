@@ -140,12 +140,7 @@ pub fn restore(e: &EpollEntry) -> Result<OwnedFd> {
     let fd = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
         .map_err(|err| os_err("epoll_create1", err))?
         .0;
-    let fl = nix::fcntl::OFlag::from_bits_truncate(e.flags as i32 & libc::O_NONBLOCK);
-    nix::fcntl::fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        nix::fcntl::FcntlArg::F_SETFL(fl),
-    )
-    .map_err(|err| os_err("epoll: F_SETFL", err))?;
+    super::set_status_flags(std::os::fd::AsFd::as_fd(&fd), e.flags, "epoll")?;
     Ok(fd)
 }
 

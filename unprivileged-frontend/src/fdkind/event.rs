@@ -70,6 +70,7 @@ pub fn restore_eventfd(e: &EventfdEntry) -> Result<OwnedFd> {
         nix::unistd::write(&fd, &e.count.to_ne_bytes())
             .map_err(|err| os_err(format!("eventfd: setting the counter to {}", e.count), err))?;
     }
+    super::set_status_flags(fd.as_fd(), e.flags, "eventfd")?;
     Ok(fd)
 }
 
@@ -99,8 +100,10 @@ pub fn dump_signalfd(fdinfo: &str) -> Result<SignalfdEntry> {
 ///
 /// Errors: signalfd(2) failed.
 pub fn restore_signalfd(e: &SignalfdEntry) -> Result<OwnedFd> {
-    crate::sys::signalfd(e.mask, libc::SFD_CLOEXEC | nonblock(e.flags))
-        .map_err(|err| os_err(format!("signalfd(mask {:#x})", e.mask), err))
+    let fd = crate::sys::signalfd(e.mask, libc::SFD_CLOEXEC | nonblock(e.flags))
+        .map_err(|err| os_err(format!("signalfd(mask {:#x})", e.mask), err))?;
+    super::set_status_flags(fd.as_fd(), e.flags, "signalfd")?;
+    Ok(fd)
 }
 
 /// `TFD_TIMER_ABSTIME` (see timerfd_create(2)).
@@ -209,6 +212,7 @@ pub fn restore_timerfd(e: &TimerfdEntry) -> Result<OwnedFd> {
         crate::sys::timerfd_set_ticks(fd.as_fd(), e.ticks)
             .map_err(|err| os_err(format!("timerfd: TFD_IOC_SET_TICKS({})", e.ticks), err))?;
     }
+    super::set_status_flags(fd.as_fd(), e.flags, "timerfd")?;
     Ok(fd)
 }
 

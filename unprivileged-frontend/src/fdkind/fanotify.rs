@@ -231,9 +231,7 @@ pub fn restore(e: &FanotifyEntry) -> Result<OwnedFd> {
             mark(base | how, m.ignored_mask)?;
         }
     }
-    let fl = nix::fcntl::OFlag::from_bits_truncate(e.flags as i32 & libc::O_NONBLOCK);
-    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
-        .map_err(|err| os_err("fanotify: F_SETFL", err))?;
+    super::set_status_flags(fd.as_fd(), e.flags, "fanotify")?;
     Ok(fd)
 }
 

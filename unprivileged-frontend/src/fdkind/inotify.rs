@@ -286,9 +286,7 @@ pub fn restore(e: &InotifyEntry) -> Result<OwnedFd> {
             break;
         }
     }
-    let fl = nix::fcntl::OFlag::from_bits_truncate(e.flags as i32 & libc::O_NONBLOCK);
-    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
-        .map_err(|err| os_err("inotify: F_SETFL", err))?;
+    super::set_status_flags(fd.as_fd(), e.flags, "inotify")?;
     Ok(fd)
 }
 

@@ -243,11 +243,7 @@ impl MemfdRestorer {
             let p = format!("/proc/self/fd/{}", r.file.as_raw_fd());
             open_path(&p, mode).map_err(|err| os_err(format!("{what}: reopening"), err))?
         };
-        let fl = nix::fcntl::OFlag::from_bits_truncate(
-            e.flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOATIME),
-        );
-        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
-            .map_err(|err| os_err(format!("{what}: F_SETFL"), err))?;
+        super::set_status_flags(fd.as_fd(), e.flags, &what)?;
         nix::unistd::lseek(fd.as_raw_fd(), e.pos as i64, nix::unistd::Whence::SeekSet)
             .map_err(|err| os_err(format!("{what}: lseek({})", e.pos), err))?;
         Ok(fd)

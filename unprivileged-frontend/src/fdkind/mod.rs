@@ -70,3 +70,21 @@ pub(crate) fn open_path(path: &str, flags: i32) -> std::io::Result<std::os::fd::
 pub(crate) fn kernel_dev_to_user(sdev: u64) -> u64 {
     libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32)
 }
+
+/// Set the file status flags of a description criu made to the dumped
+/// `flags` (`O_NONBLOCK`, `O_ASYNC`, `O_APPEND`, `O_NOATIME`: the ones
+/// fcntl(2) `F_SETFL` can change); `what` names it in the error.
+///
+/// Errors: fcntl failed.
+pub(crate) fn set_status_flags(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flags: u32,
+    what: &str,
+) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let keep = libc::O_NONBLOCK | libc::O_ASYNC | libc::O_APPEND | libc::O_NOATIME;
+    let fl = nix::fcntl::OFlag::from_bits_truncate(flags as i32 & keep);
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+        .map(|_| ())
+        .map_err(|e| os_err(format!("{what}: F_SETFL({fl:?})"), e))
+}

@@ -225,9 +225,7 @@ impl PipeRestorer {
             (Some(path), _) => open_path(path, mode | libc::O_NONBLOCK)
                 .map_err(|err| os_err(format!("{what}: open"), err))?,
         };
-        let fl = OFlag::from_bits_truncate(e.flags as i32 & libc::O_NONBLOCK);
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(fl))
-            .map_err(|err| os_err(format!("{what}: F_SETFL"), err))?;
+        super::set_status_flags(fd.as_fd(), e.flags, &what)?;
         Ok(fd)
     }
 }
