@@ -1,8 +1,9 @@
-//! Pipes, FIFOs, eventfd, signalfd, timerfd, epoll, inotify and memfd in
+//! Pipes, FIFOs, eventfd, signalfd, timerfd, epoll, inotify, fanotify and memfd in
 //! live processes: each target sets its descriptors up, is dumped and
 //! restored, and then (when the test creates `go` in its work directory)
 //! checks their state from inside and writes what it found to `result`,
-//! one `name ok|BAD detail` line per check.
+//! one `name ok|BAD detail` line per check (io_uring and other unsupported
+//! kinds: tests/tests/unsupported_fds.rs).
 
 use criu_tests::*;
 use std::path::Path;
@@ -353,22 +354,6 @@ fn inotify_watch_on_a_deleted_file_is_refused() {
     );
     let what = format!("pid {pid}: inotify watch 1 is on inode");
     assert_refused(&t, pid, &[&what, "cannot name by a path"]);
-}
-
-#[test]
-fn unsupported_kind_is_refused_naming_pid_fd_and_kind() {
-    let Some(t) = Test::new("fd_kinds_io_uring") else {
-        return;
-    };
-    // io_uring_setup(2) with 1 entry; params: 120 zero bytes.
-    let (pid, fd) = refusal_target(
-        &t,
-        "params = ctypes.create_string_buffer(120)\nfd = libc.syscall(425, 1, params)\nassert fd >= 0, ctypes.get_errno()",
-    );
-    let what = format!(
-        "pid {pid} fd {fd}: an anon_inode descriptor (anon_inode:[io_uring]) is not supported"
-    );
-    assert_refused(&t, pid, &[&what]);
 }
 
 /// A python3 asyncio program: its loop waits in epoll (with the loop's
