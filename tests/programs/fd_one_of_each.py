@@ -64,7 +64,9 @@ os.mkdir(sub)
 wd3 = libc.inotify_add_watch(ino, sub.encode(), IN_CREATE)
 while os.read(ino, 4096) if select.select([ino], [], [], 0)[0] else b"": pass
 
-open(os.path.join(d, "ready"), "w").write(f"{os.getpid()}\n")
+with open(os.path.join(d, "ready.tmp"), "w") as f:
+    f.write(f"{os.getpid()}\n")
+os.rename(os.path.join(d, "ready.tmp"), os.path.join(d, "ready"))
 while not os.path.exists(os.path.join(d, "go")):
     time.sleep(0.05)
 
