@@ -294,3 +294,56 @@ fn peer_outside_the_tree_is_refused_unless_ext_unix_sk() {
     let _ = first.write(b"x");
     kill_and_reap(pid);
 }
+
+/// Connects to `argv[1]` and makes the connection its stdout (fd 1 only),
+/// then writes `ready` and sleeps.
+const STDOUT_SOCKET: &str = r#"
+import os, socket, sys, time
+path, w = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(path)
+os.dup2(s.fileno(), 1); s.close()
+open(w + "/ready", "w").write("ok")
+while True:
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn stdout_socket_to_outside_is_inherited_like_other_stdio() {
+    let Some(t) = Test::new("unix_sockets_stdio") else {
+        return;
+    };
+    let w = t.work();
+    let lpath = w.join("stdout.sock");
+    let listener = UnixListener::bind(&lpath).unwrap();
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(STDOUT_SOCKET)
+                .arg(&lpath)
+                .arg(&w),
+        )
+        .id() as i32;
+    wait_file(&t, &w.join("ready"), pid);
+    let _conn = listener.accept().unwrap();
+    // No --ext-unix-sk needed: as for a pipe or terminal on 0-2, the
+    // restored fd 1 is the restoring criu's.
+    let run = t.dump(pid, &[]);
+    let log = read(&t.images().join("dump.log")).unwrap_or_default();
+    if !log.contains(&format!("pid {pid} fd 1 is socket:["))
+        || !log.contains("whose peer is not dumped")
+    {
+        t.fail(&format!("no warning about fd 1 in the dump log ({run:?})"));
+    }
+    reap_dumped(&t, pid);
+    let show = t.criu_ok(&["show", "-D", t.images().to_str().unwrap()]);
+    if !show.stdout.contains("inherited") {
+        t.fail(&format!(
+            "criu show does not list fd 1 as inherited:\n{}",
+            show.stdout
+        ));
+    }
+    t.restore_detached(pid, &[]);
+    t.assert_running_untouched(pid, "after restore");
+    kill_and_reap(pid);
+}
