@@ -698,3 +698,192 @@ fn missing_nft_refuses_and_leaves_the_connection_working() {
     }
     kill_and_reap(pid);
 }
+
+/// The echo server of [`ECHO_SERVER`], but it opens a raw socket after
+/// accepting, so a dump locks and repairs the connection first and then
+/// fails on the raw socket.
+const ECHO_THEN_RAW: &str = r#"
+import socket, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 7000))
+l.listen(4)
+open(sys.argv[1], "w").write("ready")
+c, _ = l.accept()
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    c.sendall(d)
+"#;
+
+fn echo_once(t: &Test, c: &mut TcpStream, what: &str) {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 10];
+    let ok = c.write_all(b"still here").is_ok() && c.read_exact(&mut b).is_ok();
+    if !ok || &b != b"still here" {
+        t.fail(&format!("the connection does not echo {what}"));
+    }
+}
+
+#[test]
+fn failed_dump_and_failed_restore_remove_the_lock() {
+    let Some(t) = Test::new("inet-lock-failures") else {
+        return;
+    };
+    netns(&t);
+    let ready = t.work().join("ready");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(ECHO_THEN_RAW)
+                .arg(&ready),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!("echo server did not start: {}", describe(pid)));
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", 7000)).unwrap();
+    echo_once(&t, &mut c, "before the dump");
+    let images = t.images();
+    let p = pid.to_string();
+    // The connection (lower fd) is locked and repaired, then the raw
+    // socket fails the dump: the lock goes, the connection works on.
+    t.criu_err(
+        &[
+            "dump",
+            "-t",
+            &p,
+            "-D",
+            images.to_str().unwrap(),
+            "--tcp-established",
+        ],
+        &["raw IP sockets are not supported"],
+    );
+    t.assert_running_untouched(pid, "after the failed dump");
+    if !nft_tables().trim().is_empty() {
+        t.fail(&format!("a failed dump left a lock: {}", nft_tables()));
+    }
+    echo_once(&t, &mut c, "after the failed dump");
+    kill_and_reap(pid);
+
+    // A dump that succeeds leaves the lock; a restore that fails (the
+    // listening address is taken) removes it and leaves no process.
+    let ready2 = t.work().join("ready2");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(ECHO_SERVER)
+                .arg(&ready2)
+                .arg("v4"),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready2.exists()) {
+        t.fail(&format!("echo server did not start: {}", describe(pid)));
+    }
+    let mut c = TcpStream::connect(("127.0.0.1", 7000)).unwrap();
+    echo_once(&t, &mut c, "before the second dump");
+    t.dump(pid, &["--tcp-established"]);
+    reap_dumped(&t, pid);
+    if !nft_tables().contains("criu-lock") {
+        t.fail("no lock after the dump");
+    }
+    let blocker = std::net::TcpListener::bind(("127.0.0.1", 7000)).unwrap();
+    t.criu_err(
+        &[
+            "restore",
+            "-d",
+            "-D",
+            images.to_str().unwrap(),
+            "-o",
+            "failed.log",
+        ],
+        &["address is in use"],
+    );
+    t.assert_no_process(pid);
+    if !nft_tables().trim().is_empty() {
+        t.fail(&format!("a failed restore left the lock: {}", nft_tables()));
+    }
+    drop(blocker);
+}
+
+/// A UDP echo server on [::1]:9000 (IPv6 only) that also keeps a UDP
+/// socket connected to the test's socket, through which it reports how
+/// many datagrams it echoed.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::1", 9000))
+r = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+r.connect(("::1", int(sys.argv[2])))
+open(sys.argv[1], "w").write("ready")
+n = 0
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)
+    n += 1
+    r.send(str(n).encode())
+"#;
+
+#[test]
+fn udp_server_echoes_after_restore() {
+    let Some(t) = Test::new("inet-udp") else {
+        return;
+    };
+    netns(&t);
+    let report = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let ready = t.work().join("ready");
+    let pid = t
+        .spawn_target(
+            Command::new("python3")
+                .arg("-c")
+                .arg(UDP_ECHO)
+                .arg(&ready)
+                .arg(report.local_addr().unwrap().port().to_string()),
+        )
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!("UDP server did not start: {}", describe(pid)));
+    }
+    let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    report
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let ask = |i: usize| -> Result<(), String> {
+        let msg = format!("datagram {i}");
+        c.send_to(msg.as_bytes(), "[::1]:9000")
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 64];
+        let n = c.recv(&mut b).map_err(|e| format!("echo {i}: {e}"))?;
+        if &b[..n] != msg.as_bytes() {
+            return Err(format!("echo {i}: got {:?}", &b[..n]));
+        }
+        let n = report
+            .recv(&mut b)
+            .map_err(|e| format!("report {i}: {e}"))?;
+        if &b[..n] != (i + 1).to_string().as_bytes() {
+            return Err(format!("report {i}: got {:?}", &b[..n]));
+        }
+        Ok(())
+    };
+    for i in 0..3 {
+        if let Err(e) = ask(i) {
+            t.fail(&format!("before the dump: {e}"));
+        }
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    // Same bound socket, same connected one, same count.
+    for i in 3..6 {
+        if let Err(e) = ask(i) {
+            t.fail(&format!("after the restore: {e}"));
+        }
+    }
+    kill_and_reap(pid);
+}

@@ -320,3 +320,24 @@ fn tcp_close_restores_closed_and_half_closed_is_refused() {
     assert!(sk::getpeername::<SockaddrStorage>(r2.as_raw_fd()).is_err());
     release(s2.as_fd(), &e2).unwrap();
 }
+
+#[test]
+fn established_shut_down_for_reading_stays_so() {
+    if !netns() {
+        return;
+    }
+    let (_l, mut c, s) = pair(false, "127.0.0.1:0", "127.0.0.1:0");
+    s.shutdown(std::net::Shutdown::Read).unwrap();
+    let (e, mut s) = dump_close_restore(s, &est());
+    assert_eq!(e.shutdown, 1, "SHUT_RD seen through sock_diag");
+    let again = dump(s.as_fd(), &est()).unwrap();
+    assert_eq!(
+        again.shutdown, 1,
+        "restored socket is shut down for reading"
+    );
+    release(s.as_fd(), &again).unwrap();
+    s.write_all(b"out").unwrap();
+    let mut b = [0u8; 3];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"out");
+}
