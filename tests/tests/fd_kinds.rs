@@ -104,7 +104,8 @@ if child == 0:
     while len(got) < want:
         got += os.read(r, 1 << 20)
     ok = got == before + b"after restore"
-    open(os.path.join(d, "result"), "w").write(f"pipe-child {'ok' if ok else 'BAD'} {len(got)}\n")
+    open(os.path.join(d, "result.tmp"), "w").write(f"pipe-child {'ok' if ok else 'BAD'} {len(got)}\n")
+    os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
     while True:
         time.sleep(1)
 open(os.path.join(d, "ready.tmp"), "w").write(f"{os.getpid()} {child} {r} {w}\n")
