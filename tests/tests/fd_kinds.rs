@@ -55,6 +55,33 @@ fn one_of_each_kind_keeps_its_state() {
         .map(|(n, l)| format!("{n} {}", kind(&l)))
         .collect();
     t.dump(pid, &[]);
+    let images = t.images();
+    let show = t.criu_ok(&["show", "-D", images.to_str().unwrap()]);
+    for want in [
+        "76800 of 131072 bytes queued",
+        "count 5, EFD_SEMAPHORE",
+        "mask SIGUSR1 SIGRTMIN+",
+        "memfd:fdk test",
+    ] {
+        if !show.stdout.contains(want) {
+            t.fail(&format!("criu show -D does not say {want:?}"));
+        }
+    }
+    let memfd_file = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("memfd-"))
+        });
+    let Some(memfd_file) = memfd_file else {
+        t.fail("no memfd-INO.img in the images")
+    };
+    let show = t.criu_ok(&["show", "-f", memfd_file.to_str().unwrap(), "-c"]);
+    if !show.stdout.contains("memfd contents") || !show.stdout.contains("|memfd-contents ") {
+        t.fail("criu show -f memfd-INO.img -c does not show the contents");
+    }
     reap_dumped(&t, pid);
     t.restore_detached(pid, &[]);
     let links_after: Vec<String> = fd_links(pid)
