@@ -479,7 +479,10 @@ pub struct Test {
     name: String,
     tmp: Option<tempfile::TempDir>,
     runs: Mutex<Vec<CriuRun>>,
-    pids: Mutex<Vec<i32>>,
+    /// Tracked PIDs with their session then: a PID whose process is gone
+    /// may be another test's process by cleanup time (tests run in
+    /// parallel), and that one is in another session.
+    pids: Mutex<Vec<(i32, Option<i32>)>>,
     seq: Mutex<u32>,
 }
 
@@ -530,8 +533,8 @@ impl Test {
     /// Kills (and reaps) `pid` when the test ends, whatever happens.
     pub fn track(&self, pid: i32) {
         let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
-        if !pids.contains(&pid) {
-            pids.push(pid);
+        if !pids.iter().any(|&(p, _)| p == pid) {
+            pids.push((pid, sid(pid)));
         }
     }
 
@@ -799,7 +802,7 @@ impl Test {
                 let _ = writeln!(s, "--- work/{name}: {}", text.trim_end());
             }
         }
-        for &pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for &(pid, _) in self.pids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(s, "--- {}", describe(pid));
         }
         s
@@ -908,8 +911,10 @@ impl Test {
 impl Drop for Test {
     fn drop(&mut self) {
         let pids = std::mem::take(&mut *self.pids.lock().unwrap_or_else(|e| e.into_inner()));
-        for pid in pids {
-            kill_and_reap(pid);
+        for (pid, session) in pids {
+            if session.is_none() || sid(pid) == session {
+                kill_and_reap(pid);
+            }
         }
         if std::thread::panicking() && std::env::var_os("CRIU_TEST_KEEP").is_some() {
             if let Some(tmp) = self.tmp.take() {
