@@ -64,6 +64,23 @@ pub struct FanotifyMark {
     pub ignored_mask: u64,
 }
 
+impl FanotifyEntry {
+    /// Check an entry read from an image: every mark is on an absolute
+    /// path.
+    ///
+    /// Errors: what is wrong, for an image error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for m in &self.marks {
+            let (MarkTarget::Inode(p) | MarkTarget::Mount(p) | MarkTarget::Filesystem(p)) =
+                &m.target;
+            if !p.starts_with('/') {
+                return Err(format!("fanotify mark on {p:?}: path not absolute"));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn bad(detail: String) -> Error {
     Error::parse("fanotify fdinfo", detail)
 }

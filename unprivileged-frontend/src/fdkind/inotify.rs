@@ -42,6 +42,25 @@ pub struct InotifyWatch {
     pub dont_follow: bool,
 }
 
+impl InotifyEntry {
+    /// Check an entry read from an image: positive, distinct watch
+    /// descriptors on absolute paths.
+    ///
+    /// Errors: what is wrong, for an image error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for w in &self.watches {
+            if w.wd <= 0 || !seen.insert(w.wd) || !w.path.starts_with('/') {
+                return Err(format!(
+                    "inotify watch {} on {:?}: watch descriptors must be positive and distinct, paths absolute",
+                    w.wd, w.path
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One `inotify wd:` line of fdinfo, all numbers hexadecimal there.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RawWatch {
@@ -397,6 +416,27 @@ mod tests {
         let hints = vec![open_one.to_str().unwrap().to_string()];
         assert_eq!(name_watch(&w, &hints).as_deref(), watched.to_str());
         assert_eq!(name_watch(&w, &[]), None);
+    }
+
+    #[test]
+    fn crafted_entries_are_refused() {
+        let w = |wd: i32, path: &str| InotifyWatch {
+            wd,
+            path: path.into(),
+            mask: libc::IN_MODIFY,
+            dont_follow: false,
+        };
+        let mut e = InotifyEntry {
+            flags: 0,
+            watches: vec![w(1, "/a"), w(3, "/b")],
+        };
+        assert_eq!(e.check(), Ok(()));
+        e.watches.push(w(3, "/c"));
+        assert!(e.check().is_err(), "duplicate wd");
+        e.watches = vec![w(0, "/a")];
+        assert!(e.check().is_err(), "wd 0");
+        e.watches = vec![w(1, "a")];
+        assert!(e.check().is_err(), "relative path");
     }
 
     #[test]

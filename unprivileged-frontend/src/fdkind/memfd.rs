@@ -59,6 +59,39 @@ pub struct MemfdState {
     pub data_file: String,
 }
 
+impl MemfdEntry {
+    /// Check an entry read from an image: the contents file is
+    /// `memfd-INO.img` (no other path), the extents are in order and
+    /// inside the size.
+    ///
+    /// Errors: what is wrong, for an image error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let Some(st) = &self.state else {
+            return Ok(());
+        };
+        if st.data_file != format!("memfd-{}.img", self.ino) {
+            return Err(format!(
+                "memfd:{} names contents file {:?}, not memfd-{}.img",
+                self.name, st.data_file, self.ino
+            ));
+        }
+        let mut end = 0u64;
+        for &(off, len) in &st.extents {
+            let e = off.checked_add(len).filter(|&e| off >= end && e <= st.size);
+            match e {
+                Some(e) => end = e,
+                None => {
+                    return Err(format!(
+                        "memfd:{}: extent ({off}, {len}) out of order or past its size {}",
+                        self.name, st.size
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `/memfd:NAME (deleted)` to `NAME`; `None` for any other link.
 pub fn memfd_name(link: &str) -> Option<&str> {
     link.strip_prefix("/memfd:")?.strip_suffix(" (deleted)")
@@ -377,6 +410,33 @@ mod tests {
         assert_eq!(&all[1 << 20..(1 << 20) + 8192], &mid[..]);
         assert!(all[3..1 << 20].iter().all(|&b| b == 0));
         assert!(g.set_len(1).is_err(), "F_SEAL_SHRINK restored");
+    }
+
+    #[test]
+    fn crafted_entries_are_refused() {
+        let good = MemfdEntry {
+            ino: 7,
+            name: "x".into(),
+            flags: libc::O_RDWR as u32,
+            pos: 0,
+            state: Some(MemfdState {
+                size: 100,
+                mode: 0o600,
+                seals: 0,
+                extents: vec![(0, 10), (50, 50)],
+                data_file: "memfd-7.img".into(),
+            }),
+        };
+        assert_eq!(good.check(), Ok(()));
+        let mut e = good.clone();
+        e.state.as_mut().unwrap().data_file = "../../etc/shadow".into();
+        assert!(e.check().unwrap_err().contains("not memfd-7.img"));
+        let mut e = good.clone();
+        e.state.as_mut().unwrap().extents = vec![(50, 10), (0, 10)];
+        assert!(e.check().unwrap_err().contains("out of order"));
+        let mut e = good.clone();
+        e.state.as_mut().unwrap().extents = vec![(90, u64::MAX)];
+        assert!(e.check().is_err());
     }
 
     #[test]

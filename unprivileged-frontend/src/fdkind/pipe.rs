@@ -45,6 +45,31 @@ pub struct PipeState {
     pub data: Vec<u8>,
 }
 
+impl PipeEntry {
+    /// Check an entry read from an image: a FIFO path is absolute, the
+    /// queued bytes fit the size.
+    ///
+    /// Errors: what is wrong, for an image error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(p) = &self.fifo {
+            if !p.starts_with('/') {
+                return Err(format!("FIFO path {p:?} not absolute"));
+            }
+        }
+        if let Some(st) = &self.state {
+            if st.size == 0 || st.data.len() as u64 > u64::from(st.size) {
+                return Err(format!(
+                    "pipe:[{}] holds {} bytes in a buffer of {}",
+                    self.ino,
+                    st.data.len(),
+                    st.size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn name(e_ino: u64, fifo: &Option<String>) -> String {
     match fifo {
         Some(p) => format!("FIFO {p}"),
@@ -399,6 +424,28 @@ mod tests {
             1 << 20
         );
         assert_eq!(read_all(&nr2), data);
+    }
+
+    #[test]
+    fn crafted_entries_are_refused() {
+        let mut e = PipeEntry {
+            ino: 1,
+            fifo: None,
+            flags: 0,
+            state: Some(PipeState {
+                size: 4,
+                data: b"abcd".to_vec(),
+            }),
+        };
+        assert_eq!(e.check(), Ok(()));
+        e.state.as_mut().unwrap().data.push(b'e');
+        assert!(e
+            .check()
+            .unwrap_err()
+            .contains("holds 5 bytes in a buffer of 4"));
+        e.state = None;
+        e.fifo = Some("relative/fifo".into());
+        assert!(e.check().unwrap_err().contains("not absolute"));
     }
 
     #[test]

@@ -605,6 +605,26 @@ pub fn check_file_table(path: &Path, table: &[FileEntry]) -> Result<()> {
             {
                 return Err(invalid(path, format!("file {i}: path {p:?} not absolute")))
             }
+            FileKind::Pipe(x) => x
+                .check()
+                .map_err(|d| invalid(path, format!("file {i}: {d}")))?,
+            FileKind::Memfd(x) => x
+                .check()
+                .map_err(|d| invalid(path, format!("file {i}: {d}")))?,
+            FileKind::Inotify(x) => x
+                .check()
+                .map_err(|d| invalid(path, format!("file {i}: {d}")))?,
+            FileKind::Fanotify(x) => x
+                .check()
+                .map_err(|d| invalid(path, format!("file {i}: {d}")))?,
+            FileKind::Epoll(x) => {
+                if let Some(t) = x.targets.iter().find(|t| t.fd < 0 || t.fd >= MAX_FD) {
+                    return Err(invalid(
+                        path,
+                        format!("file {i}: epoll registration of fd {} out of range", t.fd),
+                    ));
+                }
+            }
             FileKind::Unix(u) => {
                 if let Some(r) = u
                     .queue
@@ -948,6 +968,36 @@ pub(crate) mod tests {
         };
         assert!(check_file_table(&p(), &bad).is_err());
         bad[1].id = 5;
+        assert!(check_file_table(&p(), &bad).is_err());
+
+        // The fd kinds' own checks are applied (a memfd naming another
+        // file for its contents, an epoll registration out of range).
+        let mut bad = table.clone();
+        bad[1].kind = FileKind::Memfd(crate::fdkind::memfd::MemfdEntry {
+            ino: 9,
+            name: "m".into(),
+            flags: 2,
+            pos: 0,
+            state: Some(crate::fdkind::memfd::MemfdState {
+                size: 0,
+                mode: 0o600,
+                seals: 0,
+                extents: Vec::new(),
+                data_file: "pages-1.img".into(),
+            }),
+        });
+        let err = check_file_table(&p(), &bad).unwrap_err().to_string();
+        assert!(err.contains("file 1: memfd:m names contents file"), "{err}");
+        bad[1].kind = FileKind::Epoll(crate::fdkind::epoll::EpollEntry {
+            flags: 0,
+            targets: vec![crate::fdkind::epoll::EpollTarget {
+                fd: -1,
+                events: 1,
+                data: 0,
+                ino: 0,
+                dev: 0,
+            }],
+        });
         assert!(check_file_table(&p(), &bad).is_err());
     }
 
