@@ -2,7 +2,8 @@
 //! process: flags (`O_APPEND`, `O_NONBLOCK`, `O_PATH`, `O_TMPFILE`),
 //! offsets, directories, owners (`F_SETOWN`/`F_SETSIG`), deleted files
 //! with their contents (`--ghost-limit`), and locks (`--file-locks`: POSIX,
-//! OFD, flock), which the test also tries to take from outside.
+//! OFD, flock, a read lease), which the test also tries to take from
+//! outside.
 
 use criu_tests::*;
 use std::os::fd::AsRawFd;
@@ -42,11 +43,15 @@ fcntl.fcntl(fds["owned"], F_SETSIG, 10)
 fds["flock"] = os.open(p("c.txt"), os.O_RDWR)
 fds["posix"] = os.open(p("d.txt"), os.O_RDWR)
 fds["ofd"] = os.open(p("e.txt"), os.O_RDWR)
+fds["direct"] = os.open(p("b.txt"), os.O_RDONLY | os.O_DIRECT)
+with open(p("f.txt"), "w") as f: f.write("lease")
+fds["lease"] = os.open(p("f.txt"), os.O_RDONLY)
 locks = len(sys.argv) > 4
 if locks:
     fcntl.flock(fds["flock"], fcntl.LOCK_EX | fcntl.LOCK_NB)
     fcntl.lockf(fds["posix"], fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
     fcntl.fcntl(fds["ofd"], F_OFD_SETLK, struct.pack("hhxxxxqqi4x", fcntl.F_RDLCK, 0, 0, 0, 0))
+    fcntl.fcntl(fds["lease"], fcntl.F_SETLEASE, fcntl.F_RDLCK)
 n = 0
 while True:
     n += 1
@@ -60,6 +65,7 @@ while True:
     out.append(f"ghost {len(g)} {g[:12]!r} links {os.fstat(fds['ghost']).st_nlink}")
     out.append(f"tmpfile {os.pread(fds['tmpfile'], 100, 0)!r}")
     out.append(f"wghost size {os.fstat(fds['wghost']).st_size}")
+    out.append(f"lease {fcntl.fcntl(fds['lease'], fcntl.F_GETLEASE)}")
     out.append(f"dir {sorted(os.listdir(fds['dir']))[:3]}")
     with open(state + ".tmp", "w") as f:
         f.write("\n".join(out) + f"\nn {n}\n")
@@ -158,6 +164,8 @@ fn files_keep_flags_offsets_owner_ghosts_and_locks() {
         "ghost 3000 b'ghost!ghost!' links 0",
         "tmpfile b'tmpfile contents'",
         "wghost size 100",
+        &format!("lease {}", libc::F_RDLCK),
+        &format!("direct fd=14 flags={:o}", libc::O_DIRECT),
         &format!("owner {pid} sig 10"),
     ] {
         if !after.contains(must) {
@@ -171,7 +179,7 @@ fn files_keep_flags_offsets_owner_ghosts_and_locks() {
     {
         t.fail(&format!("no deleted gone.txt among {links:?}"));
     }
-    if std::fs::read_dir(&dir).unwrap().count() != 5 {
+    if std::fs::read_dir(&dir).unwrap().count() != 6 {
         t.fail("restore left files behind in the directory");
     }
     for (file, kind) in [("c.txt", "flock"), ("d.txt", "posix"), ("e.txt", "ofd")] {
