@@ -541,11 +541,18 @@ impl Test {
     /// Starts a target program in its own session with stdin, stdout and
     /// stderr on /dev/null, and tracks it.
     pub fn spawn_target(&self, cmd: &mut Command) -> Child {
+        in_new_session(cmd);
+        self.spawn_target_in_our_session(cmd)
+    }
+
+    /// As [`Test::spawn_target`], but the target stays in the test's session
+    /// and process group, as a program started by a shell without job
+    /// control does: neither leader is in the tree the target heads.
+    pub fn spawn_target_in_our_session(&self, cmd: &mut Command) -> Child {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         cloexec_inherited(cmd);
-        in_new_session(cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("{}: cannot start {cmd:?}: {e}", self.name));

@@ -29,19 +29,44 @@ fn children(pid: i32) -> Vec<i32> {
 
 #[test]
 fn sleep_cat_pipeline_comes_back_whole() {
-    let Some(t) = Test::new("pipeline") else {
+    pipeline("pipeline", true);
+}
+
+/// The pipeline started the way a script starts it: bash stays in the
+/// caller's session and process group (no job control), so sleep and cat
+/// are in a group whose leader is outside the tree. It was dumped (and
+/// killed), then its restore refused "process group ... has no leader in
+/// the checkpoint". Restored, bash joins criu's group and session (here the
+/// test's, the same as before) and its children stay in bash's group.
+#[test]
+fn pipeline_in_the_callers_group_comes_back_whole() {
+    pipeline("pipeline-callers-group", false);
+}
+
+fn pipeline(name: &str, new_session: bool) {
+    let Some(t) = Test::new(name) else {
         return;
     };
     let out = t.work().join("out");
     // The harness gives targets /dev/null as stdout: the shell sends its
     // output to a file first, then runs the pipeline.
-    let bash = t
-        .spawn_target(
-            Command::new("bash")
-                .arg("-c")
-                .arg(format!("exec > {}; sleep 1000 | cat", out.display())),
-        )
-        .id() as i32;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("exec > {}; sleep 1000 | cat", out.display()));
+    let bash = if new_session {
+        t.spawn_target(&mut cmd)
+    } else {
+        t.spawn_target_in_our_session(&mut cmd)
+    }
+    .id() as i32;
+    // SAFETY: getpgrp has no preconditions.
+    let ours = unsafe { libc::getpgrp() };
+    if (pgid(bash) == Some(bash)) != new_session || (!new_session && pgid(bash) != Some(ours)) {
+        t.fail(&format!(
+            "bash is not where it was started (new session: {new_session}): {}",
+            describe(bash)
+        ));
+    }
     let mut kids = Vec::new();
     if !wait_for(Duration::from_secs(10), || {
         kids = children(bash);

@@ -267,7 +267,9 @@ fn in_use(e: Error, pid: i32) -> Error {
 
 /// Group leaders first (`setpgid(0, 0)`), then the members of groups led by
 /// another process of the tree; a group inherited from the parent needs
-/// nothing.
+/// nothing (also the root's group when its leader is outside the
+/// checkpoint: the root and the members below it stay in the group the root
+/// joined, criu's).
 fn set_groups(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
     let root = ck.tree[0].pid;
     for e in &ck.tree {
@@ -294,12 +296,19 @@ fn set_groups(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
                 libc::SYS_setpgid,
                 [0, e.pgid as u64, 0, 0, 0, 0],
             )?;
-        } else if parent_pgid != Some(e.pgid) || e.ppid == root && ck.tree[0].pgid != ck.tree[0].pid
-        {
+        } else if parent_pgid != Some(e.pgid) {
             return Err(Error::Unsupported(format!(
                 "pid {}: its process group {} has no leader in the checkpoint; such groups cannot be rebuilt",
                 e.pid, e.pgid
             )));
+        } else if e.pgid == ck.tree[0].pgid {
+            // The root's group is outside the checkpoint (a program started
+            // by a shell without job control): its members stay with the
+            // root, in the group it joined.
+            debug!(
+                "pid {}: in the root's process group {}, it stays with the root",
+                e.pid, e.pgid
+            );
         }
     }
     Ok(())
