@@ -410,6 +410,9 @@ fn dump_tree(
         }
     }
     table.check_unix(&ext_unix(args)?)?;
+    // A tree restore could not rebuild is refused now, while every task
+    // still runs, rather than killed into images nobody can restore.
+    crate::restore::tree::check_rebuildable(&entries)?;
     write_image(&dir.pstree(), Kind::Pstree, &entries)?;
     table.finish();
     // Terminal queues are read out last (they cannot be peeked) and put

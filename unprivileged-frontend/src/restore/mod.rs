@@ -16,7 +16,7 @@ mod ghost;
 mod layout;
 mod mm;
 mod task;
-mod tree;
+pub mod tree;
 mod validate;
 
 use crate::cli::RestoreArgs;

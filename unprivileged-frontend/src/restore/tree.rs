@@ -197,6 +197,38 @@ pub fn start_session(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry) -> Result
     Ok(())
 }
 
+/// Whether restore can rebuild the sessions and process groups of `tree`
+/// (root first, parents before children): a process in a session it does
+/// not lead must get it from its parent (or be a child of a root that is
+/// outside its own session); a process in a group it does not lead must
+/// find the leader in the tree or get the group from its parent. Dump runs
+/// this before it kills anything, restore before it creates anything.
+///
+/// Errors: [`Error::Unsupported`] naming the process, its session or group,
+/// and that it cannot be rebuilt.
+pub fn check_rebuildable(tree: &[PstreeEntry]) -> Result<()> {
+    let Some(root) = tree.first() else {
+        return Ok(());
+    };
+    let find = |pid: i32| tree.iter().find(|e| e.pid == pid);
+    for c in &tree[1..] {
+        let Some(p) = find(c.ppid) else { continue };
+        if c.sid != c.pid && c.sid != p.sid && !(p.pid == root.pid && p.sid != root.pid) {
+            return Err(Error::Unsupported(format!(
+                "pid {}: its session {} has no leader in the tree and is not its parent's ({}); such sessions cannot be rebuilt at restore (a session whose leader exited, below a subreaper)",
+                c.pid, c.sid, p.pid
+            )));
+        }
+        if c.pgid != c.pid && find(c.pgid).is_none() && p.pgid != c.pgid {
+            return Err(Error::Unsupported(format!(
+                "pid {}: its process group {} has no leader in the tree and is not its parent's ({}); such groups cannot be rebuilt at restore",
+                c.pid, c.pgid, p.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Fork the children of `e` from its stub through `r` (its trampoline),
 /// each with its dumped PID and the sharing flags of [`share_flags`].
 ///
@@ -353,4 +385,46 @@ fn make_zombie(h: &mut Helper, pid: i32, status: i32, name: &str) -> Result<()> 
         info!("pid {pid}: zombie again (killed by signal {sig})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod rebuild_tests {
+    use super::*;
+
+    fn e(pid: i32, ppid: i32, pgid: i32, sid: i32) -> PstreeEntry {
+        PstreeEntry {
+            pid,
+            ppid,
+            pgid,
+            sid,
+            threads: vec![pid],
+            zombie: None,
+            shares_fs: false,
+            shares_files: false,
+        }
+    }
+
+    #[test]
+    fn sessions_and_groups_that_can_and_cannot_be_rebuilt() {
+        // Root leads its session; a child inherits it; a grandchild leads
+        // its own; a member of a group led elsewhere in the tree.
+        let ok = [
+            e(10, 1, 10, 10),
+            e(11, 10, 10, 10),
+            e(12, 11, 12, 12),
+            e(13, 10, 11, 10),
+        ];
+        check_rebuildable(&ok).unwrap();
+        // Root outside its session (started by a shell): its children may
+        // be in criu's session and group.
+        check_rebuildable(&[e(10, 1, 5, 5), e(11, 10, 5, 5)]).unwrap();
+        // Session 20 whose leader exited, below the root that leads its own.
+        let bad = [e(10, 1, 10, 10), e(21, 10, 21, 20)];
+        let m = check_rebuildable(&bad).unwrap_err().to_string();
+        assert!(m.contains("pid 21: its session 20"), "{m}");
+        // Group 30 with no leader in the tree, not the parent's.
+        let bad = [e(10, 1, 10, 10), e(11, 10, 30, 10)];
+        let m = check_rebuildable(&bad).unwrap_err().to_string();
+        assert!(m.contains("pid 11: its process group 30"), "{m}");
+    }
 }

@@ -110,6 +110,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     check_inventory(&d.inventory(), &inventory)?;
     let tree: Vec<PstreeEntry> = read_image(&d.pstree(), Kind::Pstree)?;
     check_pstree(&d.pstree(), &tree, inventory.root_pid)?;
+    super::tree::check_rebuildable(&tree)?;
     let files: Vec<FileEntry> = read_image(&d.file_table(), Kind::FileTable)?;
     check_file_table(&d.file_table(), &files)?;
     let mut procs = Vec::new();
