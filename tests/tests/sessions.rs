@@ -1,6 +1,8 @@
-//! A session whose leader exited, under a subreaper root: restore cannot
-//! rebuild it yet, so the dump refuses before killing anything, naming the
-//! process and the session, and every task runs on.
+//! A session whose leader exited, under a subreaper root: the process in it
+//! is now the root's child, so it cannot inherit the session at restore; a
+//! short-lived task with the session's ID starts the session again and
+//! forks it (as the root's child). Same PIDs, parents, sessions and groups
+//! after restore, and it counts on.
 
 use criu_tests::*;
 use std::process::Command;
@@ -41,7 +43,7 @@ fn state(p: &std::path::Path) -> Option<(i32, i32, u64)> {
 }
 
 #[test]
-fn leaderless_session_below_a_subreaper_is_refused_at_dump() {
+fn leaderless_session_below_a_subreaper_comes_back() {
     let Some(t) = Test::new("leaderless_session") else {
         return;
     };
@@ -56,37 +58,52 @@ fn leaderless_session_below_a_subreaper_is_refused_at_dump() {
     }
     let (y, session, _) = state(&st).unwrap();
     t.track(y);
-    if ppid(y) != Some(root) || sid(y) == Some(root) {
+    let ids = |p: i32| (ppid(p), pgid(p), sid(p));
+    let before = [ids(root), ids(y)];
+    if before[1].0 != Some(root) || before[1].2 != Some(session) || session == root {
         t.fail(&format!(
             "set-up: y should be the root's child in session {session}: {}",
             describe(y)
         ));
     }
-    let images = t.images();
-    t.criu_err(
-        &[
-            "dump",
-            "-t",
-            &root.to_string(),
-            "-D",
-            images.to_str().unwrap(),
-        ],
-        &[
-            &format!("pid {y}: its session {session}"),
-            "cannot be rebuilt",
-        ],
-    );
-    for p in [root, y] {
-        t.assert_running_untouched(p, "after the refused dump");
+    t.dump(root, &[]);
+    reap_dumped(&t, root);
+    let _ = reap(y, Duration::from_secs(10));
+    t.restore_detached(root, &[]);
+    let after = [ids(root), ids(y)];
+    if after != before {
+        t.fail(&format!(
+            "(ppid, pgid, sid) of root and y after restore {after:?}, before {before:?}"
+        ));
     }
-    let (_, _, n) = state(&st).unwrap();
-    if !wait_for(Duration::from_secs(5), || {
-        state(&st).is_some_and(|(_, _, m)| m > n)
-    }) {
-        t.fail("y stopped counting after the refused dump");
+    // Its parent gets SIGCHLD when it dies, as before (field 38 of stat).
+    let exit_signal = read(std::path::Path::new(&format!("/proc/{y}/stat")))
+        .and_then(|t| {
+            let rest = t.rsplit_once(')')?.1.to_string();
+            rest.split_whitespace().nth(35).map(str::to_string)
+        })
+        .unwrap_or_default();
+    if exit_signal != "17" {
+        t.fail(&format!(
+            "y's exit signal after restore is {exit_signal:?}, not SIGCHLD"
+        ));
     }
-    if images.join("inventory.img").exists() {
-        t.fail("the refused dump left an inventory.img");
+    if is_alive(session) {
+        t.fail(&format!(
+            "the session holder {session} is still there: {}",
+            describe(session)
+        ));
+    }
+    let (_, s2, n) = state(&st).unwrap();
+    if s2 != session
+        || !wait_for(Duration::from_secs(5), || {
+            state(&st).is_some_and(|(_, s, m)| s == session && m > n)
+        })
+    {
+        t.fail(&format!(
+            "y does not count on in session {session}: {:?}",
+            state(&st)
+        ));
     }
     kill_and_reap(root);
     kill_and_reap(y);

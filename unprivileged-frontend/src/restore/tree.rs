@@ -207,19 +207,38 @@ pub fn start_session(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry) -> Result
 /// Errors: [`Error::Unsupported`] naming the process, its session or group,
 /// and that it cannot be rebuilt.
 pub fn check_rebuildable(tree: &[PstreeEntry]) -> Result<()> {
-    let Some(root) = tree.first() else {
+    if tree.is_empty() {
         return Ok(());
-    };
+    }
     let find = |pid: i32| tree.iter().find(|e| e.pid == pid);
+    // Leaderless sessions rebuilt by a session holder: by whose children.
+    let mut holders: Vec<(i32, i32)> = Vec::new();
     for c in &tree[1..] {
         let Some(p) = find(c.ppid) else { continue };
-        if c.sid != c.pid && c.sid != p.sid && !(p.pid == root.pid && p.sid != root.pid) {
-            return Err(Error::Unsupported(format!(
-                "pid {}: its session {} has no leader in the tree and is not its parent's ({}); such sessions cannot be rebuilt at restore (a session whose leader exited, below a subreaper)",
-                c.pid, c.sid, p.pid
-            )));
+        if in_leaderless_session(tree, p, c) {
+            if find(c.sid).is_some() {
+                return Err(Error::Unsupported(format!(
+                    "pid {}: its session {} is led by a process of the tree that is not its parent's session; such sessions cannot be rebuilt at restore",
+                    c.pid, c.sid
+                )));
+            }
+            match holders.iter().find(|h| h.0 == c.sid) {
+                Some(&(_, other)) if other != p.pid => {
+                    return Err(Error::Unsupported(format!(
+                        "pid {}: its session {} (whose leader exited) also holds children of {other}, not only of {}; such sessions cannot be rebuilt at restore",
+                        c.pid, c.sid, p.pid
+                    )))
+                }
+                Some(_) => {}
+                None => holders.push((c.sid, p.pid)),
+            }
         }
-        if c.pgid != c.pid && find(c.pgid).is_none() && p.pgid != c.pgid {
+    }
+    for c in &tree[1..] {
+        let Some(p) = find(c.ppid) else { continue };
+        // A child forked by a session holder starts in group `sid`.
+        let from_holder = in_leaderless_session(tree, p, c) && c.pgid == c.sid;
+        if c.pgid != c.pid && find(c.pgid).is_none() && p.pgid != c.pgid && !from_holder {
             return Err(Error::Unsupported(format!(
                 "pid {}: its process group {} has no leader in the tree and is not its parent's ({}); such groups cannot be rebuilt at restore",
                 c.pid, c.pgid, p.pid
@@ -235,17 +254,85 @@ pub fn check_rebuildable(tree: &[PstreeEntry]) -> Result<()> {
 /// Errors: an ID is taken, a session cannot be rebuilt, or an injected
 /// call failed.
 pub fn fork_children(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry, r: &Remote) -> Result<()> {
-    let root = ck.tree[0].pid;
+    let mut orphaned: Vec<i32> = Vec::new();
     for c in ck.tree.iter().filter(|c| c.ppid == e.pid) {
-        if c.sid != c.pid && c.sid != e.sid && !(e.pid == root && e.sid != root) {
-            return Err(Error::Unsupported(format!(
-                "pid {}: its session {} has no leader in the checkpoint and is not its parent's; such sessions cannot be rebuilt",
-                c.pid, c.sid
-            )));
+        if in_leaderless_session(&ck.tree, e, c) {
+            if !orphaned.contains(&c.sid) {
+                orphaned.push(c.sid);
+            }
+            continue;
         }
         clone_in(h, r, share_flags(c), libc::SIGCHLD as u64, c.pid)
             .map_err(|e| in_use(e, c.pid))?;
     }
+    for sid in orphaned {
+        fork_into_session(h, ck, e, r, sid)?;
+    }
+    Ok(())
+}
+
+/// Whether `c`, a child of `e`, is in a session whose leader is not in the
+/// tree and that it cannot get from `e` (nor from a root outside its own
+/// session, whose children may stay in criu's).
+fn in_leaderless_session(tree: &[PstreeEntry], e: &PstreeEntry, c: &PstreeEntry) -> bool {
+    let root = &tree[0];
+    c.sid != c.pid && c.sid != e.sid && !(e.pid == root.pid && e.sid != root.pid)
+}
+
+/// The children of `e` in session `sid`, whose leader exited: a
+/// short-lived task with PID `sid` is forked from `e`, starts the session
+/// (and the process group `sid`) with setsid(2), forks each of those
+/// children with `CLONE_PARENT` (so their parent is `e`), exits, and `e`
+/// reaps it and drops its `SIGCHLD`. Upstream criu uses such a helper task
+/// too.
+///
+/// Errors: PID `sid` is taken, or an injected call failed.
+fn fork_into_session(
+    h: &mut Helper,
+    ck: &Checkpoint,
+    e: &PstreeEntry,
+    r: &Remote,
+    sid: i32,
+) -> Result<()> {
+    clone_in(h, r, 0, libc::SIGCHLD as u64, sid).map_err(|er| in_use(er, sid))?;
+    let hr = Remote { pid: sid, ..*r };
+    hr.call(h, "setsid (session holder)", libc::SYS_setsid, [0; 6])?;
+    for c in ck
+        .tree
+        .iter()
+        .filter(|c| c.ppid == e.pid && in_leaderless_session(&ck.tree, e, c) && c.sid == sid)
+    {
+        // clone3 takes no exit signal with CLONE_PARENT: the child gets
+        // the holder's own, SIGCHLD.
+        clone_in(h, &hr, share_flags(c) | libc::CLONE_PARENT as u64, 0, c.pid)
+            .map_err(|er| in_use(er, c.pid))?;
+        info!(
+            "pid {}: forked into session {sid} (its leader had exited) as a child of {}",
+            c.pid, e.pid
+        );
+    }
+    match hr.raw(h, libc::SYS_exit_group, [0; 6]) {
+        Err(Error::Helper(HelperError::Failed {
+            kind: ErrorKind::Gone,
+            ..
+        })) => {}
+        Ok(ret) => {
+            return Err(Error::Unsupported(format!(
+                "pid {sid}: exit_group of the session holder returned {ret}"
+            )))
+        }
+        Err(er) => return Err(er),
+    }
+    r.call(
+        h,
+        &format!("wait4({sid})"),
+        libc::SYS_wait4,
+        [sid as u64, 0, libc::__WALL as u64, 0, 0, 0],
+    )?;
+    // rt_sigtimedwait({SIGCHLD}, NULL, {0, 0}): drop its SIGCHLD.
+    let set = r.put(h, 256, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = r.put(h, 272, &[0u8; 16])?;
+    r.raw(h, libc::SYS_rt_sigtimedwait, [set, 0, ts, 8, 0, 0])?;
     Ok(())
 }
 
@@ -320,7 +407,12 @@ fn set_groups(h: &mut Helper, ck: &Checkpoint) -> Result<()> {
             );
             continue;
         }
-        let parent_pgid = entry(ck, e.ppid).map(|p| p.pgid);
+        let parent = entry(ck, e.ppid);
+        let parent_pgid = parent.map(|p| p.pgid);
+        if parent.is_some_and(|p| in_leaderless_session(&ck.tree, p, e)) && e.pgid == e.sid {
+            // Forked by the session holder: already in its group.
+            continue;
+        }
         if entry(ck, e.pgid).is_some() {
             Remote::new(e.pid).call(
                 h,
@@ -418,10 +510,19 @@ mod rebuild_tests {
         // Root outside its session (started by a shell): its children may
         // be in criu's session and group.
         check_rebuildable(&[e(10, 1, 5, 5), e(11, 10, 5, 5)]).unwrap();
-        // Session 20 whose leader exited, below the root that leads its own.
-        let bad = [e(10, 1, 10, 10), e(21, 10, 21, 20)];
+        // Session 20 whose leader exited, below the root that leads its
+        // own: rebuilt through a session holder (also group 20).
+        check_rebuildable(&[e(10, 1, 10, 10), e(21, 10, 21, 20)]).unwrap();
+        check_rebuildable(&[e(10, 1, 10, 10), e(21, 10, 20, 20), e(22, 10, 20, 20)]).unwrap();
+        // ... but not when children of two parents are in it.
+        let bad = [
+            e(10, 1, 10, 10),
+            e(11, 10, 10, 10),
+            e(21, 10, 21, 20),
+            e(22, 11, 22, 20),
+        ];
         let m = check_rebuildable(&bad).unwrap_err().to_string();
-        assert!(m.contains("pid 21: its session 20"), "{m}");
+        assert!(m.contains("pid 22: its session 20"), "{m}");
         // Group 30 with no leader in the tree, not the parent's.
         let bad = [e(10, 1, 10, 10), e(11, 10, 30, 10)];
         let m = check_rebuildable(&bad).unwrap_err().to_string();
