@@ -271,12 +271,11 @@ pub fn fork_children(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry, r: &Remot
     Ok(())
 }
 
-/// Whether `c`, a child of `e`, is in a session whose leader is not in the
-/// tree and that it cannot get from `e` (nor from a root outside its own
-/// session, whose children may stay in criu's).
-fn in_leaderless_session(tree: &[PstreeEntry], e: &PstreeEntry, c: &PstreeEntry) -> bool {
-    let root = &tree[0];
-    c.sid != c.pid && c.sid != e.sid && !(e.pid == root.pid && e.sid != root.pid)
+/// Whether `c`, a child of `e`, is in a session it does not lead and
+/// cannot get from `e` (a root outside its own session is restored into
+/// criu's, and so are its children in that session: they share `e.sid`).
+fn in_leaderless_session(_tree: &[PstreeEntry], e: &PstreeEntry, c: &PstreeEntry) -> bool {
+    c.sid != c.pid && c.sid != e.sid
 }
 
 /// The children of `e` in session `sid`, whose leader exited: a
