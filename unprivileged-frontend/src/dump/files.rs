@@ -522,9 +522,17 @@ impl FileTable {
             Some(k) => k,
             None => self.classify(&cur).map_err(rename)?,
         };
-        if matches!(kind, FileKind::Inherited { .. }) {
+        // Restore makes descriptors in flight in criu, after every process:
+        // these kinds are made only for a process that holds them.
+        let what = match kind {
+            FileKind::Inherited { .. } => Some("this kind of descriptor"),
+            FileKind::Ghost { .. } => Some("a deleted file"),
+            FileKind::Tty(_) => Some("a terminal"),
+            _ => None,
+        };
+        if let Some(what) = what {
             return Err(Error::Unsupported(format!(
-                "{who} ({link}) is not supported yet"
+                "{who} ({link}) is {what}, which cannot be restored while only in flight; receive or close it in the process before dumping"
             )));
         }
         let owner = self.owner(&cur, &kind).map_err(rename)?;

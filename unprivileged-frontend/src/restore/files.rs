@@ -275,10 +275,13 @@ impl<'a> FileSender<'a> {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     if matches!(
                         e.kind,
-                        FileKind::Inherited { .. } | FileKind::Unix(_) | FileKind::Ghost { .. }
+                        FileKind::Inherited { .. }
+                            | FileKind::Unix(_)
+                            | FileKind::Ghost { .. }
+                            | FileKind::Tty(_)
                     ) {
                         return Err(Error::Refused(format!(
-                            "file {id} in flight in a socket queue cannot be made here: it is marked inherited, a deleted file, or a socket closed already"
+                            "file {id} in flight in a socket queue cannot be made here: it is marked inherited, a deleted file, a terminal, or a socket closed already"
                         )));
                     }
                     v.insert(make(e, 0, -1, kinds, inet)?)
@@ -479,12 +482,16 @@ fn make(
         }
         FileKind::Device { path, flags } => open(path, reopen_flags(*flags), pid, fd),
         FileKind::Pidfd(p) => crate::fdkind::pidfd::restore(p, pid, fd),
+        // Made by FileSender::get for a process's descriptor; in flight
+        // only (a crafted image: dump refuses these), nothing can make them.
         FileKind::Inherited { .. }
         | FileKind::Ghost { .. }
         | FileKind::Unix(_)
-        | FileKind::Tty(_) => {
-            unreachable!("made by FileSender::get")
-        }
+        | FileKind::Tty(_) => Err(Error::Refused(format!(
+            "file {} ({}) cannot be made here: it is only in flight in a socket queue",
+            e.id,
+            crate::show::view::describe(&e.kind).0
+        ))),
     }
 }
 
