@@ -942,6 +942,14 @@ fn make_pair(index: u32, flags: u32, state: &PtyState) -> std::io::Result<Pair> 
     })
 }
 
+/// Whether session `sid` has a pseudo-terminal of the tree as its
+/// controlling terminal (restored by [`restore_ctty`] in its leader).
+pub fn session_has_tree_ctty(table: &[FileEntry], sid: i32) -> bool {
+    table.iter().any(
+        |e| matches!(tty_of(&e.kind), Some(TtyEntry::Master { state, .. }) if state.session == sid),
+    )
+}
+
 /// In a restored session leader whose controlling terminal was a pty of
 /// the tree: once its descriptors are in place, make the pty its
 /// controlling terminal again (`ioctl(fd, TIOCSCTTY, 0)`, through any of

@@ -123,6 +123,12 @@ pub struct FileSender<'a> {
     local: OwnedFd,
     /// The number of the tasks' end in every task.
     pub transport: i32,
+    /// The process being restored is in a session whose controlling
+    /// terminal is a pty of the tree: its `/dev/tty` descriptors are opened
+    /// by the task (set before each process's descriptors).
+    pub dev_tty_in_task: bool,
+    /// `/dev/null`, sent in place of those until the task opens them.
+    placeholder: Option<OwnedFd>,
     /// The images directory (ghost file contents).
     dir: ImageDir,
     /// Deleted files made again, by their `data` number: a descriptor of
@@ -196,6 +202,8 @@ impl<'a> FileSender<'a> {
                 last_user,
                 local,
                 transport: transport_fd(ck),
+                dev_tty_in_task: false,
+                placeholder: None,
                 dir: ImageDir::new(&ck.root().dir),
                 ghosts: HashMap::new(),
                 pending_owners: Vec::new(),
@@ -215,6 +223,18 @@ impl<'a> FileSender<'a> {
     /// criu's descriptor of `f`'s description (made now if it is not yet),
     /// valid until [`FileSender::done_with`].
     fn get(&mut self, pid: i32, f: &FdEntry) -> Result<RawFd> {
+        if self.dev_tty_in_task && is_dev_tty(&self.table[f.id as usize].kind) {
+            // Opened by the task itself once its session has its terminal
+            // ([`reopen_dev_tty`]); this only holds the number.
+            if self.placeholder.is_none() {
+                self.placeholder = Some(open("/dev/null", libc::O_RDONLY, pid, f.fd)?);
+            }
+            return Ok(self
+                .placeholder
+                .as_ref()
+                .map(|p| p.as_raw_fd())
+                .unwrap_or(-1));
+        }
         if let FileKind::Inherited { was } = &self.table[f.id as usize].kind {
             if !(0..=2).contains(&f.fd) {
                 return Err(Error::Unsupported(format!(
@@ -716,6 +736,50 @@ pub fn restore_fs(h: &mut Helper, r: &Remote, fs: &FsEntry) -> Result<()> {
         "pid {}: cwd {}, root {}, umask {:03o}",
         r.pid, fs.cwd, fs.root, fs.umask
     );
+    Ok(())
+}
+
+fn is_dev_tty(k: &FileKind) -> bool {
+    matches!(k, FileKind::Device { path, .. } if path == "/dev/tty")
+}
+
+/// In a process whose session's controlling terminal is a pty of the tree
+/// (set by then): open each of its `/dev/tty` descriptors in the task, so
+/// it names that terminal and not criu's, and put it at its number.
+///
+/// Errors: an injected call failed (`ENXIO`: the session has no
+/// controlling terminal after all).
+pub fn reopen_dev_tty(
+    h: &mut Helper,
+    r: &Remote,
+    table: &[FileEntry],
+    files: &[FdEntry],
+) -> Result<()> {
+    for f in files {
+        let Some(FileKind::Device { path, flags }) = table.get(f.id as usize).map(|e| &e.kind)
+        else {
+            continue;
+        };
+        if path != "/dev/tty" {
+            continue;
+        }
+        let p = r.put_cstr(h, 0, path)?;
+        let fl = reopen_flags(*flags) | libc::O_CLOEXEC;
+        let tmp = r.call(
+            h,
+            "openat(/dev/tty)",
+            libc::SYS_openat,
+            [libc::AT_FDCWD as i64 as u64, p, fl as u64, 0, 0, 0],
+        )? as i32;
+        let cl = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        r.call(
+            h,
+            &format!("dup3({tmp}, {})", f.fd),
+            libc::SYS_dup3,
+            [tmp as u64, f.fd as u64, cl, 0, 0, 0],
+        )?;
+        close_in(h, r, tmp)?;
+    }
     Ok(())
 }
 

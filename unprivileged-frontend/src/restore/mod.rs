@@ -421,9 +421,16 @@ fn restore_rest(
     if img.pstree.shares_files {
         info!("pid {pid}: shares its parent's descriptor table (CLONE_FILES)");
     } else {
+        sender.dev_tty_in_task =
+            crate::fdkind::tty::session_has_tree_ctty(sender.table(), img.pstree.sid);
         files::restore_fds(h, &r, sender, &img.files)?;
     }
     crate::fdkind::tty::restore_ctty(h, &r, sender.table(), &img.files, &img.pstree)?;
+    if !img.pstree.shares_files
+        && crate::fdkind::tty::session_has_tree_ctty(sender.table(), img.pstree.sid)
+    {
+        files::reopen_dev_tty(h, &r, sender.table(), &img.files)?;
+    }
     if img.pstree.shares_fs {
         info!("pid {pid}: shares its parent's cwd, root and umask (CLONE_FS)");
     } else {
