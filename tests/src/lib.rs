@@ -268,6 +268,14 @@ pub fn kill_and_reap(pid: i32) {
     );
 }
 
+/// Whether fd `a` of process `pa` and fd `b` of process `pb` are one open
+/// file description (kcmp(2) `KCMP_FILE`).
+pub fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
+}
+
 /// Reads a whole file; `None` if missing.
 pub fn read(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok()
@@ -899,6 +907,27 @@ impl Test {
         std::os::unix::fs::chown(&helper, Some(0), Some(0)).expect("chown helper");
         fs::set_permissions(&helper, fs::Permissions::from_mode(0o4755)).expect("chmod");
         helper
+    }
+
+    /// `criu dump -t PID -D <images> EXTRA...` must fail with every one of
+    /// `needles` in its error, leave `pid` running untraced, and write no
+    /// inventory.
+    pub fn dump_refused(&self, pid: i32, extra: &[&str], needles: &[&str]) {
+        let images = self.images();
+        let pid_s = pid.to_string();
+        let mut args = vec![
+            "dump",
+            "-t",
+            &pid_s,
+            "-D",
+            images.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        self.criu_err(&args, needles);
+        self.assert_running_untouched(pid, "after the refused dump");
+        if images.join("inventory.img").exists() {
+            self.fail("the refused dump left an inventory.img");
+        }
     }
 
     /// Fails unless `pid` is running: not stopped, not traced, not a zombie.

@@ -105,12 +105,6 @@ fn kind(link: &str) -> String {
     }
 }
 
-fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes only integers.
-    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
-}
-
 /// A parent and its child share both ends of a pipe with 100 KiB in flight
 /// (the pipe enlarged to 256 KiB); after restore they still share the same
 /// descriptions, the child reads everything the parent wrote before the

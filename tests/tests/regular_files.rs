@@ -196,18 +196,7 @@ fn locks_need_file_locks_option() {
         return;
     };
     let (pid, _) = start(&t, 10, true);
-    let images = t.images();
-    t.criu_err(
-        &[
-            "dump",
-            "-t",
-            &pid.to_string(),
-            "-D",
-            images.to_str().unwrap(),
-        ],
-        &[&format!("pid {pid} fd"), "--file-locks"],
-    );
-    t.assert_running_untouched(pid, "after the refused dump");
+    t.dump_refused(pid, &[], &[&format!("pid {pid} fd"), "--file-locks"]);
     kill_and_reap(pid);
 }
 
@@ -217,20 +206,11 @@ fn ghost_over_limit_is_refused() {
         return;
     };
     let (pid, st) = start(&t, 5000, false);
-    let images = t.images();
-    t.criu_err(
-        &[
-            "dump",
-            "-t",
-            &pid.to_string(),
-            "-D",
-            images.to_str().unwrap(),
-            "--ghost-limit",
-            "4K",
-        ],
+    t.dump_refused(
+        pid,
+        &["--ghost-limit", "4K"],
         &["gone.txt", "5000 bytes", "--ghost-limit"],
     );
-    t.assert_running_untouched(pid, "after the refused dump");
     let (_, n) = report(&st).unwrap();
     if !wait_for(Duration::from_secs(5), || {
         report(&st).is_some_and(|(_, m)| m > n)

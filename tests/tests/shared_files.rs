@@ -42,12 +42,6 @@ fn state(path: &Path) -> Option<(i32, i32, u64, u64)> {
     (v.len() == 4).then(|| (v[0] as i32, v[1] as i32, v[2], v[3]))
 }
 
-fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes only integers.
-    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
-}
-
 #[test]
 fn description_shared_by_fork_and_dup_stays_shared() {
     let Some(t) = Test::new("shared_files") else {

@@ -121,12 +121,6 @@ while True:
     time.sleep(1)
 "#;
 
-fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {
-    const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: kcmp takes only integers.
-    unsafe { libc::syscall(libc::SYS_kcmp, pa, pb, KCMP_FILE, a, b) == 0 }
-}
-
 fn wait_file(t: &Test, path: &Path, pid: i32) -> String {
     if !wait_for(Duration::from_secs(20), || path.exists()) {
         t.fail(&format!(
