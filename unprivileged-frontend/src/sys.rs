@@ -340,8 +340,7 @@ pub fn fork_probe_child(
 ///
 /// Errors: its errno.
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: integer arguments only.
-    cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(owned)
+    pidfd_open_flags(pid, 0)
 }
 
 /// `pidfd_open(2)` with `flags` (`PIDFD_NONBLOCK` = `O_NONBLOCK`).
@@ -616,13 +615,19 @@ pub fn set_file_owner(fd: &impl AsRawFd, kind: i32, pid: i32, sig: i32) -> std::
 /// bytes on x86-64: l_type, l_whence (`SEEK_SET`), l_start, l_len, l_pid 0.
 pub fn encode_flock(write: bool, start: u64, end: Option<u64>) -> [u8; 32] {
     let ty = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
-    let len = end.map(|e| e.saturating_sub(start) + 1).unwrap_or(0);
+    let len = lock_len(start, end);
     let mut b = [0u8; 32];
     b[0..2].copy_from_slice(&ty.to_le_bytes());
     b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
     b[8..16].copy_from_slice(&start.to_le_bytes());
     b[16..24].copy_from_slice(&len.to_le_bytes());
     b
+}
+
+/// `l_len` of a lock of bytes `start` to `end` (inclusive; `None`, and
+/// then 0: to the end of the file, however long), see fcntl(2).
+fn lock_len(start: u64, end: Option<u64>) -> u64 {
+    end.map(|e| e.saturating_sub(start) + 1).unwrap_or(0)
 }
 
 /// Take an open file description lock on `fd` without waiting (fcntl(2),
@@ -640,7 +645,7 @@ pub fn ofd_lock(
         l_type: if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16,
         l_whence: libc::SEEK_SET as i16,
         l_start: start as i64,
-        l_len: end.map(|e| e.saturating_sub(start) + 1).unwrap_or(0) as i64,
+        l_len: lock_len(start, end) as i64,
         l_pid: 0,
     };
     // SAFETY: F_OFD_SETLK reads one struct flock from `fl`.
@@ -863,31 +868,6 @@ pub fn open_by_handle(
 pub fn eventfd(initval: u32, flags: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: integer arguments only.
     cvt(unsafe { libc::eventfd(initval, flags) } as libc::c_long).map(owned)
-}
-
-/// The soft and hard limit of resource `res` of process `pid`, read by
-/// criu itself (prlimit(2) with no new limit: allowed when criu's real IDs
-/// match the process's, or as root).
-///
-/// Errors: the errno of prlimit.
-pub fn prlimit_get(pid: i32, res: u32) -> std::io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit64 writes one struct rlimit64 into `old`; no new limit.
-    let r = unsafe {
-        libc::prlimit64(
-            pid,
-            res as libc::__rlimit_resource_t,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((old.rlim_cur, old.rlim_max))
 }
 
 /// `kcmp(2)` with `KCMP_EPOLL_TFD`: whether descriptor `fd` of `pid` is

@@ -399,10 +399,7 @@ impl<'a> FileSender<'a> {
                 let f = keeper.try_clone().map_err(|err| Error::file("dup", err))?;
                 self.ghosts.insert(*data, keeper);
                 // Writing the contents moved the offset: set it even to 0.
-                nix::unistd::lseek(f.as_raw_fd(), *pos as i64, nix::unistd::Whence::SeekSet)
-                    .map_err(|err| {
-                        Error::Refused(format!("pid {pid} fd {fd}: seek in {path}: {err}"))
-                    })?;
+                seek(&f, *pos, path, pid, fd)?;
                 return Ok(f);
             }
             self.ghosts.insert(*data, keeper);
@@ -414,7 +411,9 @@ impl<'a> FileSender<'a> {
             pid,
             fd,
         )?;
-        seek(&f, *pos, path, pid, fd)?;
+        if *pos != 0 {
+            seek(&f, *pos, path, pid, fd)?;
+        }
         Ok(f)
     }
 
@@ -495,7 +494,7 @@ fn make(
         FileKind::Reg { file, flags, pos } => {
             let fl = reopen_flags(*flags);
             let f = open(&file.path, fl, pid, fd)?;
-            if fl & libc::O_PATH == 0 {
+            if fl & libc::O_PATH == 0 && *pos != 0 {
                 seek(&f, *pos, &file.path, pid, fd)?;
             }
             Ok(f)
@@ -508,17 +507,17 @@ fn make(
         | FileKind::Ghost { .. }
         | FileKind::Unix(_)
         | FileKind::Tty(_) => Err(Error::Refused(format!(
-            "file {} ({}) cannot be made here: it is only in flight in a socket queue",
+            "file {} ({}) cannot be made: the images say it is only in flight in a socket queue, which dump never writes; the images were changed or damaged, dump again",
             e.id,
             crate::show::view::describe(&e.kind).0
         ))),
     }
 }
 
+/// Set the offset of a description just made to `pos` bytes.
+///
+/// Errors: [`Error::Refused`] naming pid, fd and path.
 fn seek(f: &OwnedFd, pos: u64, path: &str, pid: i32, fd: i32) -> Result<()> {
-    if pos == 0 {
-        return Ok(());
-    }
     nix::unistd::lseek(f.as_raw_fd(), pos as i64, nix::unistd::Whence::SeekSet).map_err(|err| {
         Error::Refused(format!(
             "pid {pid} fd {fd}: cannot seek {path} to {pos}: {}",

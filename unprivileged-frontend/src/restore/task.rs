@@ -417,7 +417,7 @@ fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
         let res = l.resource as u64;
         // Read by criu when it may (no injected call); the stub's limits
         // are usually the dumped ones already, and then nothing is set.
-        let (cur_now, hard_now) = match crate::sys::prlimit_get(r.pid, l.resource) {
+        let (cur_now, hard_now) = match crate::sys::get_rlimit(r.pid, l.resource) {
             Ok(v) => v,
             Err(_) => {
                 let old = r.put(h, 16, &[0; 16])?;
