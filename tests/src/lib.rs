@@ -252,20 +252,60 @@ pub fn kill_and_reap(pid: i32) {
         return;
     }
     let _ = signal(pid, libc::SIGKILL);
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end {
-        match try_reap(pid) {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
-            Err(_) if proc_state(pid).is_none() => return,
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !wait_gone(pid, Duration::from_secs(10)) {
+        eprintln!(
+            "warning: pid {pid} still present after SIGKILL: {}",
+            describe(pid)
+        );
     }
-    eprintln!(
-        "warning: pid {pid} still present after SIGKILL: {}",
-        describe(pid)
-    );
+}
+
+/// Waits up to `timeout` until `pid` is gone: reaps it once it is our
+/// zombie (a subreaper adopts the orphans of a killed tree), or sees
+/// /proc/PID disappear when another parent reaps it. False on timeout.
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        match try_reap(pid) {
+            Ok(Some(_)) => return true,
+            Err(_) if proc_state(pid).is_none() => return true,
+            _ if Instant::now() >= end => return false,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Every descendant of `pid`, each parent before its children (read from
+/// /proc/PID/task/TID/children of the leader, see proc(5)).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let kids = fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for k in kids
+            .split_whitespace()
+            .filter_map(|k| k.parse::<i32>().ok())
+        {
+            out.push(k);
+            todo.push(k);
+        }
+    }
+    out
+}
+
+/// After a dump killed a tree: waits until each of `pids` (parents before
+/// children, as [`descendants`] lists them) is gone, reaping those the
+/// test's subreaper adopted, so that none is left as a zombie holding its
+/// PID when the tree is restored. Fails the test on a timeout.
+pub fn reap_killed_tree(t: &Test, pids: &[i32]) {
+    for &p in pids {
+        if !wait_gone(p, Duration::from_secs(10)) {
+            t.fail(&format!(
+                "pid {p} of the dumped tree is still there: {}",
+                describe(p)
+            ));
+        }
+    }
 }
 
 /// Whether fd `a` of process `pa` and fd `b` of process `pb` are one open

@@ -224,9 +224,7 @@ fn bash_pipeline_with_data_in_flight() {
         t.fail("criu show does not list the 10 bytes in flight in the pipeline's pipe");
     }
     reap_dumped(&t, root);
-    for &p in &before {
-        let _ = reap(p, Duration::from_secs(10));
-    }
+    reap_killed_tree(&t, &before);
     t.restore_detached(root, &[]);
     std::fs::write(w.join("go"), "").unwrap();
     if !wait_for(Duration::from_secs(10), || {
@@ -242,24 +240,6 @@ fn bash_pipeline_with_data_in_flight() {
         kill_and_reap(p);
     }
     kill_and_reap(root);
-}
-
-/// Every descendant of `pid` (children first).
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        let kids =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        for k in kids
-            .split_whitespace()
-            .filter_map(|k| k.parse::<i32>().ok())
-        {
-            out.push(k);
-            todo.push(k);
-        }
-    }
-    out
 }
 
 /// `tail -f` (inotify on the file it follows) goes on printing lines

@@ -483,14 +483,13 @@ fn script_carries_on_after_restore() {
             describe(script)
         ));
     }
-    let kids =
-        read(Path::new(&format!("/proc/{script}/task/{script}/children"))).unwrap_or_default();
-    let echoer: i32 = kids
-        .split_whitespace()
-        .next()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(0);
-    t.track(echoer);
+    // script's child (the shell running the echoer) and its descendants:
+    // once script is killed they are orphans our subreaper adopts.
+    let below = descendants(script);
+    let echoer = below.first().copied().unwrap_or(0);
+    for &p in &below {
+        t.track(p);
+    }
 
     t.dump(script, &["-j"]);
     if !wait_for(Duration::from_secs(10), || proc_state(script).is_none()) {
@@ -499,7 +498,7 @@ fn script_carries_on_after_restore() {
             describe(script)
         ));
     }
-    let _ = reap(echoer, Duration::from_secs(5));
+    reap_killed_tree(&t, &below);
     std::fs::write(&trigger, b"").unwrap();
     if !wait_for(Duration::from_secs(20), || {
         is_alive(script) && is_alive(echoer)
