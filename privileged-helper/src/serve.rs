@@ -453,8 +453,9 @@ impl Server {
         }
     }
 
-    /// Before a stub leader is killed: kill and wait for its other traced
-    /// threads, whose deaths the kernel reports before the leader's.
+    /// Before a leader is killed: kill its other traced threads and, for a
+    /// stub, wait for them (their deaths are reported before the leader's;
+    /// see [`pt::release`] for why a target is not waited for).
     fn kill_threads_of(&mut self, leader: &Tracee) {
         let tids: Vec<i32> = self
             .tracees
@@ -465,7 +466,7 @@ impl Server {
         let _ = pt::send_kill(leader);
         for tid in tids {
             if let Some(t) = self.tracees.remove(&tid) {
-                let _ = pt::send_kill(&t).and_then(|()| pt::wait_dead(&t));
+                let _ = pt::release(&t, ReleaseMode::Kill);
                 self.log_release(&t, "kill");
             }
         }

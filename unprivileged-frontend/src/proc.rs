@@ -33,6 +33,11 @@ pub fn read_link(p: &Path) -> Result<String> {
         .map_err(|e| Error::proc(p, e))
 }
 
+/// `PF_EXITING` in the flags field of `/proc/PID/stat`: the task has
+/// begun to exit (set at the start of the kernel's `do_exit`, before its
+/// memory is freed; include/linux/sched.h, `PF_EXITING 0x00000004`).
+pub const PF_EXITING: u32 = 0x4;
+
 /// Fields of `/proc/PID/stat` that dump uses (numbers from proc(5)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stat {
@@ -50,6 +55,8 @@ pub struct Stat {
     /// (8) foreground process group of the controlling terminal, -1 when
     /// none.
     pub tpgid: i32,
+    /// (9) the kernel's `PF_*` flags of the task ([`PF_EXITING`]...).
+    pub flags: u32,
     /// (20) number of threads.
     pub num_threads: i64,
     /// (26) start of code.
@@ -99,6 +106,7 @@ pub fn parse_stat(text: &str) -> std::result::Result<Stat, String> {
         session: num(6)? as i32,
         tty_nr: num(7)? as u32,
         tpgid: num(8)? as i32,
+        flags: num(9)? as u32,
         num_threads: num(20)? as i64,
         start_code: num(26)?,
         end_code: num(27)?,
@@ -497,6 +505,8 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.pgrp, 1234);
+        assert_eq!(s.flags, 4194304);
+        assert_eq!(s.flags & PF_EXITING, 0);
         assert_eq!(s.start_code, 4194304);
         assert_eq!(s.end_code, 4198400);
         assert_eq!(s.start_data, 6000000);

@@ -28,6 +28,7 @@ use crate::{info, warn};
 use shared_ipc::{ErrorKind, ExitStatus, ReleaseMode};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 pub use validate::{Checkpoint, Images};
 
 /// Run `criu restore`; returns criu's exit code.
@@ -258,10 +259,81 @@ pub fn precheck(img: &Images, table: &[FileEntry]) -> Result<()> {
     Ok(())
 }
 
-/// Refuse when the PID is taken, saying by whom (or by a zombie).
+/// How long a needed PID may stay held by a task that is exiting (a killed
+/// task frees its memory before it becomes a zombie: about 0.1 s per GiB).
+const EXITING_WAIT: Duration = Duration::from_secs(5);
+/// How long a needed PID may stay held by a zombie before the restore gives
+/// up on its parent reaping it.
+const ZOMBIE_WAIT: Duration = Duration::from_secs(1);
+/// Pause between two looks at an exiting task.
+const EXITING_POLL: Duration = Duration::from_millis(2);
+
+/// Who holds a PID, from `/proc/PID/stat` (proc(5)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// No task has it.
+    Free,
+    /// A task that has begun to exit (`PF_EXITING`, state `X`) but is not
+    /// a zombie yet.
+    Exiting,
+    /// A zombie (state `Z`), until its parent reaps it.
+    Zombie,
+    /// A live task.
+    Live,
+}
+
+fn holder(pid: i32) -> Result<Holder> {
+    let p = crate::proc::path(pid, "stat");
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(Holder::Free)
+        }
+        Err(e) => return Err(Error::proc(&p, e)),
+    };
+    let st = crate::proc::parse_stat(&text).map_err(|d| Error::parse(&p, d))?;
+    Ok(match st.state {
+        'Z' => Holder::Zombie,
+        'X' | 'x' => Holder::Exiting,
+        _ if st.flags & crate::proc::PF_EXITING != 0 => Holder::Exiting,
+        _ => Holder::Live,
+    })
+}
+
+/// Refuse when the PID is taken, saying by whom (or by a zombie). A task
+/// that is exiting (a process a dump just killed is still freeing its
+/// memory) is waited for, at most [`EXITING_WAIT`]; a zombie at most
+/// [`ZOMBIE_WAIT`] for its parent to reap it.
 ///
 /// Errors: [`Error::Refused`].
 pub fn check_pid_free(pid: i32) -> Result<()> {
+    let start = Instant::now();
+    let mut zombie_since = None;
+    loop {
+        let exiting = match holder(pid)? {
+            Holder::Free if start.elapsed() >= EXITING_POLL => {
+                info!(
+                    "pid {pid} was held by an exiting task; free after {} ms",
+                    start.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+            Holder::Free => return Ok(()),
+            Holder::Live => false,
+            Holder::Exiting => true,
+            Holder::Zombie => {
+                let since = *zombie_since.get_or_insert_with(Instant::now);
+                since.elapsed() < ZOMBIE_WAIT
+            }
+        };
+        if !exiting || start.elapsed() >= EXITING_WAIT {
+            break;
+        }
+        std::thread::sleep(EXITING_POLL);
+    }
     let p = PathBuf::from(format!("/proc/{pid}/status"));
     let text = match std::fs::read_to_string(&p) {
         Ok(t) => t,
@@ -273,11 +345,13 @@ pub fn check_pid_free(pid: i32) -> Result<()> {
         }
         Err(e) => return Err(Error::proc(&p, e)),
     };
-    Err(Error::Refused(pid_in_use_message(pid, &text)))
+    let exiting = matches!(holder(pid)?, Holder::Exiting);
+    Err(Error::Refused(pid_in_use_message(pid, &text, exiting)))
 }
 
-/// The refusal for a PID whose `/proc/PID/status` reads `status`.
-pub fn pid_in_use_message(pid: i32, status: &str) -> String {
+/// The refusal for a PID whose `/proc/PID/status` reads `status`;
+/// `exiting`: its task has begun to exit but is not a zombie yet.
+pub fn pid_in_use_message(pid: i32, status: &str, exiting: bool) -> String {
     let field = |k: &str| {
         status
             .lines()
@@ -289,6 +363,12 @@ pub fn pid_in_use_message(pid: i32, status: &str) -> String {
         format!(
             "pid {pid} is held by a zombie (not yet reaped by its parent {}); wait for it to be reaped",
             field("PPid:")
+        )
+    } else if exiting {
+        format!(
+            "pid {pid} is held by {}, which has been exiting for over {} s; wait until it is gone and try again",
+            field("Name:"),
+            EXITING_WAIT.as_secs()
         )
     } else {
         format!(
@@ -484,11 +564,14 @@ mod tests {
     fn pid_messages() {
         let z = "Name:\tsleep\nState:\tZ (zombie)\nTgid:\t5\nPPid:\t77\n";
         assert_eq!(
-            pid_in_use_message(5, z),
+            pid_in_use_message(5, z, false),
             "pid 5 is held by a zombie (not yet reaped by its parent 77); wait for it to be reaped"
         );
         let s = "Name:\tbash\nState:\tS (sleeping)\nPPid:\t1\n";
-        assert!(pid_in_use_message(5, s).starts_with("pid 5 is already in use by bash; "));
+        assert!(pid_in_use_message(5, s, false).starts_with("pid 5 is already in use by bash; "));
+        let x = "Name:\thog\nState:\tD (disk sleep)\nPPid:\t1\n";
+        assert!(pid_in_use_message(5, x, true)
+            .starts_with("pid 5 is held by hog, which has been exiting for over 5 s; "));
     }
 
     #[test]
