@@ -970,6 +970,34 @@ impl Test {
         }
     }
 
+    /// Fails unless the restore (log `restore.log` in the images) put at
+    /// least `min` bytes of pages in place with userfaultfd (`UFFDIO_COPY`)
+    /// and left no VMA of `pid` registered with it (`um` in VmFlags, see
+    /// proc(5) smaps).
+    pub fn assert_pages_copied_with_userfaultfd(&self, pid: i32, min: u64) {
+        let log = fs::read_to_string(self.images().join("restore.log")).unwrap_or_default();
+        // "pid P: N bytes of pages copied with userfaultfd, K runs left to read"
+        let copied: u64 = log
+            .lines()
+            .filter(|l| l.contains(" bytes of pages copied with userfaultfd"))
+            .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if copied < min {
+            self.fail(&format!(
+                "restore copied {copied} bytes with userfaultfd, expected at least {min}"
+            ));
+        }
+        let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        if let Some(l) = smaps
+            .lines()
+            .find(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "um"))
+        {
+            self.fail(&format!(
+                "pid {pid}: a VMA is still registered with userfaultfd: {l}"
+            ));
+        }
+    }
+
     /// Fails unless `pid` is running: not stopped, not traced, not a zombie.
     pub fn assert_running_untouched(&self, pid: i32, when: &str) {
         let ok = wait_for(Duration::from_secs(3), || {

@@ -407,6 +407,7 @@ fn user_dumps_and_restores_own_workload() {
     t.track(pid);
     t.assert_progressing(&w, "after the restore as the user");
     t.workload_check(&w, "after the restore as the user");
+    t.assert_pages_copied_with_userfaultfd(pid, 8 << 20);
     kill_and_reap(pid);
 }
 

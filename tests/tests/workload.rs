@@ -70,6 +70,7 @@ fn workload_survives_dump_and_restore() {
         ));
     }
     t.workload_check(&w, "second check after restore");
+    t.assert_pages_copied_with_userfaultfd(w.pid, 8 << 20);
     kill_and_reap(w.pid);
 }
 

@@ -19,3 +19,4 @@ pub mod remote;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod uffd;

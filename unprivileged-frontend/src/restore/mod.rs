@@ -17,6 +17,7 @@ mod layout;
 mod mm;
 mod task;
 pub mod tree;
+mod uffd;
 mod validate;
 
 use crate::cli::RestoreArgs;
@@ -459,7 +460,15 @@ fn restore_memory(
     let pages = img.pages.to_string_lossy().into_owned();
     let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
     let widened = mm::map_vmas(h, &r, &img.mm, &plan.fills, shared, &plan.inherited)?;
-    mm::fill_pages(h, &r, pages_fd, &plan.fills, &img.pages)?;
+    let rest = uffd::copy_pages(
+        h,
+        &r,
+        &img.mm.vmas,
+        &plan.inherited,
+        &plan.fills,
+        &img.pages,
+    )?;
+    mm::fill_pages(h, &r, pages_fd, &rest, &img.pages)?;
     mm::close_in(h, &r, pages_fd)?;
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
     let exe_inherited = parent.is_some_and(|p| p.mm.exe == img.mm.exe);

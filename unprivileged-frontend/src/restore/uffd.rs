@@ -1,0 +1,261 @@
+//! Restoring large runs of private anonymous memory with userfaultfd(2):
+//! the task creates a userfaultfd (one injected call), criu takes a
+//! duplicate of it (pidfd_getfd(2)), registers the freshly mapped VMAs and
+//! fills them with `UFFDIO_COPY` straight from its own read-only mapping of
+//! the pages image. The kernel allocates each page and copies into it once;
+//! a `pread64` into fresh memory has every page zeroed by the page fault
+//! first and then overwritten, which costs about half as much again (see
+//! docs/PERFORMANCE.md, 2026-11-29 afternoon).
+//!
+//! Only a speed-up: whatever cannot go this way (userfaultfd refused, the
+//! descriptor not obtainable, a run outside a plain anonymous VMA, a page
+//! already present, a short image) is handed back to the `pread64` path,
+//! which reports damaged images clearly.
+//!
+//! Kernel interface: userfaultfd(2), ioctl_userfaultfd(2),
+//! Documentation/admin-guide/mm/userfaultfd.rst.
+
+use super::cow::Fill;
+use crate::error::Result;
+use crate::helper::Helper;
+use crate::images::types::{Vma, VmaKind};
+use crate::remote::{errno_of, Remote};
+use crate::uffd::{FileWindow, Userfaultfd, UFFD_USER_MODE_ONLY};
+use crate::{debug, info};
+use std::fs::File;
+use std::path::Path;
+
+/// Runs shorter than this (bytes) stay on the `pread64` path: setting up
+/// the userfaultfd costs a few injected calls, worth it only for megabytes.
+pub const MIN_RUN: u64 = 1 << 20;
+/// Bytes of the pages image mapped into criu at a time: large enough for
+/// few `UFFDIO_COPY` calls, small enough to keep criu's resident size low
+/// (mapped image pages count in its RSS).
+const WINDOW: u64 = 8 << 20;
+
+/// Whether VMA `v` (not inherited from a parent: freshly mapped, so every
+/// page of it is missing) can take `UFFDIO_COPY`: private anonymous memory
+/// that is not mlock'ed (a locked mapping is populated when mapped).
+fn copyable(v: &Vma) -> bool {
+    matches!(v.kind, VmaKind::Anon)
+        && v.flags & libc::MAP_SHARED as u32 == 0
+        && !v.locked
+        && v.end > v.start
+}
+
+/// Split `fills` into the runs that go through userfaultfd, each with the
+/// index of the VMA that holds it whole, and the rest (both in address
+/// order). `fills` and `vmas` are in address order; `inherited[i]` says
+/// VMA `i` was kept from the parent (its pages may be present).
+pub fn select(vmas: &[Vma], inherited: &[bool], fills: &[Fill]) -> (Vec<(usize, Fill)>, Vec<Fill>) {
+    let (mut fast, mut rest) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    for f in fills {
+        while i < vmas.len() && vmas[i].end <= f.vaddr {
+            i += 1;
+        }
+        let holds = vmas
+            .get(i)
+            .filter(|v| v.start <= f.vaddr && f.vaddr + f.len <= v.end)
+            .is_some_and(|v| copyable(v) && !inherited.get(i).copied().unwrap_or(true));
+        if holds && f.len >= MIN_RUN {
+            fast.push((i, *f));
+        } else {
+            rest.push(*f);
+        }
+    }
+    (fast, rest)
+}
+
+/// Copy what it can of `fills` (see [`select`]) into task `r` from the pages
+/// image `pages`; returns the runs, or parts of runs, left for the
+/// `pread64` path, in address order.
+///
+/// Errors: only the helper's failure (a lost task or channel); every
+/// refusal of the fast path itself falls back.
+pub fn copy_pages(
+    h: &mut Helper,
+    r: &Remote,
+    vmas: &[Vma],
+    inherited: &[bool],
+    fills: &[Fill],
+    pages: &Path,
+) -> Result<Vec<Fill>> {
+    let (fast, mut rest) = select(vmas, inherited, fills);
+    if fast.is_empty() {
+        return Ok(rest);
+    }
+    let Some(uffd) = task_userfaultfd(h, r)? else {
+        rest.extend(fast.iter().map(|x| x.1));
+        rest.sort_by_key(|f| f.vaddr);
+        return Ok(rest);
+    };
+    let image = File::open(pages);
+    let mut registered: Vec<usize> = Vec::new();
+    let mut copied = 0u64;
+    for &(vi, f) in &fast {
+        let v = &vmas[vi];
+        let done = match &image {
+            Ok(img) if registered.contains(&vi) || register(&uffd, v) => {
+                if !registered.contains(&vi) {
+                    registered.push(vi);
+                }
+                copy_run(&uffd, img, &f)
+            }
+            _ => 0,
+        };
+        copied += done;
+        if done < f.len {
+            rest.push(Fill {
+                vaddr: f.vaddr + done,
+                len: f.len - done,
+                off: f.off + done,
+            });
+        }
+    }
+    for &vi in &registered {
+        let v = &vmas[vi];
+        if let Err(e) = uffd.unregister(v.start, v.end - v.start) {
+            debug!("UFFDIO_UNREGISTER {:#x}-{:#x}: {e}", v.start, v.end);
+        }
+    }
+    drop(uffd);
+    rest.sort_by_key(|f| f.vaddr);
+    info!(
+        "pid {}: {copied} bytes of pages copied with userfaultfd, {} runs left to read",
+        r.pid,
+        rest.len()
+    );
+    Ok(rest)
+}
+
+/// A userfaultfd of task `r`'s memory, held by criu: created in the task,
+/// taken with pidfd_getfd(2), closed in the task again. `None` when the
+/// kernel refuses any step (the fast path is then skipped).
+///
+/// Errors: the helper's failure.
+fn task_userfaultfd(h: &mut Helper, r: &Remote) -> Result<Option<Userfaultfd>> {
+    let ret = r.raw(
+        h,
+        libc::SYS_userfaultfd,
+        [libc::O_CLOEXEC as u64 | UFFD_USER_MODE_ONLY, 0, 0, 0, 0, 0],
+    )?;
+    if let Some(e) = errno_of(ret) {
+        debug!("pid {}: userfaultfd: {e}; reading pages instead", r.pid);
+        return Ok(None);
+    }
+    let fd = ret as i32;
+    let ours = crate::sys::pidfd_open(r.pid)
+        .and_then(|p| crate::sys::pidfd_getfd(&p, fd))
+        .and_then(Userfaultfd::new);
+    r.call(
+        h,
+        &format!("close(userfaultfd {fd})"),
+        libc::SYS_close,
+        [fd as u64, 0, 0, 0, 0, 0],
+    )?;
+    match ours {
+        Ok(u) => Ok(Some(u)),
+        Err(e) => {
+            debug!(
+                "pid {}: taking its userfaultfd: {e}; reading pages instead",
+                r.pid
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Register all of VMA `v`; false (logged) if the kernel refuses.
+fn register(uffd: &Userfaultfd, v: &Vma) -> bool {
+    match uffd.register(v.start, v.end - v.start) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("UFFDIO_REGISTER {:#x}-{:#x}: {e}", v.start, v.end);
+            false
+        }
+    }
+}
+
+/// Copy run `f` from the image into the task, a [`WINDOW`] of the image
+/// mapped at a time; returns the bytes copied (all of `f.len` unless the
+/// kernel stopped early: a page already present, a short image, no memory).
+fn copy_run(uffd: &Userfaultfd, image: &File, f: &Fill) -> u64 {
+    let mut done = 0u64;
+    while done < f.len {
+        let len = (f.len - done).min(WINDOW);
+        let src = match FileWindow::map(image, f.off + done, len as usize) {
+            Ok(w) => w,
+            Err(e) => {
+                debug!("mmap of the pages image at {}: {e}", f.off + done);
+                break;
+            }
+        };
+        let (n, err) = uffd.copy(f.vaddr + done, &src);
+        done += n;
+        if let Some(e) = err {
+            debug!(
+                "UFFDIO_COPY to {:#x}: stopped after {n} of {len} bytes ({e}); the rest is read",
+                f.vaddr + done - n
+            );
+            break;
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vma(start: u64, end: u64, kind: VmaKind, flags: u32) -> Vma {
+        Vma {
+            start,
+            end,
+            prot: 3,
+            flags,
+            pgoff: 0,
+            kind,
+            madvise: vec![],
+            locked: false,
+            name: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_large_runs_inside_fresh_private_anonymous_vmas() {
+        let private = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
+        let shared = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32;
+        let m = MIN_RUN;
+        let vmas = [
+            vma(0x1000_0000, 0x1000_0000 + 4 * m, VmaKind::Anon, private),
+            vma(0x2000_0000, 0x2000_0000 + 4 * m, VmaKind::Anon, private),
+            vma(
+                0x3000_0000,
+                0x3000_0000 + 4 * m,
+                VmaKind::SharedAnon { shmid: 1 },
+                shared,
+            ),
+            vma(0x4000_0000, 0x4000_0000 + 4 * m, VmaKind::Anon, private),
+        ];
+        let inherited = [false, true, false, false];
+        let fill = |vaddr, len, off| Fill { vaddr, len, off };
+        let fills = [
+            fill(0x1000_0000, m, 0),                 // fast
+            fill(0x1000_0000 + m, m / 2, m),         // too short
+            fill(0x2000_0000, m, 2 * m),             // inherited VMA
+            fill(0x3000_0000, m, 3 * m),             // shared
+            fill(0x4000_0000 + 3 * m, 2 * m, 4 * m), // crosses the VMA's end
+            fill(0x4000_0000, 2 * m, 6 * m),         // fast (out of order is kept)
+        ];
+        let (fast, rest) = select(&vmas, &inherited, &fills[..5]);
+        assert_eq!(fast, vec![(0, fills[0])]);
+        assert_eq!(rest, fills[1..5].to_vec());
+        let (fast, rest) = select(&vmas, &inherited, &[fills[5]]);
+        assert_eq!(fast, vec![(3, fills[5])]);
+        assert!(rest.is_empty());
+        let mut locked = vmas.to_vec();
+        locked[0].locked = true;
+        assert!(select(&locked, &inherited, &fills[..1]).0.is_empty());
+    }
+}
