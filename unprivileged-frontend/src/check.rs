@@ -154,7 +154,9 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "userfaultfd",
         what: "userfaultfd(2)",
-        lost: "lazy restore of pages (lazy-pages, not implemented yet) would not work",
+        lost: "restore puts large runs of pages back with pread64 instead of UFFDIO_COPY \
+               (slower: every page is zeroed first); lazy restore (not implemented yet) \
+               would not work",
         class: Class::Optional,
     },
     Feature {

@@ -397,8 +397,8 @@ pub fn timer_restore_ids_get() -> std::io::Result<i32> {
 ///
 /// Errors: its errno.
 pub fn userfaultfd() -> std::io::Result<OwnedFd> {
-    const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY;
+    let flags =
+        libc::O_CLOEXEC | libc::O_NONBLOCK | crate::uffd::UFFD_USER_MODE_ONLY as libc::c_int;
     // SAFETY: integer argument only.
     cvt(unsafe { libc::syscall(libc::SYS_userfaultfd, flags) }).map(owned)
 }
