@@ -559,3 +559,84 @@ while True:
         t.fail(&format!("show -f core-{tid}.img: {out}"));
     }
 }
+
+/// Queued data in files.img (a pipe's bytes, a socket's queue) is shown as
+/// its length without `-c`, as hex text with `-c` (cut at --max-bytes),
+/// and a socket's bound path as text; never as arrays of numbers.
+#[test]
+fn show_file_table_queued_data_follows_contents_option() {
+    let Some(t) = Test::new("show_queues") else {
+        return;
+    };
+    let ready = t.work().join("ready");
+    let sock = t.work().join("sock");
+    let program = format!(
+        "import os, socket, time\n\
+         r, w = os.pipe()\n\
+         os.write(w, b'HELLO-PIPE')\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.bind({sock:?})\n\
+         c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         c.sendto(b'SOCKET-QUEUE-0123456789', {sock:?})\n\
+         open({ready:?}, 'w').write('ok')\n\
+         while True: time.sleep(1)\n",
+        sock = sock.display().to_string(),
+        ready = ready.display().to_string(),
+    );
+    let pid = t
+        .spawn_target(std::process::Command::new("python3").args(["-c", &program]))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!("target did not start: {}", describe(pid)));
+    }
+    t.dump(pid, &["-R"]);
+    kill_and_reap(pid);
+    let files = t.images().join("files.img");
+    let plain = t.criu_ok(&["show", "-f", s(&files)]).stdout;
+    let pipe_hex = "48454c4c4f2d50495045"; // HELLO-PIPE
+    let checks = [
+        (
+            "the pipe's length",
+            plain.contains("10 bytes (-c shows them)"),
+        ),
+        (
+            "the socket queue's length",
+            plain.contains("23 bytes (-c shows them)"),
+        ),
+        ("no pipe bytes without -c", !plain.contains(pipe_hex)),
+        (
+            "the bound path as text",
+            plain.contains(&sock.display().to_string()),
+        ),
+    ];
+    for (what, ok) in checks {
+        if !ok {
+            t.fail(&format!("criu show -f files.img lacks {what}:\n{plain}"));
+        }
+    }
+    let with_c = t
+        .criu_ok(&["show", "-f", s(&files), "-c", "--max-bytes", "16"])
+        .stdout;
+    // SOCKET-QUEUE-012 (16 bytes) then the cut.
+    let sock_cut = "534f434b45542d51554555452d303132... (23 bytes, first 16 shown)";
+    if !with_c.contains(pipe_hex) || !with_c.contains(sock_cut) {
+        t.fail(&format!(
+            "criu show -f files.img -c lacks the queued bytes:\n{with_c}"
+        ));
+    }
+    let json = t.criu_ok(&["show", "-f", s(&files), "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| t.fail(&format!("show --json: {e}: {json}")));
+    fn has_byte_array(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().any(|(k, x)| {
+                (matches!(k.as_str(), "data" | "Path") && x.is_array()) || has_byte_array(x)
+            }),
+            serde_json::Value::Array(a) => a.iter().any(has_byte_array),
+            _ => false,
+        }
+    }
+    if has_byte_array(&v) {
+        t.fail(&format!("show --json still has byte arrays: {json}"));
+    }
+}

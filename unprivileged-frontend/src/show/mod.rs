@@ -585,38 +585,77 @@ fn records<T: Serialize + serde::de::DeserializeOwned>(
     path: &Path,
     kind: Kind,
     data: &[u8],
+    contents: Option<u64>,
 ) -> Result<Vec<serde_json::Value>> {
     let recs: Vec<T> = decode_image(path, kind, data)?;
     Ok(recs
         .iter()
         .map(|r| {
             let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
-            bytes_to_hex(&mut v);
+            bytes_to_hex(&mut v, contents);
             v
         })
         .collect())
 }
 
-/// Replace the raw byte arrays (XSAVE area, siginfo) by hex text.
-fn bytes_to_hex(v: &mut serde_json::Value) {
+/// Fields holding small binary values (XSAVE area, siginfo, a file
+/// handle, termios control characters): always hex text.
+const BINARY_KEYS: &[&str] = &["xstate", "siginfo", "handle", "cc"];
+/// Fields holding names as bytes (UNIX socket paths and abstract names, the
+/// directory a socket was bound in): text, non-UTF-8 and control bytes
+/// escaped.
+const TEXT_KEYS: &[&str] = &["Path", "Abstract", "bind_dir"];
+/// Fields holding queued data (pipe and socket queues, TCP send and
+/// receive queues, terminal input and output): shown as hex text only with
+/// `-c` (at most its byte limit), otherwise as their length.
+const PAYLOAD_KEYS: &[&str] = &["data", "sndq", "rcvq", "input", "output"];
+
+/// The bytes of a JSON array of integers 0..=255, `None` for anything else.
+fn json_bytes(a: &[serde_json::Value]) -> Option<Vec<u8>> {
+    a.iter()
+        .map(|b| b.as_u64().and_then(|x| u8::try_from(x).ok()))
+        .collect()
+}
+
+/// Replace the raw byte arrays by hex text ([`BINARY_KEYS`]), and queued
+/// data ([`PAYLOAD_KEYS`]) by hex text up to `contents` bytes (`-c`) or by
+/// its length.
+fn bytes_to_hex(v: &mut serde_json::Value, contents: Option<u64>) {
     use serde_json::Value;
     match v {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
-                if matches!(k.as_str(), "xstate" | "siginfo") {
-                    if let Value::Array(a) = x {
-                        let hex: String = a
-                            .iter()
-                            .map(|b| format!("{:02x}", b.as_u64().unwrap_or(0)))
-                            .collect();
-                        *x = Value::String(hex);
+                let (binary, payload) = (
+                    BINARY_KEYS.contains(&k.as_str()),
+                    PAYLOAD_KEYS.contains(&k.as_str()),
+                );
+                if TEXT_KEYS.contains(&k.as_str()) {
+                    if let Some(b) = x.as_array().and_then(|a| json_bytes(a)) {
+                        *x = Value::String(b.escape_ascii().to_string());
                         continue;
                     }
                 }
-                bytes_to_hex(x);
+                if binary || payload {
+                    if let Some(b) = x.as_array().and_then(|a| json_bytes(a)) {
+                        let hex =
+                            |b: &[u8]| b.iter().map(|c| format!("{c:02x}")).collect::<String>();
+                        *x = Value::String(match (payload, contents) {
+                            (false, _) => hex(&b),
+                            (true, None) => format!("{} bytes (-c shows them)", b.len()),
+                            (true, Some(max)) if (b.len() as u64) <= max => hex(&b),
+                            (true, Some(max)) => format!(
+                                "{}... ({} bytes, first {max} shown)",
+                                hex(&b[..max as usize]),
+                                b.len()
+                            ),
+                        });
+                        continue;
+                    }
+                }
+                bytes_to_hex(x, contents);
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(bytes_to_hex),
+        Value::Array(a) => a.iter_mut().for_each(|x| bytes_to_hex(x, contents)),
         _ => {}
     }
 }
@@ -679,14 +718,14 @@ pub fn decode_file(path: &Path, contents: Option<u64>) -> Result<FileView> {
         .into());
     };
     let records = match kind {
-        Kind::Inventory => records::<Inventory>(path, kind, &data)?,
-        Kind::Pstree => records::<PstreeEntry>(path, kind, &data)?,
-        Kind::Core => records::<CoreEntry>(path, kind, &data)?,
-        Kind::Mm => records::<MmEntry>(path, kind, &data)?,
-        Kind::Fs => records::<FsEntry>(path, kind, &data)?,
-        Kind::Files => records::<FdEntry>(path, kind, &data)?,
-        Kind::Pagemap => records::<PagemapRecord>(path, kind, &data)?,
-        Kind::FileTable => records::<FileEntry>(path, kind, &data)?,
+        Kind::Inventory => records::<Inventory>(path, kind, &data, contents)?,
+        Kind::Pstree => records::<PstreeEntry>(path, kind, &data, contents)?,
+        Kind::Core => records::<CoreEntry>(path, kind, &data, contents)?,
+        Kind::Mm => records::<MmEntry>(path, kind, &data, contents)?,
+        Kind::Fs => records::<FsEntry>(path, kind, &data, contents)?,
+        Kind::Files => records::<FdEntry>(path, kind, &data, contents)?,
+        Kind::Pagemap => records::<PagemapRecord>(path, kind, &data, contents)?,
+        Kind::FileTable => records::<FileEntry>(path, kind, &data, contents)?,
     };
     let version = data
         .get(8..HEADER_LEN)
