@@ -2,7 +2,7 @@
 //! the task creates a userfaultfd (one injected call), criu takes a
 //! duplicate of it (pidfd_getfd(2)), registers the freshly mapped VMAs and
 //! fills them with `UFFDIO_COPY` straight from its own read-only mapping of
-//! the pages image. The kernel allocates each page and copies into it once;
+//! the pages image (two threads when there are two CPUs). The kernel allocates each page and copies into it once;
 //! a `pread64` into fresh memory has every page zeroed by the page fault
 //! first and then overwritten, which costs about half as much again (see
 //! docs/PERFORMANCE.md, 2026-11-29 afternoon).
@@ -31,7 +31,7 @@ pub const MIN_RUN: u64 = 1 << 20;
 /// Bytes of the pages image mapped into criu at a time: large enough for
 /// few `UFFDIO_COPY` calls, small enough to keep criu's resident size low
 /// (mapped image pages count in its RSS).
-const WINDOW: u64 = 8 << 20;
+const WINDOW: u64 = 4 << 20;
 
 /// Whether VMA `v` (not inherited from a parent: freshly mapped, so every
 /// page of it is missing) can take `UFFDIO_COPY`: private anonymous memory
@@ -90,29 +90,43 @@ pub fn copy_pages(
         rest.sort_by_key(|f| f.vaddr);
         return Ok(rest);
     };
-    let image = File::open(pages);
+    let image = match File::open(pages) {
+        Ok(f) => f,
+        Err(e) => {
+            debug!("{}: {e}; reading pages instead", pages.display());
+            rest.extend(fast.iter().map(|x| x.1));
+            rest.sort_by_key(|f| f.vaddr);
+            return Ok(rest);
+        }
+    };
     let mut registered: Vec<usize> = Vec::new();
-    let mut copied = 0u64;
+    let mut todo = Vec::with_capacity(fast.len());
     for &(vi, f) in &fast {
-        let v = &vmas[vi];
-        let done = match &image {
-            Ok(img) if registered.contains(&vi) || register(&uffd, v) => {
-                if !registered.contains(&vi) {
-                    registered.push(vi);
-                }
-                copy_run(&uffd, img, &f)
+        if registered.contains(&vi) || register(&uffd, &vmas[vi]) {
+            if !registered.contains(&vi) {
+                registered.push(vi);
             }
-            _ => 0,
-        };
-        copied += done;
-        if done < f.len {
-            rest.push(Fill {
-                vaddr: f.vaddr + done,
-                len: f.len - done,
-                off: f.off + done,
-            });
+            todo.push(f);
+        } else {
+            rest.push(f);
         }
     }
+    // Two threads when there are two CPUs: copies into different pages of
+    // one mm run in parallel (UFFDIO_COPY takes the mmap lock for reading).
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+    let (first, second) = if parallel {
+        split_in_two(&todo)
+    } else {
+        (todo, Vec::new())
+    };
+    let ((c1, left1), (c2, left2)) = std::thread::scope(|s| {
+        let other = s.spawn(|| copy_all(&uffd, &image, &second));
+        let mine = copy_all(&uffd, &image, &first);
+        (mine, other.join().unwrap_or_else(|_| (0, second.clone())))
+    });
+    let copied = c1 + c2;
+    rest.extend(left1);
+    rest.extend(left2);
     for &vi in &registered {
         let v = &vmas[vi];
         if let Err(e) = uffd.unregister(v.start, v.end - v.start) {
@@ -175,6 +189,55 @@ fn register(uffd: &Userfaultfd, v: &Vma) -> bool {
             false
         }
     }
+}
+
+/// Copy every run of `fills`; returns the bytes copied and what is left
+/// of the runs (see [`copy_run`]).
+fn copy_all(uffd: &Userfaultfd, image: &File, fills: &[Fill]) -> (u64, Vec<Fill>) {
+    let mut copied = 0;
+    let mut left = Vec::new();
+    for f in fills {
+        let done = copy_run(uffd, image, f);
+        copied += done;
+        if done < f.len {
+            left.push(Fill {
+                vaddr: f.vaddr + done,
+                len: f.len - done,
+                off: f.off + done,
+            });
+        }
+    }
+    (copied, left)
+}
+
+/// Split `fills` into two lists of about the same number of bytes, cutting
+/// a run at a [`WINDOW`] boundary of its own if that evens them out.
+pub fn split_in_two(fills: &[Fill]) -> (Vec<Fill>, Vec<Fill>) {
+    let total: u64 = fills.iter().map(|f| f.len).sum();
+    let half = total / 2;
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut acc = 0u64;
+    for f in fills {
+        if acc >= half {
+            second.push(*f);
+        } else if acc + f.len <= half {
+            first.push(*f);
+        } else {
+            let cut = (half - acc).div_ceil(WINDOW) * WINDOW;
+            if cut >= f.len {
+                first.push(*f);
+            } else {
+                first.push(Fill { len: cut, ..*f });
+                second.push(Fill {
+                    vaddr: f.vaddr + cut,
+                    len: f.len - cut,
+                    off: f.off + cut,
+                });
+            }
+        }
+        acc += f.len;
+    }
+    (first, second)
 }
 
 /// Copy run `f` from the image into the task, a [`WINDOW`] of the image
@@ -257,5 +320,30 @@ mod tests {
         let mut locked = vmas.to_vec();
         locked[0].locked = true;
         assert!(select(&locked, &inherited, &fills[..1]).0.is_empty());
+    }
+
+    #[test]
+    fn split_evens_out_bytes_at_window_boundaries() {
+        let fill = |vaddr, len, off| Fill { vaddr, len, off };
+        let w = WINDOW;
+        // One big run: cut in the middle, at a window boundary.
+        let (a, b) = split_in_two(&[fill(0x1000_0000, 4 * w, 0)]);
+        assert_eq!(a, vec![fill(0x1000_0000, 2 * w, 0)]);
+        assert_eq!(b, vec![fill(0x1000_0000 + 2 * w, 2 * w, 2 * w)]);
+        // Two equal runs: one each, uncut.
+        let two = [fill(0x1000_0000, w, 0), fill(0x2000_0000, w, w)];
+        let (a, b) = split_in_two(&two);
+        assert_eq!((a, b), (vec![two[0]], vec![two[1]]));
+        // A run smaller than a window is never cut; nothing is lost.
+        let odd = [fill(0x1000_0000, w / 2, 0)];
+        let (a, b) = split_in_two(&odd);
+        assert_eq!((a, b), (odd.to_vec(), vec![]));
+        let many: Vec<Fill> = (0..5)
+            .map(|i| fill(i * 0x1000_0000, 3 * w, i * 3 * w))
+            .collect();
+        let (a, b) = split_in_two(&many);
+        let sum = |v: &[Fill]| v.iter().map(|f| f.len).sum::<u64>();
+        assert_eq!(sum(&a) + sum(&b), 15 * w);
+        assert!(sum(&a).abs_diff(sum(&b)) <= 2 * w);
     }
 }

@@ -1,0 +1,180 @@
+//! The restore page path, checked page by page from outside (/proc/PID/mem
+//! and /proc/PID/pagemap, see proc(5)): large runs go through userfaultfd
+//! (`UFFDIO_COPY`, in two threads), small runs through preadv; holes stay
+//! holes, zero-filled pages read as zeros, a read-only mapping gets its
+//! contents and its protection back, `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE`
+//! mappings their flags.
+
+use criu_tests::*;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
+
+const PAGE: u64 = 4096;
+/// Pages never touched (holes) and pages written with zeros in region A.
+const HOLES: [(u64, u64); 3] = [(0, 3), (4096, 4160), (16381, 16384)];
+const ZEROS: (u64, u64) = (8000, 8010);
+
+/// Region A: 64 MiB private anonymous memory with `MADV_NOHUGEPAGE` (so
+/// that untouched pages stay holes), page i holding `i | 1` in its first
+/// word and `!i` in its last, except the holes (never touched) and the
+/// zero pages (written with zeros). Region B: 8 MiB with `MADV_HUGEPAGE`,
+/// filled the same way (no holes), then made read-only. Writes both
+/// addresses to argv[1], then sleeps.
+const PROGRAM: &str = r#"
+import ctypes, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+holes = [(0, 3), (4096, 4160), (16381, 16384)]
+zeros = (8000, 8010)
+def fill(a, pages, skip):
+    for i in range(pages):
+        if any(s <= i < e for s, e in skip):
+            continue
+        if zeros[0] <= i < zeros[1] and skip:
+            ctypes.memset(a + i * 4096, 0, 4096)
+            continue
+        ctypes.c_uint64.from_address(a + i * 4096).value = i | 1
+        ctypes.c_uint64.from_address(a + i * 4096 + 4088).value = ~i & (2**64 - 1)
+a = libc.mmap(None, 64 << 20, 3, 0x02 | 0x20, -1, 0)
+assert libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(64 << 20), 15) == 0  # MADV_NOHUGEPAGE
+fill(a, 16384, holes)
+b = libc.mmap(None, 8 << 20, 3, 0x02 | 0x20, -1, 0)
+assert libc.madvise(ctypes.c_void_p(b), ctypes.c_size_t(8 << 20), 14) == 0  # MADV_HUGEPAGE
+fill(b, 2048, [])
+assert libc.mprotect(ctypes.c_void_p(b), ctypes.c_size_t(8 << 20), 1) == 0
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{a:#x} {b:#x}\n")
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+while True:
+    time.sleep(0.05)
+"#;
+
+/// What page `i` of a region should hold: `None` for zeros.
+fn expected(i: u64, with_holes: bool) -> Option<(u64, u64)> {
+    let hole = with_holes && HOLES.iter().any(|&(s, e)| (s..e).contains(&i));
+    let zero = with_holes && (ZEROS.0..ZEROS.1).contains(&i);
+    (!hole && !zero).then_some((i | 1, !i))
+}
+
+/// Descriptions of the pages of `pages` pages at `addr` in `pid` that differ
+/// from [`expected`] (at most 5, then a count).
+fn bad_pages(pid: i32, addr: u64, pages: u64, with_holes: bool) -> Vec<String> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let mut buf = vec![0u8; (pages * PAGE) as usize];
+    mem.read_exact_at(&mut buf, addr).expect("read mem");
+    let mut bad = Vec::new();
+    for i in 0..pages {
+        let p = &buf[(i * PAGE) as usize..((i + 1) * PAGE) as usize];
+        let ok = match expected(i, with_holes) {
+            None => p.iter().all(|&b| b == 0),
+            Some((first, last)) => {
+                u64::from_ne_bytes(p[..8].try_into().unwrap()) == first
+                    && u64::from_ne_bytes(p[4088..].try_into().unwrap()) == last
+                    && p[8..4088].iter().all(|&b| b == 0)
+            }
+        };
+        if !ok {
+            bad.push(format!("page {i} at {:#x}", addr + i * PAGE));
+        }
+    }
+    if bad.len() > 5 {
+        let n = bad.len();
+        bad.truncate(5);
+        bad.push(format!("... {n} in all"));
+    }
+    bad
+}
+
+/// Whether page `i` of the region at `addr` is present (pagemap bit 63).
+fn present(pid: i32, addr: u64, i: u64) -> bool {
+    let pm = std::fs::File::open(format!("/proc/{pid}/pagemap")).expect("open pagemap");
+    let mut e = [0u8; 8];
+    pm.read_exact_at(&mut e, (addr / PAGE + i) * 8)
+        .expect("read pagemap");
+    u64::from_ne_bytes(e) >> 63 == 1
+}
+
+/// The VmFlags line of the VMA starting at `addr`.
+fn vm_flags(pid: i32, addr: u64) -> String {
+    let smaps = read(std::path::Path::new(&format!("/proc/{pid}/smaps"))).unwrap_or_default();
+    let head = format!("{addr:x}-");
+    smaps
+        .split_inclusive('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .find(|l| l.starts_with("VmFlags:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
+    let Some(t) = Test::new("page_restore") else {
+        return;
+    };
+    let state = t.work().join("regions");
+    let pid = t
+        .spawn_target(Command::new("python3").args(["-c", PROGRAM]).arg(&state))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(60), || state.exists()) {
+        t.fail(&format!("target did not start: {}", describe(pid)));
+    }
+    let text = read(&state).unwrap();
+    let addrs: Vec<u64> = text
+        .split_whitespace()
+        .map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    let (a, b) = (addrs[0], addrs[1]);
+    // Presence first: reading a hole through /proc/PID/mem maps the zero
+    // page there.
+    for &(s, e) in &HOLES {
+        if let Some(i) = (s..e).find(|&i| present(pid, a, i)) {
+            t.fail(&format!(
+                "set-up: hole page {i} of region A is present before the dump"
+            ));
+        }
+    }
+    for (addr, pages, holes) in [(a, 16384, true), (b, 2048, false)] {
+        let bad = bad_pages(pid, addr, pages, holes);
+        if !bad.is_empty() {
+            t.fail(&format!("set-up: wrong pages before the dump: {bad:?}"));
+        }
+    }
+    let flags_before = (vm_flags(pid, a), vm_flags(pid, b));
+
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    for &(s, e) in &HOLES {
+        if let Some(i) = (s..e).find(|&i| present(pid, a, i)) {
+            t.fail(&format!(
+                "hole page {i} of region A is present after restore"
+            ));
+        }
+    }
+    for (addr, pages, holes) in [(a, 16384, true), (b, 2048, false)] {
+        let bad = bad_pages(pid, addr, pages, holes);
+        if !bad.is_empty() {
+            t.fail(&format!(
+                "after restore, region at {addr:#x}: wrong pages {bad:?}"
+            ));
+        }
+    }
+    let flags_after = (vm_flags(pid, a), vm_flags(pid, b));
+    if flags_after != flags_before {
+        t.fail(&format!(
+            "VmFlags changed:\n  before {flags_before:?}\n  after  {flags_after:?}"
+        ));
+    }
+    let has = |l: &str, f: &str| l.split_whitespace().any(|x| x == f);
+    if !has(&flags_after.0, "nh") || !has(&flags_after.1, "hg") || has(&flags_after.1, "wr") {
+        t.fail(&format!(
+            "region A should keep MADV_NOHUGEPAGE (nh), region B MADV_HUGEPAGE (hg) and \
+             stay read-only: {flags_after:?}"
+        ));
+    }
+    // 64 MiB less the holes and the small runs around them, plus 8 MiB.
+    t.assert_pages_copied_with_userfaultfd(pid, 64 << 20);
+    kill_and_reap(pid);
+}
