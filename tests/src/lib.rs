@@ -308,6 +308,30 @@ pub fn reap_killed_tree(t: &Test, pids: &[i32]) {
     }
 }
 
+/// `len` bytes of `pid`'s memory at `addr`, read through /proc/PID/mem
+/// (see proc(5)). Panics if they cannot be read: tests call it on memory
+/// the target has set up. Reading a page never touched maps the zero page
+/// there: look at /proc/PID/pagemap first where presence matters.
+pub fn read_memory(pid: i32, addr: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem");
+    let mut buf = vec![0u8; len as usize];
+    mem.read_exact_at(&mut buf, addr)
+        .unwrap_or_else(|e| panic!("pid {pid}: reading {len} bytes at {addr:#x}: {e}"));
+    buf
+}
+
+/// How many pages of the `size` bytes at `addr` in `pid` do not hold
+/// their offset in the region, `| 1`, in their first word (the pattern the
+/// page tests' targets write).
+pub fn pages_not_holding_their_offset(pid: i32, addr: u64, size: u64) -> usize {
+    let buf = read_memory(pid, addr, size);
+    (0..size as usize)
+        .step_by(4096)
+        .filter(|&i| u64::from_ne_bytes(buf[i..i + 8].try_into().unwrap()) != i as u64 | 1)
+        .count()
+}
+
 /// Whether fd `a` of process `pa` and fd `b` of process `pb` are one open
 /// file description (kcmp(2) `KCMP_FILE`).
 pub fn same_description(pa: i32, a: i32, pb: i32, b: i32) -> bool {

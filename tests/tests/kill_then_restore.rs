@@ -53,14 +53,7 @@ fn state(path: &std::path::Path) -> Option<(i32, u64, u64)> {
 
 /// Pages of the region at `addr` in `pid` that do not hold their index.
 fn bad_pages(pid: i32, addr: u64) -> usize {
-    use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-    let mut buf = vec![0u8; SIZE as usize];
-    mem.read_exact_at(&mut buf, addr).expect("read mem");
-    (0..SIZE as usize)
-        .step_by(4096)
-        .filter(|&i| u64::from_ne_bytes(buf[i..i + 8].try_into().unwrap()) != i as u64 | 1)
-        .count()
+    pages_not_holding_their_offset(pid, addr, SIZE)
 }
 
 #[test]

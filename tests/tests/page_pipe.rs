@@ -46,14 +46,7 @@ fn regions(path: &std::path::Path) -> Option<Vec<(u64, u64)>> {
 
 /// Pages of `(addr, size)` in `pid` that do not hold their index.
 fn bad_pages(pid: i32, (addr, size): (u64, u64)) -> usize {
-    use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-    let mut buf = vec![0u8; size as usize];
-    mem.read_exact_at(&mut buf, addr).expect("read mem");
-    (0..size as usize)
-        .step_by(4096)
-        .filter(|&i| u64::from_ne_bytes(buf[i..i + 8].try_into().unwrap()) != i as u64 | 1)
-        .count()
+    pages_not_holding_their_offset(pid, addr, size)
 }
 
 #[test]

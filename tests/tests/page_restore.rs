@@ -61,9 +61,7 @@ fn expected(i: u64, with_holes: bool) -> Option<(u64, u64)> {
 /// Descriptions of the pages of `pages` pages at `addr` in `pid` that differ
 /// from [`expected`] (at most 5, then a count).
 fn bad_pages(pid: i32, addr: u64, pages: u64, with_holes: bool) -> Vec<String> {
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-    let mut buf = vec![0u8; (pages * PAGE) as usize];
-    mem.read_exact_at(&mut buf, addr).expect("read mem");
+    let buf = read_memory(pid, addr, pages * PAGE);
     let mut bad = Vec::new();
     for i in 0..pages {
         let p = &buf[(i * PAGE) as usize..((i + 1) * PAGE) as usize];
@@ -128,12 +126,16 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
     let (a, b) = (addrs[0], addrs[1]);
     // Presence first: reading a hole through /proc/PID/mem maps the zero
     // page there.
-    for &(s, e) in &HOLES {
-        if let Some(i) = (s..e).find(|&i| present(pid, a, i)) {
-            t.fail(&format!(
-                "set-up: hole page {i} of region A is present before the dump"
-            ));
-        }
+    let hole_present = || {
+        HOLES
+            .iter()
+            .flat_map(|&(s, e)| s..e)
+            .find(|&i| present(pid, a, i))
+    };
+    if let Some(i) = hole_present() {
+        t.fail(&format!(
+            "set-up: hole page {i} of region A is present before the dump"
+        ));
     }
     for (addr, pages, holes) in [(a, 16384, true), (b, 2048, false)] {
         let bad = bad_pages(pid, addr, pages, holes);
@@ -146,12 +148,10 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
     t.restore_detached(pid, &[]);
-    for &(s, e) in &HOLES {
-        if let Some(i) = (s..e).find(|&i| present(pid, a, i)) {
-            t.fail(&format!(
-                "hole page {i} of region A is present after restore"
-            ));
-        }
+    if let Some(i) = hole_present() {
+        t.fail(&format!(
+            "hole page {i} of region A is present after restore"
+        ));
     }
     for (addr, pages, holes) in [(a, 16384, true), (b, 2048, false)] {
         let bad = bad_pages(pid, addr, pages, holes);
