@@ -1067,3 +1067,91 @@ fn user_dumps_and_restores_own_pipes_and_event_descriptors() {
     }
     kill_and_reap(pid);
 }
+
+/// The memfd/deleted-file mapping target (see mapped_files.rs).
+const MAPPED_FILES: &str = include_str!("mapped_files.py");
+
+/// Starts `mapped_files.py` as the user in `mode`; waits until it is ready.
+fn start_mapped_files(t: &Test, mode: &str) -> i32 {
+    let w = t.work();
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.arg("-c").arg(MAPPED_FILES).arg(&w).arg(mode);
+    let pid = t.spawn_target(&mut cmd).id() as i32;
+    if !wait_for(Duration::from_secs(20), || w.join("ready").exists()) {
+        t.fail(&format!(
+            "the user's python3 did not start: {}",
+            describe(pid)
+        ));
+    }
+    pid
+}
+
+/// A memfd mapped shared with its descriptor open: the user's criu (no
+/// `/proc/PID/map_files`) reads it through the descriptor, and after
+/// restore the mapping and the descriptor are one file again.
+#[test]
+fn user_dumps_and_restores_own_memfd_mapping() {
+    let Some((t, inst)) = setup("setuid_memfd_mapping") else {
+        return;
+    };
+    let w = t.work();
+    let pid = start_mapped_files(&t, "user");
+    let run = criu_as_user(&t, &inst, &strs(&dump_args(&t, pid)));
+    must_succeed(&t, &run);
+    reap_dumped(&t, pid);
+    let run = criu_as_user(&t, &inst, &strs(&restore_args(&t)));
+    must_succeed(&t, &run);
+    t.track(pid);
+    let line = maps(pid)
+        .into_iter()
+        .find(|l| l.ends_with("/memfd:criu-shared (deleted)"))
+        .unwrap_or_else(|| t.fail("no /memfd:criu-shared mapping after restore"));
+    let range = line.split(' ').next().unwrap_or_default().to_owned();
+    let mapped = fs::metadata(format!("/proc/{pid}/map_files/{range}")).map(|m| m.ino());
+    let by_fd = fd_links(pid)
+        .into_iter()
+        .find(|(_, l)| l == "/memfd:criu-shared (deleted)")
+        .and_then(|(fd, _)| fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok())
+        .map(|m| m.ino());
+    if mapped.as_ref().ok() != by_fd.as_ref() {
+        t.fail(&format!(
+            "the mapping (inode {mapped:?}) and the descriptor (inode {by_fd:?}) are two files"
+        ));
+    }
+    fs::write(w.join("go"), "").expect("write go");
+    if !wait_for(Duration::from_secs(20), || w.join("result").exists()) {
+        t.fail("no result from the restored python3");
+    }
+    let text = read(&w.join("result")).unwrap_or_default();
+    if text.lines().filter(|l| l.contains(" ok ")).count() < 4
+        || text.lines().any(|l| !l.contains(" ok "))
+    {
+        t.fail(&format!("checks after restore as the user:\n{text}"));
+    }
+    kill_and_reap(pid);
+}
+
+/// A memfd only mapped (its descriptor closed): the user's criu cannot
+/// read it, and says so naming the mapping; the process runs on.
+#[test]
+fn user_memfd_mapping_without_descriptor_is_refused() {
+    let Some((t, inst)) = setup("setuid_memfd_closed") else {
+        return;
+    };
+    let pid = start_mapped_files(&t, "closed");
+    refused_dump(
+        &t,
+        &inst,
+        pid,
+        &[
+            &format!("pid {pid}: mapping 0x"),
+            "/memfd:criu-closed (deleted)",
+            "CAP_CHECKPOINT_RESTORE",
+            "no descriptor",
+        ],
+    );
+    if t.images().join("inventory.img").exists() {
+        t.fail("the refused dump left an inventory.img");
+    }
+    kill_and_reap(pid);
+}

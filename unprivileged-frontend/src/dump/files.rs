@@ -6,7 +6,7 @@ use crate::fdkind::inet::{self, InetEntry, InetState};
 use crate::fdkind::unix;
 use crate::fdkind::{epoll, event, fanotify, inotify, memfd, pipe};
 use crate::images::types::{
-    FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, LockClass,
+    FdEntry, FileEntry, FileId, FileKind, FileLock, FileOwner, FsEntry, GhostMap, LockClass,
 };
 use crate::images::ImageDir;
 use crate::netlock::{self, NetLock};
@@ -62,8 +62,9 @@ pub struct FileTable {
     pidfd: Option<(i32, OwnedFd)>,
     opts: FileOptions,
     dir: ImageDir,
-    /// Deleted files saved so far: (dev, ino) to their `ghost-DATA.img`.
-    ghosts: HashMap<(u64, u64), u32>,
+    /// Deleted files saved so far (by descriptors or mappings): (dev, ino)
+    /// to the file, whose `data` numbers its `ghost-DATA.img`.
+    ghosts: HashMap<(u64, u64), GhostMap>,
     /// POSIX locks recorded so far: (pid, dev, ino, start, end, write); a
     /// process's lock shows on each of its descriptors of the file.
     posix: HashSet<(i32, u64, u64, u64, Option<u64>, bool)>,
@@ -788,16 +789,8 @@ impl FileTable {
             .to_string();
         let key = (md.dev(), md.ino());
         let data = match self.ghosts.get(&key) {
-            Some(&d) => d,
+            Some(g) => g.data,
             None => {
-                if md.size() > self.opts.ghost_limit {
-                    return Err(Error::Unsupported(format!(
-                        "pid {pid} fd {fd}: {path} was deleted while open and holds {} bytes, over the --ghost-limit of {} bytes; dump with a larger --ghost-limit",
-                        md.size(),
-                        self.opts.ghost_limit
-                    )));
-                }
-                let data = self.entries.len() as u32;
                 // A new read-only description through the magic link (the
                 // process's own may be write-only); its duplicate if that
                 // cannot be opened. Reading with pread moves no offset.
@@ -805,19 +798,9 @@ impl FileTable {
                     Ok(f) => OwnedFd::from(f),
                     Err(_) => self.take_fd(pid, fd)?,
                 };
-                let out = self.dir.ghost(data);
-                save_ghost(&reader, md.size(), &out).map_err(|e| {
-                    Error::Unsupported(format!(
-                        "pid {pid} fd {fd}: saving deleted file {path} to {}: {e}",
-                        out.display()
-                    ))
-                })?;
-                crate::info!(
-                    "pid {pid} fd {fd}: deleted file {path}, {} bytes saved",
-                    md.size()
-                );
-                self.ghosts.insert(key, data);
-                data
+                let who = format!("pid {pid} fd {fd}");
+                self.save_ghost(&who, "was deleted while open", &path, &reader, md)?
+                    .data
             }
         };
         Ok(FileKind::Ghost {
@@ -831,6 +814,152 @@ impl FileTable {
             flags: cur.flags,
             pos: cur.info.pos,
         })
+    }
+}
+
+impl FileTable {
+    /// Save deleted file `path` (metadata `md`, read through `reader`)
+    /// into a new `ghost-DATA.img`, up to `--ghost-limit` bytes; `who`
+    /// and `how` name it in messages.
+    ///
+    /// Errors: over the limit, or reading and writing failed.
+    fn save_ghost(
+        &mut self,
+        who: &str,
+        how: &str,
+        path: &str,
+        reader: &OwnedFd,
+        md: &std::fs::Metadata,
+    ) -> Result<GhostMap> {
+        if md.size() > self.opts.ghost_limit {
+            return Err(Error::Unsupported(format!(
+                "{who}: {path} {how} and holds {} bytes, over the --ghost-limit of {} bytes; dump with a larger --ghost-limit",
+                md.size(),
+                self.opts.ghost_limit
+            )));
+        }
+        let data = self.ghosts.len() as u32;
+        let out = self.dir.ghost(data);
+        save_ghost(reader, md.size(), &out).map_err(|e| {
+            Error::Unsupported(format!(
+                "{who}: saving deleted file {path} to {}: {e}",
+                out.display()
+            ))
+        })?;
+        crate::info!("{who}: deleted file {path}, {} bytes saved", md.size());
+        let g = GhostMap {
+            path: path.to_string(),
+            data,
+            size: md.size(),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        };
+        self.ghosts.insert((md.dev(), md.ino()), g.clone());
+        Ok(g)
+    }
+
+    /// A description, in criu, of the file mapped at `v` in `pid`: a new
+    /// read-only one through `/proc/PID/map_files/START-END` (see proc(5);
+    /// it needs `CAP_CHECKPOINT_RESTORE`, which criu lacks in setuid mode),
+    /// else a duplicate of a descriptor of the process on the same inode;
+    /// `None` when neither is there.
+    ///
+    /// Errors: taking the process's descriptor failed.
+    fn mapped_file(&mut self, pid: i32, v: &proc::SmapsVma) -> Result<Option<OwnedFd>> {
+        let mf = proc::path(pid, &format!("map_files/{:x}-{:x}", v.start, v.end));
+        match std::fs::File::open(&mf) {
+            Ok(f) => return Ok(Some(OwnedFd::from(f))),
+            Err(e) => crate::debug!("{}: {e}; looking for a descriptor instead", mf.display()),
+        }
+        let dir = proc::path(pid, "fd");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(None);
+        };
+        let mut fds: Vec<i32> = rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        for fd in fds {
+            let p = proc::path(pid, &format!("fd/{fd}"));
+            let same = std::fs::read_link(&p).is_ok_and(|l| l.as_os_str() == v.name.as_str())
+                && std::fs::metadata(&p).is_ok_and(|m| m.ino() == v.inode);
+            if same {
+                return self.take_fd(pid, fd).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The refusal for a mapping whose file criu cannot open.
+    fn unopenable(pid: i32, v: &proc::SmapsVma, what: &str) -> Error {
+        Error::Unsupported(format!(
+            "pid {pid}: mapping {:#x}-{:#x} of {what} {}: criu cannot read its file: /proc/{pid}/map_files needs CAP_CHECKPOINT_RESTORE (criu runs as the user in setuid mode) and the process has no descriptor of it open; keep one open in the process, or dump as root",
+            v.start, v.end, v.name
+        ))
+    }
+
+    /// The memfd behind mapping `v` of `pid` (named `name`): saved with the
+    /// first mapping or description of it in the tree (see
+    /// [`memfd::MemfdDumper::dump_mapping`]).
+    ///
+    /// Errors: criu cannot open it (setuid mode with no descriptor of it
+    /// in the process), a hugetlb memfd, reads or writes failed.
+    pub fn memfd_mapping(
+        &mut self,
+        pid: i32,
+        v: &proc::SmapsVma,
+        name: &str,
+    ) -> Result<memfd::MemfdMap> {
+        let fd = if self.memfds.saved(v.inode) {
+            None
+        } else {
+            Some(
+                self.mapped_file(pid, v)?
+                    .ok_or_else(|| Self::unopenable(pid, v, "memfd"))?,
+            )
+        };
+        let named = |e: Error| match e {
+            Error::Unsupported(m) => Error::Unsupported(format!(
+                "pid {pid}: mapping {:#x}-{:#x}: {m}",
+                v.start, v.end
+            )),
+            other => other,
+        };
+        self.memfds
+            .dump_mapping(fd.as_ref().map(|f| f.as_fd()), v.inode, name)
+            .map_err(named)
+    }
+
+    /// The deleted file behind mapping `v` of `pid` (that had path `path`):
+    /// saved once per file for mappings and descriptors, up to
+    /// `--ghost-limit`.
+    ///
+    /// Errors: criu cannot open it (setuid mode with no descriptor of it),
+    /// not a regular file, over the limit, reads or writes failed.
+    pub fn ghost_mapping(&mut self, pid: i32, v: &proc::SmapsVma, path: &str) -> Result<GhostMap> {
+        let dev = libc::makedev(v.dev.0, v.dev.1);
+        if let Some(g) = self.ghosts.get(&(dev, v.inode)) {
+            return Ok(g.clone());
+        }
+        let f = self
+            .mapped_file(pid, v)?
+            .ok_or_else(|| Self::unopenable(pid, v, "deleted file"))?;
+        let file = std::fs::File::from(f);
+        let md = file.metadata().map_err(|e| Error::file(path, e))?;
+        let who = format!("pid {pid}: mapping {:#x}-{:#x}", v.start, v.end);
+        if !md.is_file() || md.ino() != v.inode {
+            return Err(Error::Unsupported(format!(
+                "{who}: {} is not a regular file with the mapping's inode {}",
+                v.name, v.inode
+            )));
+        }
+        if let Some(g) = self.ghosts.get(&(md.dev(), md.ino())) {
+            return Ok(g.clone());
+        }
+        let reader = OwnedFd::from(file);
+        self.save_ghost(&who, "was deleted while mapped", path, &reader, &md)
     }
 }
 

@@ -5,6 +5,7 @@
 //! (`super::splice`, one copy) or, for unreadable mappings and when that
 //! path fails, by the helper's `DumpPages` (two copies).
 
+use super::files::FileTable;
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::images::types::{
@@ -29,7 +30,7 @@ const PM_PFN: u64 = (1 << 55) - 1;
 /// Pagemap entries read per pread (512 KiB of entries, 256 MiB of memory).
 const PM_CHUNK: u64 = 64 * 1024;
 
-fn kind_of(v: &SmapsVma, pid: i32) -> Result<VmaKind> {
+fn kind_of(v: &SmapsVma, pid: i32, table: &mut FileTable) -> Result<VmaKind> {
     let unsupported = |what: &str| {
         Err(Error::Unsupported(format!(
             "pid {pid}: mapping {:#x}-{:#x} ({}) is {what}, not supported yet",
@@ -52,8 +53,14 @@ fn kind_of(v: &SmapsVma, pid: i32) -> Result<VmaKind> {
         n if n.starts_with("[anon_shmem:") => VmaKind::SharedAnon { shmid: v.inode },
         "/dev/zero (deleted)" if v.shared() => VmaKind::SharedAnon { shmid: v.inode },
         n if n.starts_with("/SYSV") => return unsupported("System V shared memory"),
-        n if n.starts_with("/memfd:") => return unsupported("a memfd mapping"),
-        n if n.ends_with(" (deleted)") => return unsupported("a mapping of a deleted file"),
+        n if crate::fdkind::memfd::memfd_name(n).is_some() => {
+            let name = crate::fdkind::memfd::memfd_name(n).unwrap_or_default();
+            VmaKind::Memfd(table.memfd_mapping(pid, v, name)?)
+        }
+        n if n.starts_with('/') && n.ends_with(" (deleted)") => {
+            let path = n.strip_suffix(" (deleted)").unwrap_or(n);
+            VmaKind::Ghost(table.ghost_mapping(pid, v, path)?)
+        }
         n if n.starts_with('/') => {
             let md = std::fs::metadata(n).map_err(|e| Error::file(n, e))?;
             if md.ino() != v.inode {
@@ -94,14 +101,24 @@ fn madvise_of(v: &SmapsVma) -> Vec<i32> {
 
 /// Build the mm record of `pid` from its smaps, stat and current brk.
 ///
-/// Errors: unsupported mappings (deleted files, memfd, SysV shm), unreadable
-/// /proc files.
-pub fn collect(pid: i32, stat: &Stat, brk: u64, vmas: &[SmapsVma]) -> Result<MmEntry> {
+/// Memfds and deleted files mapped are saved through `table` (once per
+/// file, shared with their descriptors).
+///
+/// Errors: unsupported mappings (SysV shm, special kernel mappings), a
+/// mapped memfd or deleted file criu cannot read or that is over
+/// `--ghost-limit`, unreadable /proc files.
+pub fn collect(
+    pid: i32,
+    stat: &Stat,
+    brk: u64,
+    vmas: &[SmapsVma],
+    table: &mut FileTable,
+) -> Result<MmEntry> {
     let auxv = proc::parse_auxv(&proc::read_bytes(&proc::path(pid, "auxv"))?);
     let exe = proc::read_link(&proc::path(pid, "exe"))?;
     let mut out = Vec::with_capacity(vmas.len());
     for v in vmas {
-        let kind = kind_of(v, pid)?;
+        let kind = kind_of(v, pid, table)?;
         let mut prot = 0u32;
         if v.read() {
             prot |= libc::PROT_READ as u32;
@@ -128,7 +145,13 @@ pub fn collect(pid: i32, stat: &Stat, brk: u64, vmas: &[SmapsVma]) -> Result<MmE
             end: v.end,
             prot,
             flags,
-            pgoff: if matches!(kind, VmaKind::File(_) | VmaKind::SharedAnon { .. }) {
+            pgoff: if matches!(
+                kind,
+                VmaKind::File(_)
+                    | VmaKind::SharedAnon { .. }
+                    | VmaKind::Memfd(_)
+                    | VmaKind::Ghost(_)
+            ) {
                 v.offset
             } else {
                 0
@@ -182,7 +205,9 @@ fn wants_page(kind: &VmaKind, ent: u64, zero_pfn: Option<u64>) -> bool {
             ent & PM_PRESENT != 0 && Some(ent & PM_PFN) != zero_pfn
         }
         // A private file page that is anonymous (not PM_FILE) was written.
-        VmaKind::File(_) => ent & PM_SWAPPED != 0 || (ent & PM_PRESENT != 0 && ent & PM_FILE == 0),
+        VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_) => {
+            ent & PM_SWAPPED != 0 || (ent & PM_PRESENT != 0 && ent & PM_FILE == 0)
+        }
         VmaKind::SharedAnon { .. } => true,
         _ => false,
     }
@@ -265,8 +290,10 @@ pub fn write_pages(
             }
             continue;
         }
-        if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_))
-            || (v.kind != VmaKind::Anon && v.flags & libc::MAP_SHARED as u32 != 0)
+        if !matches!(
+            v.kind,
+            VmaKind::Anon | VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_)
+        ) || (v.kind != VmaKind::Anon && v.flags & libc::MAP_SHARED as u32 != 0)
         {
             continue;
         }

@@ -607,7 +607,7 @@ fn collect_and_write(
     }
     info!("collecting memory of pid {pid}");
     let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6])?;
-    let mm = mm::collect(pid, stat, brk, vmas)?;
+    let mm = mm::collect(pid, stat, brk, vmas, table)?;
     info!("collecting descriptors of pid {pid}");
     let fds = table.collect(pid)?;
     let fs = files::collect_fs(pid, status)?;

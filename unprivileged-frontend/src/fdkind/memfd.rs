@@ -14,9 +14,16 @@
 //! its mode, then its seals; further descriptions of it reopen
 //! `/proc/self/fd/N`.
 //!
-//! Not handled: memfds on hugetlbfs (`MFD_HUGETLB`, refused at dump); a
-//! memfd that is also mapped by the task is restored as two inodes (the
-//! mapping's and the descriptor's), not one.
+//! Mappings of a memfd ([`MemfdMap`] in the mm image) name the same inode:
+//! the memfd is made once in criu for all its descriptions and mappings,
+//! whichever comes first at restore (memory is restored before
+//! descriptors), from whichever record carries its [`MemfdState`]. A memfd
+//! only mapped (its descriptor closed after mmap) is read at dump through
+//! `/proc/PID/map_files/START-END` (see proc(5); it needs
+//! `CAP_CHECKPOINT_RESTORE`), or through a descriptor of it the process
+//! still has.
+//!
+//! Not handled: memfds on hugetlbfs (`MFD_HUGETLB`, refused at dump).
 
 use super::{fdinfo_field, fdinfo_flags, open_path, os_err};
 use crate::error::{Error, Result};
@@ -40,6 +47,34 @@ pub struct MemfdEntry {
     pub pos: u64,
     /// The file, carried by the first description of each memfd dumped.
     pub state: Option<MemfdState>,
+}
+
+/// A mapping of a memfd (see [`crate::images::types::VmaKind::Memfd`]).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MemfdMap {
+    /// Inode number, as [`MemfdEntry::ino`] of its descriptions.
+    pub ino: u64,
+    /// The name given to memfd_create(2).
+    pub name: String,
+    /// The file, carried by the first mapping or description of each
+    /// memfd dumped.
+    pub state: Option<MemfdState>,
+}
+
+impl MemfdMap {
+    /// Check a mapping read from an image, as [`MemfdEntry::check`].
+    ///
+    /// Errors: what is wrong, for an image error.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        MemfdEntry {
+            ino: self.ino,
+            name: self.name.clone(),
+            flags: 0,
+            pos: 0,
+            state: self.state.clone(),
+        }
+        .check()
+    }
 }
 
 /// The file behind a memfd.
@@ -113,6 +148,51 @@ impl MemfdDumper {
         }
     }
 
+    /// Whether the memfd with inode `ino` is saved already.
+    pub fn saved(&self, ino: u64) -> bool {
+        self.seen.iter().any(|&(_, i)| i == ino)
+    }
+
+    /// Dump a mapping of the memfd with inode `ino` and name `name`: its
+    /// file is saved with the first mapping or description of it, through
+    /// `fd` (a description of it in criu, only needed then).
+    ///
+    /// Errors: no `fd` for a memfd not saved yet, a hugetlb memfd
+    /// ([`Error::Unsupported`]); failing reads or image writes.
+    pub fn dump_mapping(
+        &mut self,
+        fd: Option<BorrowedFd<'_>>,
+        ino: u64,
+        name: &str,
+    ) -> Result<MemfdMap> {
+        let what = format!("memfd:{name}");
+        let state = match fd {
+            _ if self.saved(ino) => None,
+            None => {
+                return Err(Error::Unsupported(format!(
+                    "{what} (inode {ino}): no description of it to read it through"
+                )))
+            }
+            Some(fd) => {
+                let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| os_err(&what, e))?;
+                check_not_hugetlb(fd, &what)?;
+                if st.st_ino != ino {
+                    return Err(Error::Unsupported(format!(
+                        "{what}: the file opened for the mapping is inode {}, the mapping's is {ino}",
+                        st.st_ino
+                    )));
+                }
+                self.seen.insert((st.st_dev, st.st_ino));
+                Some(self.save(fd, &what, ino, st.st_size as u64, st.st_mode)?)
+            }
+        };
+        Ok(MemfdMap {
+            ino,
+            name: name.to_string(),
+            state,
+        })
+    }
+
     /// Dump the description `fd` (criu's duplicate of the task's
     /// descriptor; its offset is not moved) with fdinfo text `fdinfo` and
     /// `/proc/PID/fd` link `link`.
@@ -128,12 +208,7 @@ impl MemfdDumper {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| Error::parse("memfd fdinfo", "no pos: line"))?;
         let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| os_err(&what, e))?;
-        let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| os_err(&what, e))?;
-        if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
-            return Err(Error::Unsupported(format!(
-                "{what} is on hugetlbfs (MFD_HUGETLB), which criu does not restore"
-            )));
-        }
+        check_not_hugetlb(fd, &what)?;
         let state = if self.seen.insert((st.st_dev, st.st_ino)) {
             Some(self.save(fd, &what, st.st_ino, st.st_size as u64, st.st_mode)?)
         } else {
@@ -194,6 +269,16 @@ impl MemfdDumper {
     }
 }
 
+fn check_not_hugetlb(fd: BorrowedFd<'_>, what: &str) -> Result<()> {
+    let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| os_err(what, e))?;
+    if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
+        return Err(Error::Unsupported(format!(
+            "{what} is on hugetlbfs (MFD_HUGETLB), which criu does not restore"
+        )));
+    }
+    Ok(())
+}
+
 /// The data extents of `f` below `size`, as (offset, length).
 fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use nix::unistd::{lseek, Whence};
@@ -217,14 +302,34 @@ fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>
 struct Restored {
     file: OwnedFd,
     used: bool,
-    filled: bool,
+    /// Seals added by [`MemfdRestorer::finish`], once every mapping is made.
+    later: u32,
 }
 
-/// Recreates memfd descriptions in criu, one memfd per dumped inode; drop
-/// it once every description has been passed to its task.
+/// `F_SEAL_FUTURE_WRITE` (see fcntl(2), Linux 5.1+).
+const F_SEAL_FUTURE_WRITE: u32 = 0x10;
+
+/// The seals of `seals` that must wait until the mappings are made: a
+/// shared writable mapping made before `F_SEAL_FUTURE_WRITE` stays
+/// writable, but none can be made after it; `F_SEAL_SEAL` then waits too,
+/// since it forbids adding any seal.
+fn later_seals(seals: u32) -> u32 {
+    if seals & F_SEAL_FUTURE_WRITE != 0 {
+        F_SEAL_FUTURE_WRITE | (seals & libc::F_SEAL_SEAL as u32)
+    } else {
+        0
+    }
+}
+
+/// Recreates memfd descriptions and the files behind memfd mappings in
+/// criu, one memfd per dumped inode; drop it once every description and
+/// mapping has been passed to its task.
 pub struct MemfdRestorer {
     dir: PathBuf,
     files: HashMap<u64, Restored>,
+    /// The saved file of each memfd, by inode, from whichever description
+    /// or mapping carries it.
+    states: HashMap<u64, MemfdState>,
 }
 
 impl MemfdRestorer {
@@ -233,21 +338,35 @@ impl MemfdRestorer {
         MemfdRestorer {
             dir: dir.into(),
             files: HashMap::new(),
+            states: HashMap::new(),
         }
     }
 
-    /// A new open file description for `e`, in criu: the memfd is created
-    /// on first use and refilled, sized, chmod'ed and sealed from whichever
-    /// description carries its [`MemfdState`].
+    /// Note the saved file of the memfd with inode `ino` (from a
+    /// [`MemfdEntry`] or [`MemfdMap`] that has one); call for every record
+    /// before the first [`MemfdRestorer::open`].
+    pub fn know(&mut self, ino: u64, state: &Option<MemfdState>) {
+        if let Some(st) = state {
+            self.states.entry(ino).or_insert_with(|| st.clone());
+        }
+    }
+
+    /// The memfd of inode `ino`, made on first use and refilled, sized,
+    /// chmod'ed and sealed from its saved file.
     ///
-    /// Errors: memfd_create, the contents file (missing or short: the image
-    /// is incomplete), writes, fcntl or lseek failed.
-    pub fn open(&mut self, e: &MemfdEntry) -> Result<OwnedFd> {
-        let what = format!("memfd:{}", e.name);
-        let r = match self.files.entry(e.ino) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+    /// Errors: no record carries its file (damaged images), memfd_create,
+    /// the contents file (missing or short), writes, fcntl failed.
+    fn file(&mut self, ino: u64, name: &str) -> Result<&mut Restored> {
+        let what = format!("memfd:{name}");
+        match self.files.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let c = std::ffi::CString::new(e.name.as_str())
+                let st = self.states.get(&ino).ok_or_else(|| {
+                    Error::Refused(format!(
+                        "{what} (inode {ino}): no record in the images carries its contents; the images are damaged, dump again"
+                    ))
+                })?;
+                let c = std::ffi::CString::new(name)
                     .map_err(|_| Error::Refused(format!("{what}: the name has a NUL byte")))?;
                 let fd = nix::sys::memfd::memfd_create(
                     &c,
@@ -255,17 +374,51 @@ impl MemfdRestorer {
                         | nix::sys::memfd::MemFdCreateFlag::MFD_ALLOW_SEALING,
                 )
                 .map_err(|err| os_err(format!("{what}: memfd_create"), err))?;
-                v.insert(Restored {
+                fill(&self.dir, fd.as_fd(), st, &what)?;
+                Ok(v.insert(Restored {
                     file: fd,
                     used: false,
-                    filled: false,
-                })
+                    later: later_seals(st.seals),
+                }))
             }
-        };
-        if let (Some(st), false) = (&e.state, r.filled) {
-            fill(&self.dir, r.file.as_fd(), st, &what)?;
-            r.filled = true;
         }
+    }
+
+    /// A description of the memfd behind mapping `m`, to map it: read-write
+    /// when `write` (a shared writable mapping), else read-only.
+    ///
+    /// Errors: those of making the memfd, or reopening it.
+    pub fn for_mapping(&mut self, m: &MemfdMap, write: bool) -> Result<OwnedFd> {
+        let r = self.file(m.ino, &m.name)?;
+        let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let p = format!("/proc/self/fd/{}", r.file.as_raw_fd());
+        open_path(&p, mode | libc::O_CLOEXEC)
+            .map_err(|err| os_err(format!("memfd:{}: reopening", m.name), err))
+    }
+
+    /// Add the seals that had to wait for the mappings (see
+    /// [`later_seals`]); call once every process has its memory.
+    ///
+    /// Errors: fcntl(`F_ADD_SEALS`) failed.
+    pub fn finish(&mut self) -> Result<()> {
+        for r in self.files.values_mut().filter(|r| r.later != 0) {
+            let seals = nix::fcntl::SealFlag::from_bits_retain(r.later as i32);
+            nix::fcntl::fcntl(r.file.as_raw_fd(), nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
+                .map_err(|e| os_err(format!("memfd: F_ADD_SEALS({:#x})", r.later), e))?;
+            r.later = 0;
+        }
+        Ok(())
+    }
+
+    /// A new open file description for `e`, in criu: the memfd is made on
+    /// first use (see [`MemfdRestorer::know`]).
+    ///
+    /// Errors: memfd_create, the contents file (missing or short: the image
+    /// is incomplete), writes, fcntl or lseek failed.
+    pub fn open(&mut self, e: &MemfdEntry) -> Result<OwnedFd> {
+        let what = format!("memfd:{}", e.name);
+        self.know(e.ino, &e.state);
+        let r = self.file(e.ino, &e.name)?;
         let mode = e.flags as i32 & libc::O_ACCMODE;
         let fd = if !r.used && mode == libc::O_RDWR {
             r.used = true;
@@ -313,10 +466,11 @@ fn fill(dir: &Path, fd: BorrowedFd<'_>, st: &MemfdState, what: &str) -> Result<(
     }
     f.set_permissions(std::fs::Permissions::from_mode(st.mode))
         .map_err(|e| os_err(format!("{what}: fchmod({:o})", st.mode), e))?;
-    if st.seals != 0 {
-        let seals = nix::fcntl::SealFlag::from_bits_retain(st.seals as i32);
+    let now = st.seals & !later_seals(st.seals);
+    if now != 0 {
+        let seals = nix::fcntl::SealFlag::from_bits_retain(now as i32);
         nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
-            .map_err(|e| os_err(format!("{what}: F_ADD_SEALS({:#x})", st.seals), e))?;
+            .map_err(|e| os_err(format!("{what}: F_ADD_SEALS({now:#x})"), e))?;
     }
     Ok(())
 }
@@ -384,10 +538,25 @@ mod tests {
             .len();
         assert!(stored < 64 * 1024, "holes are not stored ({stored} bytes)");
 
+        // A mapping of it dumped after its descriptions carries nothing.
+        let mapped = d.dump_mapping(None, e1.ino, "my data").unwrap();
+        assert!(mapped.state.is_none());
+
         let mut r = MemfdRestorer::new(dir.path());
+        // As FileSender does: every record's state first, so the first
+        // description or mapping made finds it whoever carries it.
+        for e in [&e2, &e1] {
+            r.know(e.ino, &e.state);
+        }
+        let map = r.for_mapping(&mapped, false).unwrap();
         let n2 = r.open(&e2).unwrap();
         let n1 = r.open(&e1).unwrap();
         drop(r);
+        assert_eq!(
+            nix::sys::stat::fstat(map.as_raw_fd()).unwrap().st_ino,
+            nix::sys::stat::fstat(n1.as_raw_fd()).unwrap().st_ino,
+            "the mapping's file is the descriptions'"
+        );
         assert_eq!(link(&n1), "/memfd:my data (deleted)");
         assert_eq!(
             nix::sys::stat::fstat(n1.as_raw_fd()).unwrap().st_ino,
@@ -410,6 +579,35 @@ mod tests {
         assert_eq!(&all[1 << 20..(1 << 20) + 8192], &mid[..]);
         assert!(all[3..1 << 20].iter().all(|&b| b == 0));
         assert!(g.set_len(1).is_err(), "F_SEAL_SHRINK restored");
+    }
+
+    #[test]
+    fn mapping_only_memfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::ffi::CString::new("only mapped").unwrap();
+        let m = memfd_create(&c, MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        std::fs::File::from(m.try_clone().unwrap())
+            .write_all_at(b"xyz", 5000)
+            .unwrap();
+        let ino = nix::sys::stat::fstat(m.as_raw_fd()).unwrap().st_ino;
+        let mut d = MemfdDumper::new(dir.path());
+        let e = d.dump_mapping(None, ino, "only mapped").unwrap_err();
+        assert!(e.to_string().contains("no description"), "{e}");
+        let e = d.dump_mapping(Some(m.as_fd()), ino + 1, "x").unwrap_err();
+        assert!(e.to_string().contains("is inode"), "{e}");
+        let mapped = d.dump_mapping(Some(m.as_fd()), ino, "only mapped").unwrap();
+        assert_eq!(mapped.check(), Ok(()));
+        assert_eq!(mapped.state.as_ref().unwrap().size, 5003);
+
+        let mut r = MemfdRestorer::new(dir.path());
+        let e = r.for_mapping(&mapped, true).unwrap_err().to_string();
+        assert!(e.contains("no record in the images"), "{e}");
+        r.know(mapped.ino, &mapped.state);
+        let f = std::fs::File::from(r.for_mapping(&mapped, true).unwrap());
+        let mut b = [0u8; 3];
+        f.read_exact_at(&mut b, 5000).unwrap();
+        assert_eq!(&b, b"xyz");
+        assert_eq!(link(&f.into()), "/memfd:only mapped (deleted)");
     }
 
     #[test]

@@ -304,6 +304,20 @@ pub enum VmaKind {
     },
     /// A file mapping.
     File(FileId),
+    /// A mapping of a memfd (`/memfd:NAME (deleted)` in proc(5) maps, see
+    /// memfd_create(2)), shared or private. Restore maps the memfd made
+    /// for the checkpoint's inode [`crate::fdkind::memfd::MemfdMap::ino`]:
+    /// the same file as every descriptor and every other mapping of it in
+    /// the tree. [`Vma::pgoff`] is the offset in the file; a shared
+    /// mapping's contents are the memfd's (`memfd-INO.img`), a private
+    /// one's written pages are stored as for [`VmaKind::File`].
+    Memfd(crate::fdkind::memfd::MemfdMap),
+    /// A mapping of a regular file that was deleted (`PATH (deleted)` in
+    /// maps): its contents are saved as for a deleted open file
+    /// (`ghost-DATA.img`, up to `--ghost-limit`), restore makes the file
+    /// again, unlinked, once for every mapping and descriptor of it, and
+    /// maps it. Private written pages are stored as for [`VmaKind::File`].
+    Ghost(GhostMap),
     /// `[vdso]`.
     Vdso,
     /// `[vvar]`.
@@ -312,6 +326,26 @@ pub enum VmaKind {
     VvarVclock,
     /// `[vsyscall]`: fixed by the kernel, never restored.
     Vsyscall,
+}
+
+/// A deleted file behind a mapping ([`VmaKind::Ghost`]).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GhostMap {
+    /// The path it had, without " (deleted)".
+    pub path: String,
+    /// Number of its contents file `ghost-DATA.img`, shared with the
+    /// descriptors ([`FileKind::Ghost`]) and other mappings of the file.
+    pub data: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// File mode bits (`st_mode & 07777`).
+    pub mode: u32,
+    /// Owner user ID.
+    pub uid: u32,
+    /// Owner group ID.
+    pub gid: u32,
+    /// Last modification, ns since the epoch.
+    pub mtime_ns: i64,
 }
 
 /// Identity of a file at dump time, to notice changes before restoring.
@@ -488,8 +522,9 @@ pub enum FileKind {
         /// The path it had, without " (deleted)" (for `O_TMPFILE`:
         /// `DIR/#INODE`).
         path: String,
-        /// Number of its contents file `ghost-DATA.img` (the id of the first
-        /// description of this file), shared by every description of it.
+        /// Number of its contents file `ghost-DATA.img` (unique per deleted
+        /// file in the checkpoint), shared by every description and
+        /// mapping ([`VmaKind::Ghost`]) of it.
         data: u32,
         /// Size in bytes.
         size: u64,

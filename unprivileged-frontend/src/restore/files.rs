@@ -194,6 +194,17 @@ impl<'a> FileSender<'a> {
                 FileKind::Unix(u) => Some(u),
                 _ => None,
             }));
+        let mut memfds = crate::fdkind::memfd::MemfdRestorer::new(&ck.root().dir);
+        for e in &ck.files {
+            if let FileKind::Memfd(m) = &e.kind {
+                memfds.know(m.ino, &m.state);
+            }
+        }
+        for v in ck.procs.iter().flat_map(|p| &p.mm.vmas) {
+            if let VmaKind::Memfd(m) = &v.kind {
+                memfds.know(m.ino, &m.state);
+            }
+        }
         raise_nofile_limit();
         Ok((
             FileSender {
@@ -210,7 +221,7 @@ impl<'a> FileSender<'a> {
                 unix,
                 kinds: KindRestorers {
                     pipes: crate::fdkind::pipe::PipeRestorer::new(),
-                    memfds: crate::fdkind::memfd::MemfdRestorer::new(&ck.root().dir),
+                    memfds,
                 },
                 epolls_done: std::collections::HashSet::new(),
                 ttys: Default::default(),
@@ -360,6 +371,89 @@ impl<'a> FileSender<'a> {
         Ok(())
     }
 
+    /// criu's description of the file behind mapping `v` (a memfd or a
+    /// deleted file, [`VmaKind::Memfd`], [`VmaKind::Ghost`]) of `pid`, to
+    /// be passed to the task and mapped: the same file as every other
+    /// mapping and description of it, made now if it is not yet. Read-write
+    /// for a shared writable mapping, else read-only.
+    ///
+    /// Errors: making the file failed; `v` is of another kind.
+    pub fn mapping_file(&mut self, pid: i32, v: &crate::images::types::Vma) -> Result<OwnedFd> {
+        let write = v.flags & libc::MAP_SHARED as u32 != 0 && v.prot & libc::PROT_WRITE as u32 != 0;
+        let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let what = format!("pid {pid}: mapping {:#x}-{:#x}", v.start, v.end);
+        match &v.kind {
+            VmaKind::Memfd(m) => self
+                .kinds
+                .memfds
+                .for_mapping(m, write)
+                .map_err(|e| match e {
+                    Error::Image(i) => Error::Image(i),
+                    other => Error::Refused(format!("{what}: {other}")),
+                }),
+            VmaKind::Ghost(g) => {
+                self.ghost_keeper(g, libc::O_RDWR).map_err(|err| {
+                    Error::Refused(format!(
+                        "{what}: cannot make the deleted file {} again: {err}",
+                        g.path
+                    ))
+                })?;
+                let keeper = self.ghosts[&g.data].as_raw_fd();
+                open(
+                    &format!("/proc/self/fd/{keeper}"),
+                    mode | libc::O_CLOEXEC,
+                    pid,
+                    -1,
+                )
+            }
+            _ => Err(Error::Unsupported(format!(
+                "{what} ({}) is not a memfd or deleted file mapping",
+                v.name
+            ))),
+        }
+    }
+
+    /// Pass criu's descriptor `fd` to task `r` over the transport; returns
+    /// its number in the task (the lowest free one: the caller moves or
+    /// closes it).
+    ///
+    /// Errors: sending or the injected recvmsg failed.
+    pub fn pass(&mut self, h: &mut Helper, r: &Remote, fd: &OwnedFd) -> Result<i32> {
+        let iov = [IoSlice::new(&[0u8])];
+        let raw = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        socket::sendmsg::<()>(self.local.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map_err(|e| {
+                Error::Unsupported(format!(
+                    "pid {}: passing a descriptor to the task: {e}",
+                    r.pid
+                ))
+            })?;
+        let got = receive(h, r, self.transport, 1)?;
+        Ok(got[0])
+    }
+
+    /// Make deleted file `g` again unless it is made already (once per
+    /// file: every description and mapping of it uses the same new inode);
+    /// `flags`: the first description's open flags. Returns whether its
+    /// keeper is that description itself (an `O_TMPFILE` file made with
+    /// these flags, see [`ghost::create`]).
+    fn ghost_keeper(
+        &mut self,
+        g: &crate::images::types::GhostMap,
+        flags: i32,
+    ) -> std::io::Result<bool> {
+        if self.ghosts.contains_key(&g.data) {
+            return Ok(false);
+        }
+        let src = self.dir.ghost(g.data);
+        let (keeper, exact) = ghost::create(
+            &g.path, &src, g.size, g.mode, g.uid, g.gid, g.mtime_ns, flags,
+        )?;
+        self.ghosts.insert(g.data, keeper);
+        Ok(exact)
+    }
+
     /// Make a deleted file again (once per file: every description of it
     /// reopens the same new inode) and open one description of it.
     fn make_ghost(&mut self, e: &FileEntry, pid: i32, fd: i32) -> Result<OwnedFd> {
@@ -377,32 +471,28 @@ impl<'a> FileSender<'a> {
         else {
             unreachable!("make_ghost on a ghost entry only")
         };
-        if !self.ghosts.contains_key(data) {
-            let src = self.dir.ghost(*data);
-            let (keeper, exact) = ghost::create(
-                path,
-                &src,
-                *size,
-                *mode,
-                *uid,
-                *gid,
-                *mtime_ns,
-                *flags as i32,
-            )
-            .map_err(|err| {
-                Error::Refused(format!(
-                    "pid {pid} fd {fd}: cannot make the deleted file {path} again: {err}"
-                ))
-            })?;
-            if exact {
-                // Made with this description's own flags (O_TMPFILE).
-                let f = keeper.try_clone().map_err(|err| Error::file("dup", err))?;
-                self.ghosts.insert(*data, keeper);
-                // Writing the contents moved the offset: set it even to 0.
-                seek(&f, *pos, path, pid, fd)?;
-                return Ok(f);
-            }
-            self.ghosts.insert(*data, keeper);
+        let g = crate::images::types::GhostMap {
+            path: path.clone(),
+            data: *data,
+            size: *size,
+            mode: *mode,
+            uid: *uid,
+            gid: *gid,
+            mtime_ns: *mtime_ns,
+        };
+        let exact = self.ghost_keeper(&g, *flags as i32).map_err(|err| {
+            Error::Refused(format!(
+                "pid {pid} fd {fd}: cannot make the deleted file {path} again: {err}"
+            ))
+        })?;
+        if exact {
+            // Made with this description's own flags (O_TMPFILE).
+            let f = self.ghosts[data]
+                .try_clone()
+                .map_err(|err| Error::file("dup", err))?;
+            // Writing the contents moved the offset: set it even to 0.
+            seek(&f, *pos, path, pid, fd)?;
+            return Ok(f);
         }
         let keeper = self.ghosts[data].as_raw_fd();
         let f = open(
@@ -424,6 +514,7 @@ impl<'a> FileSender<'a> {
     /// Then what is left to do on terminals (locking pty pairs again) and
     /// a shell job's terminal foreground group (`root`: the pstree root).
     pub fn finish(&mut self, root: &crate::images::types::PstreeEntry) -> Result<()> {
+        self.kinds.memfds.finish()?;
         self.ttys.finish()?;
         crate::fdkind::tty::shell_foreground(self.table, root);
         for (fd, o, pid, n) in self.pending_owners.drain(..) {
@@ -573,46 +664,9 @@ pub fn restore_fds(
     files: &[FdEntry],
 ) -> Result<()> {
     let t = sender.transport;
-    if r.scratch_len < SCRATCH_NEEDED {
-        return Err(Error::Unsupported(format!(
-            "pid {}: scratch area of {} bytes, receiving descriptors needs {SCRATCH_NEEDED}",
-            r.pid, r.scratch_len
-        )));
-    }
-    let (msg, iov, byte, ctl) = (
-        r.scratch + MSG_OFF,
-        r.scratch + IOV_OFF,
-        r.scratch + BYTE_OFF,
-        r.scratch + CTL_OFF,
-    );
     for batch in files.chunks(BATCH) {
         sender.send(r.pid, batch)?;
-        let ctl_len = (16 + batch.len() * 4).div_ceil(8) * 8;
-        // struct msghdr: name, namelen, iov, iovlen, control, controllen,
-        // flags (see recvmsg(2)).
-        // struct msghdr (7 words, padded to IOV_OFF), then struct iovec.
-        let mut hdr = Vec::with_capacity((BYTE_OFF - MSG_OFF) as usize);
-        for w in [0u64, 0, iov, 1, ctl, ctl_len as u64, 0, 0, byte, 1] {
-            hdr.extend_from_slice(&w.to_le_bytes());
-        }
-        r.put(h, MSG_OFF, &hdr)?;
-        let got = r.call(
-            h,
-            &format!("recvmsg({t})"),
-            libc::SYS_recvmsg,
-            [t as u64, msg, 0, 0, 0, 0],
-        )?;
-        let back = r.get(h, CTL_OFF, ctl_len)?;
-        let flags = r.get(h, MSG_OFF + 48, 4)?;
-        let received = parse_rights(&back, batch.len())
-            .filter(|_| got == 1 && u32::from_le_bytes(flags[..4].try_into().unwrap()) == 0)
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "pid {}: the task did not receive the {} descriptors sent to it",
-                    r.pid,
-                    batch.len()
-                ))
-            })?;
+        let received = receive(h, r, t, batch.len())?;
         for (f, &got) in batch.iter().zip(&received).rev() {
             if got != f.fd {
                 let fl = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
@@ -653,6 +707,51 @@ pub fn restore_fds(
     }
     info!("pid {}: {} descriptors restored", r.pid, files.len());
     Ok(())
+}
+
+/// Receive `n` descriptors sent over the transport (the task's end at
+/// `t`) with an injected recvmsg(2); returns their numbers in the task.
+///
+/// Errors: the scratch area is too small, the call failed, or the task
+/// did not get exactly `n` descriptors.
+fn receive(h: &mut Helper, r: &Remote, t: i32, n: usize) -> Result<Vec<i32>> {
+    if r.scratch_len < SCRATCH_NEEDED {
+        return Err(Error::Unsupported(format!(
+            "pid {}: scratch area of {} bytes, receiving descriptors needs {SCRATCH_NEEDED}",
+            r.pid, r.scratch_len
+        )));
+    }
+    let (msg, iov, byte, ctl) = (
+        r.scratch + MSG_OFF,
+        r.scratch + IOV_OFF,
+        r.scratch + BYTE_OFF,
+        r.scratch + CTL_OFF,
+    );
+    let ctl_len = (16 + n * 4).div_ceil(8) * 8;
+    // struct msghdr: name, namelen, iov, iovlen, control, controllen,
+    // flags (see recvmsg(2)).
+    // struct msghdr (7 words, padded to IOV_OFF), then struct iovec.
+    let mut hdr = Vec::with_capacity((BYTE_OFF - MSG_OFF) as usize);
+    for w in [0u64, 0, iov, 1, ctl, ctl_len as u64, 0, 0, byte, 1] {
+        hdr.extend_from_slice(&w.to_le_bytes());
+    }
+    r.put(h, MSG_OFF, &hdr)?;
+    let got = r.call(
+        h,
+        &format!("recvmsg({t})"),
+        libc::SYS_recvmsg,
+        [t as u64, msg, 0, 0, 0, 0],
+    )?;
+    let back = r.get(h, CTL_OFF, ctl_len)?;
+    let flags = r.get(h, MSG_OFF + 48, 4)?;
+    parse_rights(&back, n)
+        .filter(|_| got == 1 && u32::from_le_bytes(flags[..4].try_into().unwrap()) == 0)
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "pid {}: the task did not receive the {n} descriptors sent to it",
+                r.pid
+            ))
+        })
 }
 
 /// POSIX record locks are the process's own: it takes each again, through

@@ -4,6 +4,7 @@
 //! `PR_SET_MM_MAP` fields.
 
 use super::cow::Fill;
+use super::files::FileSender;
 use super::layout::{self, Range};
 use super::validate::{fillable, PAGE};
 use crate::error::{Error, Result};
@@ -490,8 +491,14 @@ pub fn map_flags(v: &Vma) -> u32 {
 /// differs from the dumped one (widened for page filling, or the shared
 /// object's read-write).
 ///
+/// Memfds and deleted files are made (or found) in criu by `sender` and
+/// passed to the task to be mapped, so that every mapping and descriptor of
+/// one of them is the same file again.
+///
 /// Errors: an injected call failed (opening a mapped file names the path),
-/// or a shared mapping's object is not in `shared`.
+/// a shared mapping's object is not in `shared`, or a memfd or deleted
+/// file could not be made.
+#[allow(clippy::too_many_arguments)]
 pub fn map_vmas(
     h: &mut Helper,
     r: &Remote,
@@ -499,12 +506,13 @@ pub fn map_vmas(
     fills: &[Fill],
     shared: &[SharedObject],
     inherited: &[bool],
+    sender: &mut FileSender<'_>,
 ) -> Result<Vec<bool>> {
     let pages = vmas_with_pages(&mm.vmas, fills);
     let mut widened = vec![false; mm.vmas.len()];
     // Each mapped file is opened once (a library has four or five
     // mappings) and closed after the last mapping.
-    let mut open_files: Vec<(&str, i32, i32)> = Vec::new();
+    let mut open_files: Vec<(String, i32, i32)> = Vec::new();
     let res = map_all(
         h,
         r,
@@ -514,6 +522,7 @@ pub fn map_vmas(
         inherited,
         &mut widened,
         &mut open_files,
+        sender,
     );
     for &(_, _, fd) in &open_files {
         close_in(h, r, fd)?;
@@ -524,15 +533,16 @@ pub fn map_vmas(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn map_all<'m>(
+fn map_all(
     h: &mut Helper,
     r: &Remote,
-    mm: &'m MmEntry,
+    mm: &MmEntry,
     pages: &[bool],
     shared: &[SharedObject],
     inherited: &[bool],
     widened: &mut [bool],
-    open_files: &mut Vec<(&'m str, i32, i32)>,
+    open_files: &mut Vec<(String, i32, i32)>,
+    sender: &mut FileSender<'_>,
 ) -> Result<()> {
     for (i, v) in mm.vmas.iter().enumerate() {
         if inherited.get(i) == Some(&true) {
@@ -555,7 +565,10 @@ fn map_all<'m>(
             apply_advice(h, r, v)?;
             continue;
         }
-        if !matches!(v.kind, VmaKind::Anon | VmaKind::File(_)) {
+        if !matches!(
+            v.kind,
+            VmaKind::Anon | VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_)
+        ) {
             continue;
         }
         let prot = map_prot(v, pages[i]);
@@ -563,7 +576,7 @@ fn map_all<'m>(
         let flags = map_flags(v);
         let what = format!("mmap({:#x}-{:#x} {})", v.start, v.end, v.name);
         let got = match &v.kind {
-            VmaKind::File(f) => {
+            VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_) => {
                 let shared = v.flags & libc::MAP_SHARED as u32 != 0;
                 let writable = v.prot & libc::PROT_WRITE as u32 != 0;
                 let mode = if shared && writable {
@@ -571,14 +584,23 @@ fn map_all<'m>(
                 } else {
                     libc::O_RDONLY
                 };
-                let fd = match open_files
-                    .iter()
-                    .find(|(p, m, _)| *p == f.path.as_str() && *m == mode)
-                {
+                let key = match &v.kind {
+                    VmaKind::File(f) => f.path.clone(),
+                    VmaKind::Memfd(m) => format!("memfd inode {}", m.ino),
+                    VmaKind::Ghost(g) => format!("ghost {}", g.data),
+                    _ => String::new(),
+                };
+                let fd = match open_files.iter().find(|(p, m, _)| *p == key && *m == mode) {
                     Some(&(_, _, fd)) => fd,
                     None => {
-                        let fd = open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?;
-                        open_files.push((f.path.as_str(), mode, fd));
+                        let fd = match &v.kind {
+                            VmaKind::File(f) => open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?,
+                            _ => {
+                                let mine = sender.mapping_file(r.pid, v)?;
+                                sender.pass(h, r, &mine)?
+                            }
+                        };
+                        open_files.push((key, mode, fd));
                         fd
                     }
                 };

@@ -160,7 +160,7 @@ fn restore_all(
         } else {
             Some(image_of(ck, e.ppid)?)
         };
-        let r = restore_memory(h, sender.transport + 1, img, parent, tramp, &shared)?;
+        let r = restore_memory(h, &mut sender, img, parent, tramp, &shared)?;
         tree::fork_children(h, ck, e, &r)?;
         // The children have mapped their parts; the whole goes.
         mm::unmap_shared(h, &r, &shared)?;
@@ -406,11 +406,11 @@ fn create_stub(h: &mut Helper, ck: &Checkpoint, number: i32, transport: OwnedFd)
 /// just forked from its restored `parent`, keeps what it inherited where
 /// that matches its own images and writes only what differs (see [`cow`]).
 /// The shared objects' whole mappings stay until the children are forked.
-/// Temporary descriptors go at `high` or above. Returns the process's
-/// trampoline.
+/// Temporary descriptors go above the transport of `sender`, which makes
+/// the memfds and deleted files mapped. Returns the process's trampoline.
 fn restore_memory(
     h: &mut Helper,
-    high: i32,
+    sender: &mut files::FileSender<'_>,
     img: &Images,
     parent: Option<&Images>,
     tramp: layout::Range,
@@ -458,8 +458,8 @@ fn restore_memory(
     mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps, &shared_ranges)?;
     mm::drop_pages(h, &r, &plan.drop)?;
     let pages = img.pages.to_string_lossy().into_owned();
-    let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, high)?;
-    let widened = mm::map_vmas(h, &r, &img.mm, &plan.fills, shared, &plan.inherited)?;
+    let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, sender.transport + 1)?;
+    let widened = mm::map_vmas(h, &r, &img.mm, &plan.fills, shared, &plan.inherited, sender)?;
     let rest = uffd::copy_pages(
         h,
         &r,

@@ -529,6 +529,29 @@ pub fn check_mm(path: &Path, mm: &MmEntry) -> Result<()> {
                     ));
                 }
             }
+            VmaKind::Memfd(m) => {
+                m.check().map_err(|d| invalid(path, format!("{what}: {d}")))?;
+                if v.pgoff % PAGE != 0 {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: file offset {:#x} not page aligned", v.pgoff),
+                    ));
+                }
+            }
+            VmaKind::Ghost(g) => {
+                if !g.path.starts_with('/') {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: deleted file path {:?} not absolute", g.path),
+                    ));
+                }
+                if v.pgoff % PAGE != 0 {
+                    return Err(invalid(
+                        path,
+                        format!("{what}: file offset {:#x} not page aligned", v.pgoff),
+                    ));
+                }
+            }
             VmaKind::Vdso => specials[0] += 1,
             VmaKind::Vvar => specials[1] += 1,
             VmaKind::VvarVclock => specials[2] += 1,
@@ -680,7 +703,9 @@ pub fn check_files(path: &Path, files: &[FdEntry], table: &[FileEntry]) -> Resul
 pub fn fillable(v: &Vma) -> bool {
     match v.kind {
         VmaKind::Anon | VmaKind::SharedAnon { .. } => true,
-        VmaKind::File(_) => v.flags & libc::MAP_SHARED as u32 == 0,
+        VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_) => {
+            v.flags & libc::MAP_SHARED as u32 == 0
+        }
         _ => false,
     }
 }

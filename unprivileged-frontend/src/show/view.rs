@@ -596,6 +596,26 @@ pub fn vma(v: &Vma, runs: &[PagemapEntry]) -> VmaView {
         VmaKind::Anon => ("anon", None),
         VmaKind::SharedAnon { .. } => ("shared-anon", None),
         VmaKind::File(f) => ("file", Some(f.path.clone())),
+        VmaKind::Memfd(m) => {
+            let state = match &m.state {
+                Some(s) => format!(
+                    ", {} bytes in {}, mode {:o}, seals {:#x}",
+                    s.size, s.data_file, s.mode, s.seals
+                ),
+                None => String::new(),
+            };
+            (
+                "memfd",
+                Some(format!("memfd:{} (inode {}){state}", m.name, m.ino)),
+            )
+        }
+        VmaKind::Ghost(g) => (
+            "ghost",
+            Some(format!(
+                "{} (deleted, {} bytes saved in ghost-{}.img)",
+                g.path, g.size, g.data
+            )),
+        ),
         VmaKind::Vdso => ("vdso", None),
         VmaKind::Vvar => ("vvar", None),
         VmaKind::VvarVclock => ("vvar_vclock", None),
