@@ -246,3 +246,58 @@ fn deleted_mapping_over_the_ghost_limit_is_refused() {
     );
     kill_and_reap(pid);
 }
+
+/// A program whose executable was deleted while it ran (as after a package
+/// upgrade): a copy of `sleep`, unlinked. After restore it runs on with the
+/// same deleted executable (`/proc/PID/exe` and its mappings say
+/// `(deleted)`) and finishes its sleep with status 0.
+#[test]
+fn deleted_executable_runs_on() {
+    let Some(t) = Test::new("deleted_executable") else {
+        return;
+    };
+    let w = t.work();
+    let exe = w.join("sleep-copy");
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| t.fail("no sleep binary"));
+    std::fs::copy(sleep, &exe).expect("copy sleep");
+    let pid = t.spawn_target(Command::new(&exe).arg("3")).id() as i32;
+    if !wait_for(Duration::from_secs(5), || proc_state(pid) == Some('S')) {
+        t.fail(&format!(
+            "the copy of sleep did not start: {}",
+            describe(pid)
+        ));
+    }
+    std::fs::remove_file(&exe).expect("unlink the executable");
+    let deleted = format!("{} (deleted)", exe.display());
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    if link.to_string_lossy() != deleted {
+        t.fail(&format!(
+            "/proc/{pid}/exe is {} after restore, not {deleted}",
+            link.display()
+        ));
+    }
+    if !maps(pid)
+        .iter()
+        .any(|l| l.contains(" r-xp ") && l.ends_with(&deleted))
+    {
+        t.fail(&format!(
+            "the deleted executable's code is not mapped after restore:\n{}",
+            maps(pid).join("\n")
+        ));
+    }
+    if exe.exists() {
+        t.fail("restore left the deleted executable linked");
+    }
+    match reap(pid, Duration::from_secs(10)) {
+        Ok(st) if st.code() == Some(0) => {}
+        other => t.fail(&format!(
+            "the restored sleep did not finish with status 0: {other:?}"
+        )),
+    }
+}

@@ -162,7 +162,7 @@ pub fn collect(
             name: v.name.clone(),
         });
     }
-    Ok(MmEntry {
+    let mm = MmEntry {
         start_code: stat.start_code,
         end_code: stat.end_code,
         start_data: stat.start_data,
@@ -177,7 +177,14 @@ pub fn collect(
         auxv,
         exe,
         vmas: out,
-    })
+    };
+    if mm.exe.ends_with(" (deleted)") && mm.deleted_exe().is_none() {
+        return Err(Error::Unsupported(format!(
+            "pid {pid}: its executable {} is not mapped, so it cannot be saved; restore could not set it",
+            mm.exe
+        )));
+    }
+    Ok(mm)
 }
 
 /// The page frame number of the shared zero page, if this process can see

@@ -266,6 +266,16 @@ pub struct MmEntry {
 }
 
 impl MmEntry {
+    /// The mapping of the deleted executable, when [`MmEntry::exe`] names
+    /// one (`PATH (deleted)`, see proc(5) `/proc/PID/exe`): a
+    /// [`VmaKind::Ghost`] of that path.
+    pub fn deleted_exe(&self) -> Option<&Vma> {
+        let path = self.exe.strip_suffix(" (deleted)")?;
+        self.vmas
+            .iter()
+            .find(|v| matches!(&v.kind, VmaKind::Ghost(g) if g.path == path))
+    }
+
     /// The eleven address fields of `struct prctl_mm_map`, in its order
     /// (code, data, brk, stack, args, env; see prctl(2), `PR_SET_MM_MAP`).
     pub fn prctl_fields(&self) -> [u64; 11] {

@@ -98,7 +98,10 @@ pub fn check_files_exist(mm: &MmEntry, files: &[FdEntry], table: &[FileEntry]) -
             )));
         }
     }
-    stat(&mm.exe)?;
+    // A deleted executable is made again from its mapping's saved file.
+    if mm.deleted_exe().is_none() {
+        stat(&mm.exe)?;
+    }
     Ok(())
 }
 
@@ -411,6 +414,24 @@ impl<'a> FileSender<'a> {
                 v.name
             ))),
         }
+    }
+
+    /// A read-only description of the deleted executable `v` (a
+    /// [`VmaKind::Ghost`] mapping) of `pid`, to give `PR_SET_MM_MAP`:
+    /// criu's own read-write description of the file made again is
+    /// replaced by a read-only one first, since the kernel refuses an
+    /// executable open for writing (`ETXTBSY`, see prctl(2)).
+    ///
+    /// Errors: making or reopening the file failed.
+    pub fn exe_file(&mut self, pid: i32, v: &crate::images::types::Vma) -> Result<OwnedFd> {
+        let f = self.mapping_file(pid, v)?;
+        if let VmaKind::Ghost(g) = &v.kind {
+            self.ghosts.insert(
+                g.data,
+                f.try_clone().map_err(|err| Error::file("dup", err))?,
+            );
+        }
+        Ok(f)
     }
 
     /// Pass criu's descriptor `fd` to task `r` over the transport; returns

@@ -892,17 +892,33 @@ pub fn encode_mm_map(mm: &MmEntry, auxv_addr: u64, exe_fd: i32) -> Vec<u8> {
 /// fork(2)); it is left as it is, since the kernel refuses to change the
 /// link while the old file is still mapped (EBUSY, see prctl(2)).
 ///
+/// A deleted executable (`PATH (deleted)`) is the file made again for its
+/// mapping, from `sender`.
+///
 /// Errors: opening the executable or the prctl failed.
 ///
 /// In setuid mode (the helper's caller is not root) the stub runs with the
 /// caller's credentials and lacks `CAP_CHECKPOINT_RESTORE`, which the kernel
 /// requires to change the exe link: the map is set with `exe_fd = -1` and
 /// `/proc/PID/exe` keeps pointing at `criu-helper` (see SECURITY.md).
-pub fn set_mm_fields(h: &mut Helper, r: &Remote, mm: &MmEntry, exe_inherited: bool) -> Result<()> {
+pub fn set_mm_fields(
+    h: &mut Helper,
+    r: &Remote,
+    mm: &MmEntry,
+    exe_inherited: bool,
+    sender: &mut FileSender<'_>,
+) -> Result<()> {
     let root = h.caller_uid == 0;
     let set_exe = root && !exe_inherited;
     let exe_fd = if set_exe {
-        open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?
+        match mm.deleted_exe() {
+            // Deleted: the file made again from its saved contents.
+            Some(v) => {
+                let f = sender.exe_file(r.pid, v)?;
+                sender.pass(h, r, &f)?
+            }
+            None => open_in(h, r, &mm.exe, libc::O_RDONLY | libc::O_CLOEXEC)?,
+        }
     } else if root {
         -1
     } else {

@@ -472,7 +472,7 @@ fn restore_memory(
     mm::close_in(h, &r, pages_fd)?;
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
     let exe_inherited = parent.is_some_and(|p| p.mm.exe == img.mm.exe);
-    mm::set_mm_fields(h, &r, &img.mm, exe_inherited)?;
+    mm::set_mm_fields(h, &r, &img.mm, exe_inherited, sender)?;
     if let Some(p) = parent {
         let kept = plan.inherited.iter().filter(|&&k| k).count();
         info!(
