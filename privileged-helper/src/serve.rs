@@ -12,8 +12,9 @@ use nix::errno::Errno;
 use nix::sys::ptrace::{self as nixptrace, Options};
 use nix::unistd::{getpid, getppid, getuid, Pid};
 use shared_ipc::{
-    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, ReleaseMode, Request,
-    Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_XSTATE, PROTOCOL_VERSION, SIGINFO_SIZE,
+    BatchStep, Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, ReleaseMode,
+    Request, Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_XSTATE, PROTOCOL_VERSION,
+    SIGINFO_SIZE,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -220,27 +221,56 @@ impl Server {
                     .done("take-pipe", pid, format_args!("fd={pipe_fd}"));
                 Ok(Response::Pipe)
             }
-            other => {
-                let pid = other.pid().ok_or(bad)?;
-                self.recheck(pid)?;
-                let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
-                let r = on_tracee(t, other);
-                let born = std::mem::take(&mut t.new_tasks);
-                let gadget = t.gadget;
-                for child in born {
-                    self.adopt(child, gadget);
-                }
-                if let Err(f) = r {
-                    if f.lost_task() {
-                        self.tracees.remove(&pid);
-                    }
-                    if f.deny == Some(DenyReason::Exec) {
-                        self.log.refused("exec", pid, format_args!("let go"));
-                    }
-                }
-                r
+            Request::SyscallBatch { pid, steps } => self.batch(pid, steps),
+            other => self.on_traced(other),
+        }
+    }
+
+    /// A request that acts on one traced task only (`on_tracee`): the task
+    /// is checked again first; tasks the request created are traced after.
+    fn on_traced(&mut self, req: Request) -> Result<Response, Fail> {
+        let pid = req.pid().ok_or(Fail::bare(ErrorKind::BadRequest))?;
+        self.recheck(pid)?;
+        let t = self.tracees.get_mut(&pid).ok_or(not_traced())?;
+        let r = on_tracee(t, req);
+        let born = std::mem::take(&mut t.new_tasks);
+        let gadget = t.gadget;
+        for child in born {
+            self.adopt(child, gadget);
+        }
+        if let Err(f) = r {
+            if f.lost_task() {
+                self.tracees.remove(&pid);
+            }
+            if f.deny == Some(DenyReason::Exec) {
+                self.log.refused("exec", pid, format_args!("let go"));
             }
         }
+        r
+    }
+
+    /// `Request::SyscallBatch`: each step is the `WriteMemory` or `Syscall`
+    /// request it stands for, run through [`Server::on_traced`] like one
+    /// sent alone (bounds were checked for the whole batch). Stops after the
+    /// first call that returns an error; a failing step fails the batch.
+    fn batch(&mut self, pid: i32, steps: Vec<BatchStep>) -> Result<Response, Fail> {
+        let mut results = Vec::with_capacity(steps.len());
+        for step in steps {
+            let req = match step {
+                BatchStep::Write { addr, data } => Request::WriteMemory { pid, addr, data },
+                BatchStep::Syscall { nr, args } => Request::Syscall { pid, nr, args },
+            };
+            let v = match self.on_traced(req)? {
+                Response::Ok => 0,
+                Response::SyscallResult(v) => v,
+                _ => return Err(Fail::bare(ErrorKind::BadRequest)),
+            };
+            results.push(v);
+            if (-4095..0).contains(&v) {
+                break;
+            }
+        }
+        Ok(Response::BatchResults(results))
     }
 
     /// Setuid mode: check a traced task again before acting on it (the
@@ -702,7 +732,14 @@ fn release_name(how: ReleaseMode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_ipc::{seqpacket_pair, MAX_MEM_IO};
+    use shared_ipc::{seqpacket_pair, MAX_BATCH_STEPS, MAX_MEM_IO};
+
+    fn getpid_step() -> BatchStep {
+        BatchStep::Syscall {
+            nr: libc::SYS_getpid as u64,
+            args: [0; 6],
+        }
+    }
 
     /// A server with no spawner and no peer: only `handle` is exercised.
     fn server() -> Server {
@@ -857,6 +894,63 @@ mod tests {
                 },
                 vec![],
                 ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 5,
+                    steps: vec![],
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 5,
+                    steps: vec![getpid_step(); MAX_BATCH_STEPS + 1],
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 0,
+                    steps: vec![getpid_step()],
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 5,
+                    steps: vec![
+                        BatchStep::Write {
+                            addr: 0x1000,
+                            data: vec![0; MAX_MEM_IO as usize],
+                        },
+                        BatchStep::Write {
+                            addr: 0x1000,
+                            data: vec![0],
+                        },
+                    ],
+                },
+                vec![],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 5,
+                    steps: vec![getpid_step()],
+                },
+                vec![dev_null()],
+                ErrorKind::BadRequest,
+            ),
+            (
+                Request::SyscallBatch {
+                    pid: 5,
+                    steps: vec![getpid_step(); MAX_BATCH_STEPS],
+                },
+                vec![],
+                ErrorKind::NotTraced,
             ),
         ];
         for (req, fds, kind) in cases {

@@ -5,7 +5,8 @@
 mod common;
 use common::*;
 use shared_ipc::{
-    ErrorKind, PageRun, ReleaseMode, Request, Response, HELLO_MAGIC, PROTOCOL_VERSION,
+    BatchStep, ErrorKind, PageRun, ReleaseMode, Request, Response, HELLO_MAGIC, MAX_BATCH_STEPS,
+    PROTOCOL_VERSION,
 };
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
@@ -200,6 +201,137 @@ fn seize_inject_dump_and_resume() {
     .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleep.wait().unwrap().signal(), Some(libc::SIGTERM));
+}
+
+#[test]
+fn syscall_batch_runs_in_order_and_stops_at_the_first_error() {
+    if !is_root() {
+        return;
+    }
+    let mut sleep = sleeper();
+    let pid = sleep.id() as i32;
+    let mut other = sleeper();
+    let other_pid = other.id() as i32;
+    let mut h = Helper::start();
+    h.hello();
+    assert_eq!(h.call(Request::Seize { pid }), Response::Ok);
+    let Response::Sigmask(mask) = h.call(Request::GetSigmask { pid }) else {
+        panic!("no mask")
+    };
+    let (gadget, _) = vdso_gadget(&mut h, pid);
+    assert_eq!(
+        h.call(Request::SetGadget { pid, addr: gadget }),
+        Response::Ok
+    );
+    let call = |nr: i64, args: [u64; 6]| BatchStep::Syscall {
+        nr: nr as u64,
+        args,
+    };
+    let getpid = call(libc::SYS_getpid, [0; 6]);
+    let mmap = call(libc::SYS_mmap, [0, 4096, 3, 0x22, u64::MAX, 0]);
+    let Response::BatchResults(r) = h.call(Request::SyscallBatch {
+        pid,
+        steps: vec![getpid.clone(), mmap],
+    }) else {
+        panic!("no batch results")
+    };
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0], i64::from(pid));
+    assert!(r[1] > 0 && r[1] % 4096 == 0, "mmap returned {}", r[1]);
+    let addr = r[1] as u64;
+
+    // A write, then a call that reads it (write(2) of the bytes to
+    // /dev/null), a failing close, and a call after it that must not run
+    // (an munmap of the page, which stays readable below).
+    let data = b"batched bytes".to_vec();
+    let steps = vec![
+        BatchStep::Write {
+            addr,
+            data: data.clone(),
+        },
+        getpid.clone(),
+        call(libc::SYS_close, [u64::MAX, 0, 0, 0, 0, 0]),
+        call(libc::SYS_munmap, [addr, 4096, 0, 0, 0, 0]),
+    ];
+    assert_eq!(
+        h.call(Request::SyscallBatch { pid, steps }),
+        Response::BatchResults(vec![0, i64::from(pid), -i64::from(libc::EBADF)])
+    );
+    assert_eq!(
+        h.call(Request::ReadMemory {
+            pid,
+            addr,
+            len: data.len() as u32
+        }),
+        Response::Memory(data)
+    );
+
+    // Hostile batches: each refused, the helper serving on.
+    let refused = |r: Response, kind: ErrorKind| {
+        assert!(
+            matches!(r, Response::Error { kind: k, .. } if k == kind),
+            "{r:?}"
+        );
+    };
+    refused(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![getpid.clone(); MAX_BATCH_STEPS + 1],
+        }),
+        ErrorKind::BadRequest,
+    );
+    refused(
+        h.call(Request::SyscallBatch {
+            pid: -pid,
+            steps: vec![getpid.clone()],
+        }),
+        ErrorKind::BadRequest,
+    );
+    refused(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![BatchStep::Write {
+                addr: shared_ipc::TASK_SIZE,
+                data: vec![0],
+            }],
+        }),
+        ErrorKind::BadRequest,
+    );
+    // A live task this helper does not trace is not touched.
+    refused(
+        h.call(Request::SyscallBatch {
+            pid: other_pid,
+            steps: vec![call(libc::SYS_exit, [3, 0, 0, 0, 0, 0])],
+        }),
+        ErrorKind::NotTraced,
+    );
+    assert_eq!(proc_state(other_pid), Some('S'));
+    assert_eq!(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![call(libc::SYS_munmap, [addr, 4096, 0, 0, 0, 0])],
+        }),
+        Response::BatchResults(vec![0])
+    );
+
+    assert_eq!(
+        h.call(Request::Release {
+            pid,
+            how: ReleaseMode::Resume
+        }),
+        Response::Ok
+    );
+    assert!(h.wait_exit().success());
+    assert!(
+        wait_for(|| proc_state(pid) == Some('S')),
+        "sleep not sleeping"
+    );
+    let sigblk = status_field(pid, "SigBlk:").unwrap();
+    assert_eq!(u64::from_str_radix(&sigblk, 16).unwrap(), mask);
+    for c in [&mut sleep, &mut other] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
 }
 
 #[test]

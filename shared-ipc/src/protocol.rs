@@ -33,6 +33,9 @@ pub const MAX_MEM_IO: u32 = 32 * 1024;
 /// Most page runs in one [`Request::DumpPages`].
 pub const MAX_PAGE_RUNS: usize = 2048;
 
+/// Most steps in one [`Request::SyscallBatch`].
+pub const MAX_BATCH_STEPS: usize = 256;
+
 /// Most siginfo records returned by one [`Request::PeekSiginfo`].
 pub const MAX_SIGINFO: u32 = 128;
 
@@ -92,6 +95,27 @@ pub struct PageRun {
     pub addr: u64,
     /// Length in bytes, a multiple of the page size.
     pub len: u64,
+}
+
+/// One step of a [`Request::SyscallBatch`]: exactly what the request of
+/// the same name would do on its own.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum BatchStep {
+    /// As [`Request::WriteMemory`]: write `data` at `addr` in the task.
+    Write {
+        /// Start address.
+        addr: u64,
+        /// Bytes to write (all writes of a batch together at most
+        /// [`MAX_MEM_IO`] bytes).
+        data: Vec<u8>,
+    },
+    /// As [`Request::Syscall`]: run system call `nr` with `args`.
+    Syscall {
+        /// System call number (x86-64 table).
+        nr: u64,
+        /// Arguments in `rdi, rsi, rdx, r10, r8, r9` order.
+        args: [u64; 6],
+    },
 }
 
 /// What to do with a task when the frontend is done with it.
@@ -296,6 +320,21 @@ pub enum Request {
         /// A pipe end, as a descriptor number in the task.
         pipe_fd: i32,
     },
+    /// Run up to [`MAX_BATCH_STEPS`] steps on one task in one round trip:
+    /// each step is checked and done exactly as the [`Request::WriteMemory`]
+    /// or [`Request::Syscall`] it stands for would be (setuid-mode check of
+    /// the task before each step, tasks the step creates traced), in order.
+    /// The batch stops after the first system call that returns an error
+    /// (`-4095..=-1`); the answer is [`Response::BatchResults`]. A step the
+    /// helper cannot do ends the batch with that step's error, the steps
+    /// before it done.
+    SyscallBatch {
+        /// Traced task.
+        pid: Pid,
+        /// The steps, 1 to [`MAX_BATCH_STEPS`]; their writes together at
+        /// most [`MAX_MEM_IO`] bytes.
+        steps: Vec<BatchStep>,
+    },
 }
 
 /// The operation a failing request was doing, so the frontend can say which
@@ -409,6 +448,10 @@ pub enum Response {
     /// Answer to [`Request::TakePipe`]: the pipe end is the one descriptor
     /// sent with this frame.
     Pipe,
+    /// Answer to [`Request::SyscallBatch`]: one value per step done, in
+    /// order (0 for a write, the raw return value of a system call). Fewer
+    /// values than steps: the last one is the error that stopped the batch.
+    BatchResults(Vec<i64>),
 }
 
 /// Which of a task's user or group IDs (see credentials(7)).
@@ -567,6 +610,7 @@ impl Request {
             Request::WaitExit { .. } => "wait-exit",
             Request::SetNextPid { .. } => "set-next-pid",
             Request::TakePipe { .. } => "take-pipe",
+            Request::SyscallBatch { .. } => "syscall-batch",
         }
     }
 
@@ -590,7 +634,8 @@ impl Request {
             | Request::Release { pid, .. }
             | Request::WaitExit { pid }
             | Request::SetNextPid { parent: pid, .. }
-            | Request::TakePipe { pid, .. } => Some(*pid),
+            | Request::TakePipe { pid, .. }
+            | Request::SyscallBatch { pid, .. } => Some(*pid),
         }
     }
 
@@ -643,6 +688,24 @@ impl Request {
             }
             Request::TakePipe { pipe_fd, .. } if !(0..1 << 20).contains(pipe_fd) => {
                 return Err("descriptor number out of range");
+            }
+            Request::SyscallBatch { steps, .. } => {
+                if steps.is_empty() {
+                    return Err("empty batch");
+                }
+                if steps.len() > MAX_BATCH_STEPS {
+                    return Err("too many steps in a batch");
+                }
+                let mut written = 0usize;
+                for st in steps {
+                    if let BatchStep::Write { addr, data } = st {
+                        written = written.saturating_add(data.len());
+                        if written > MAX_MEM_IO as usize {
+                            return Err("batch writes too large");
+                        }
+                        check_range(*addr, data.len() as u64)?;
+                    }
+                }
             }
             Request::DumpPages { runs, .. } => {
                 if runs.len() > MAX_PAGE_RUNS {
@@ -715,6 +778,108 @@ mod tests {
             mask: 0x2000,
         };
         assert_eq!(r.to_string(), "holds capabilities (permitted set 0x2000)");
+    }
+
+    fn batch(steps: Vec<BatchStep>) -> Request {
+        Request::SyscallBatch { pid: 7, steps }
+    }
+
+    fn call(nr: u64) -> BatchStep {
+        BatchStep::Syscall {
+            nr,
+            args: [u64::MAX; 6],
+        }
+    }
+
+    #[test]
+    fn batch_is_appended_after_the_existing_messages() {
+        // Requests 0..=17 are Hello..TakePipe, responses 0..=13 Hello..Pipe.
+        let r = postcard::to_stdvec(&batch(vec![
+            BatchStep::Write {
+                addr: 0x1000,
+                data: vec![0xaa],
+            },
+            BatchStep::Syscall {
+                nr: 39,
+                args: [1, 2, 3, 4, 5, 6],
+            },
+        ]))
+        .unwrap();
+        assert_eq!(
+            r,
+            // pid 7 as a zigzag varint is 14; 0x1000 is [0x80, 0x20].
+            vec![18, 14, 2, 0, 0x80, 0x20, 1, 0xaa, 1, 39, 1, 2, 3, 4, 5, 6]
+        );
+        let a = postcard::to_stdvec(&Response::BatchResults(vec![0, -22])).unwrap();
+        assert_eq!(a, vec![14, 2, 0, 43]);
+        assert_eq!(batch(vec![call(39)]).name(), "syscall-batch");
+        assert_eq!(batch(vec![call(39)]).pid(), Some(7));
+    }
+
+    #[test]
+    fn batch_bounds() {
+        let ok = |r: &Request| r.check_bounds();
+        assert_eq!(ok(&batch(vec![call(0); MAX_BATCH_STEPS])), Ok(()));
+        assert_eq!(ok(&batch(vec![])), Err("empty batch"));
+        assert_eq!(
+            ok(&batch(vec![call(0); MAX_BATCH_STEPS + 1])),
+            Err("too many steps in a batch")
+        );
+        let write = |addr: u64, len: usize| BatchStep::Write {
+            addr,
+            data: vec![1; len],
+        };
+        let half = MAX_MEM_IO as usize / 2;
+        assert_eq!(
+            ok(&batch(vec![write(0x1000, half), write(0x1000, half)])),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&batch(vec![
+                write(0x1000, half),
+                call(1),
+                write(0x1000, half + 1)
+            ])),
+            Err("batch writes too large")
+        );
+        assert_eq!(
+            ok(&batch(vec![call(1), write(TASK_SIZE - 1, 2)])),
+            Err("address range outside user space")
+        );
+        assert_eq!(
+            ok(&batch(vec![write(u64::MAX, 1)])),
+            Err("address range outside user space")
+        );
+        let zero = Request::SyscallBatch {
+            pid: 0,
+            steps: vec![call(1)],
+        };
+        assert_eq!(ok(&zero), Err("pid must be positive"));
+    }
+
+    #[test]
+    fn largest_batches_fit_a_frame() {
+        // Every step a call with the longest encodings, or one write of all
+        // the bytes allowed among them, or many small writes.
+        let mut big = vec![call(u64::MAX); MAX_BATCH_STEPS - 1];
+        big.push(BatchStep::Write {
+            addr: TASK_SIZE - u64::from(MAX_MEM_IO),
+            data: vec![0xff; MAX_MEM_IO as usize],
+        });
+        let small: Vec<BatchStep> = (0..MAX_BATCH_STEPS)
+            .map(|_| BatchStep::Write {
+                addr: TASK_SIZE - 0x1000,
+                data: vec![0xff; MAX_MEM_IO as usize / MAX_BATCH_STEPS],
+            })
+            .collect();
+        for steps in [vec![call(u64::MAX); MAX_BATCH_STEPS], big, small] {
+            let r = batch(steps);
+            assert_eq!(r.check_bounds(), Ok(()));
+            let f = crate::frame::encode(&r).unwrap();
+            assert_eq!(crate::frame::decode::<Request>(&f), Ok(r));
+        }
+        let answer = Response::BatchResults(vec![i64::MIN; MAX_BATCH_STEPS]);
+        crate::frame::encode(&answer).unwrap();
     }
 
     #[test]

@@ -13,7 +13,8 @@
 
 use shared_ipc::frame::{decode, encode};
 use shared_ipc::{
-    PageRun, ReleaseMode, Request, Response, UserRegs, HELLO_MAGIC, MAX_FRAME, PROTOCOL_VERSION,
+    BatchStep, PageRun, ReleaseMode, Request, Response, UserRegs, HELLO_MAGIC, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use std::path::{Path, PathBuf};
 
@@ -135,6 +136,36 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         ("ok-wait-exit", ok(Request::WaitExit { pid: 7 })),
+        (
+            "ok-syscall-batch",
+            ok(Request::SyscallBatch {
+                pid: 7,
+                steps: vec![
+                    BatchStep::Write {
+                        addr: 0x7ffd_0000,
+                        data: vec![0x20; 32],
+                    },
+                    BatchStep::Syscall {
+                        nr: 13,
+                        args: [2, 0x7ffd_0000, 0, 8, 0, 0],
+                    },
+                ],
+            }),
+        ),
+        // Well-formed, but more steps than the helper accepts.
+        (
+            "ok-syscall-batch-too-long",
+            ok(Request::SyscallBatch {
+                pid: 7,
+                steps: vec![
+                    BatchStep::Syscall {
+                        nr: 39,
+                        args: [0; 6]
+                    };
+                    shared_ipc::MAX_BATCH_STEPS + 1
+                ],
+            }),
+        ),
         // A well-formed frame the helper must still refuse by bounds.
         ("ok-seize-pid-zero", ok(Request::Seize { pid: 0 })),
         ("bad-empty", Vec::new()),
