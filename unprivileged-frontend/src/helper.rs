@@ -4,8 +4,8 @@
 //! the `CRIU_HELPER` environment variable says (checked first).
 
 use shared_ipc::{
-    Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode, Request,
-    Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO,
+    BatchStep, Channel, ChannelError, DenyReason, ErrorKind, ExitStatus, PageRun, Pid, ReleaseMode,
+    Request, Response, RseqConfig, UserRegs, HELLO_MAGIC, MAX_MEM_IO, MAX_PAGE_RUNS, MAX_SIGINFO,
     PROTOCOL_VERSION,
 };
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -99,6 +99,8 @@ type HResult<T> = Result<T, HelperError>;
 pub struct Helper {
     ch: Channel<Request, Response>,
     child: Child,
+    /// Requests sent so far, by name (logged at `-v4` by [`Helper::finish`]).
+    sent: std::collections::BTreeMap<&'static str, u64>,
     /// Real uid of the caller as the helper sees it (0: root mode).
     pub caller_uid: u32,
 }
@@ -164,6 +166,7 @@ impl Helper {
         let mut h = Helper {
             ch: Channel::new(ours),
             child,
+            sent: Default::default(),
             caller_uid: u32::MAX,
         };
         match h.call(
@@ -216,6 +219,7 @@ impl Helper {
                 got: format!("a request the frontend refused to send: {why}"),
             });
         }
+        *self.sent.entry(op).or_default() += 1;
         self.ch.send(&req, fds)?;
         let (resp, got) = self.ch.recv()?;
         match resp {
@@ -361,6 +365,21 @@ impl Helper {
         }
     }
 
+    /// Run the steps in one round trip (see `Request::SyscallBatch`): at
+    /// most `MAX_BATCH_STEPS`, their writes at most `MAX_MEM_IO` bytes
+    /// together. Returns one value per step done (0 for a write, the raw
+    /// result of a call); fewer than the steps when a call failed, which is
+    /// then the last value.
+    ///
+    /// Errors: the helper could not do a step.
+    pub fn syscall_batch(&mut self, pid: Pid, steps: Vec<BatchStep>) -> HResult<Vec<i64>> {
+        let n = steps.len();
+        match self.call(Request::SyscallBatch { pid, steps }, &[])? {
+            Response::BatchResults(r) if !r.is_empty() && r.len() <= n => Ok(r),
+            other => Err(unexpected("syscall-batch", other)),
+        }
+    }
+
     /// Read `len` bytes of task memory (any length; split into requests).
     ///
     /// Errors: the helper's failure.
@@ -453,7 +472,15 @@ impl Helper {
 
     /// Close the channel and wait for the helper to finish its clean-up.
     pub fn finish(self) {
-        let Helper { ch, mut child, .. } = self;
+        let Helper {
+            ch,
+            mut child,
+            sent,
+            ..
+        } = self;
+        let total: u64 = sent.values().sum();
+        let each: Vec<String> = sent.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        crate::debug!("helper requests: {total} ({})", each.join(", "));
         drop(ch);
         let _ = child.wait();
     }

@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::proc::SmapsVma;
+use shared_ipc::{BatchStep, MAX_BATCH_STEPS, MAX_MEM_IO};
 
 /// A traced task plus a scratch area mapped in it.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,122 @@ impl Remote {
     }
 }
 
+/// Scratch writes and injected calls for one task, sent to the helper
+/// together (`Request::SyscallBatch`): one round trip for up to
+/// [`MAX_BATCH_STEPS`] steps instead of one per step. Steps run in order, so
+/// a write may reuse a scratch offset an earlier call of the batch read.
+/// Every call must succeed: the batch stops at the first that fails.
+#[derive(Debug)]
+pub struct Batch {
+    remote: Remote,
+    steps: Vec<BatchStep>,
+    /// Per step: the call's name for the log and errors; `None` for a write.
+    names: Vec<Option<String>>,
+}
+
+impl Batch {
+    /// An empty batch for the task of `r` and its scratch area.
+    pub fn new(r: &Remote) -> Batch {
+        Batch {
+            remote: *r,
+            steps: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Write `data` at `off` in the scratch area when the batch runs;
+    /// returns its address.
+    ///
+    /// Errors: out of the scratch area.
+    pub fn put(&mut self, off: u64, data: &[u8]) -> Result<u64> {
+        let addr = self.remote.check(off, data.len())?;
+        for (i, chunk) in data.chunks(MAX_MEM_IO as usize).enumerate() {
+            self.steps.push(BatchStep::Write {
+                addr: addr + (i * MAX_MEM_IO as usize) as u64,
+                data: chunk.to_vec(),
+            });
+            self.names.push(None);
+        }
+        Ok(addr)
+    }
+
+    /// Run syscall `nr` with `args` when the batch runs; `what` names it in
+    /// the log and in the error (as [`Remote::call`]).
+    pub fn call(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.steps.push(BatchStep::Syscall {
+            nr: nr as u64,
+            args,
+        });
+        self.names.push(Some(what.into()));
+    }
+
+    /// Send the steps, as few requests as the bounds allow, and empty the
+    /// batch; returns the result of every call, in order.
+    ///
+    /// Errors: [`Error::Injected`] for the first call that returned an
+    /// error (the steps after it are not run), or the helper's failure.
+    pub fn run(&mut self, h: &mut Helper) -> Result<Vec<u64>> {
+        let pid = self.remote.pid;
+        let mut out = Vec::with_capacity(self.steps.len());
+        let mut names = std::mem::take(&mut self.names).into_iter();
+        for chunk in batch_chunks(std::mem::take(&mut self.steps)) {
+            let n = chunk.len();
+            let results = h.syscall_batch(pid, chunk)?;
+            let done = results.len();
+            for (v, name) in results.into_iter().zip(names.by_ref()) {
+                let Some(what) = name else { continue };
+                crate::debug!("pid {pid}: {what} = {v:#x}");
+                match errno_of(v) {
+                    Some(errno) => {
+                        return Err(Error::Injected {
+                            pid,
+                            call: what,
+                            errno,
+                        })
+                    }
+                    None => out.push(v as u64),
+                }
+            }
+            if done < n {
+                return Err(Error::Unsupported(format!(
+                    "pid {pid}: criu-helper stopped a batch after {done} of {n} steps without an error"
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Split steps into requests of at most [`MAX_BATCH_STEPS`] steps whose
+/// writes are at most [`MAX_MEM_IO`] bytes together, keeping their order.
+/// Each write step is at most [`MAX_MEM_IO`] bytes ([`Batch::put`]).
+fn batch_chunks(steps: Vec<BatchStep>) -> Vec<Vec<BatchStep>> {
+    let mut out: Vec<Vec<BatchStep>> = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0usize;
+    for st in steps {
+        let len = match &st {
+            BatchStep::Write { data, .. } => data.len(),
+            BatchStep::Syscall { .. } => 0,
+        };
+        if cur.len() == MAX_BATCH_STEPS || bytes + len > MAX_MEM_IO as usize {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += len;
+        cur.push(st);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Find a `syscall` instruction (bytes `0f 05`) in an executable mapping of
 /// the task, trying `[vdso]` first (always present, small), then the other
 /// executable mappings. Any position holding those two bytes works, since
@@ -133,4 +250,82 @@ pub fn find_gadget(h: &mut Helper, pid: i32, vmas: &[SmapsVma]) -> Result<u64> {
     Err(Error::Unsupported(format!(
         "pid {pid}: no syscall instruction found in any executable mapping"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(nr: u64) -> BatchStep {
+        BatchStep::Syscall { nr, args: [0; 6] }
+    }
+
+    fn write(len: usize) -> BatchStep {
+        BatchStep::Write {
+            addr: 0x1000,
+            data: vec![7; len],
+        }
+    }
+
+    fn bounded(chunks: &[Vec<BatchStep>]) {
+        for c in chunks {
+            let req = shared_ipc::Request::SyscallBatch {
+                pid: 1,
+                steps: c.clone(),
+            };
+            assert_eq!(req.check_bounds(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn batches_split_by_steps_and_bytes_in_order() {
+        let steps: Vec<BatchStep> = (0..600).map(call).collect();
+        let chunks = batch_chunks(steps.clone());
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![256, 256, 88]);
+        bounded(&chunks);
+        assert_eq!(chunks.concat(), steps);
+
+        let half = MAX_MEM_IO as usize / 2;
+        let steps = vec![
+            write(half),
+            call(1),
+            write(half),
+            call(2),
+            write(1),
+            call(3),
+        ];
+        let chunks = batch_chunks(steps.clone());
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![4, 2]);
+        bounded(&chunks);
+        assert_eq!(chunks.concat(), steps);
+        assert!(batch_chunks(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn batch_writes_stay_in_the_scratch_area_and_are_split() {
+        let r = Remote {
+            pid: 5,
+            scratch: 0x10000,
+            scratch_len: 0x20000,
+        };
+        let mut b = Batch::new(&r);
+        assert!(b.is_empty());
+        let big = vec![1u8; MAX_MEM_IO as usize + 10];
+        assert_eq!(b.put(0x100, &big).unwrap(), 0x10100);
+        b.call("getpid", libc::SYS_getpid, [0; 6]);
+        assert_eq!(b.steps.len(), 3);
+        assert_eq!(
+            b.steps[1],
+            BatchStep::Write {
+                addr: 0x10100 + u64::from(MAX_MEM_IO),
+                data: vec![1; 10],
+            }
+        );
+        assert_eq!(b.names[2].as_deref(), Some("getpid"));
+        assert!(b.put(0x20000 - 4, &[0; 8]).is_err());
+        assert!(Batch::new(&Remote::new(5)).put(0, &[0]).is_err());
+        bounded(&batch_chunks(b.steps));
+    }
 }

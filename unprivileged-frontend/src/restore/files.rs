@@ -15,7 +15,7 @@ use crate::images::types::{
 };
 use crate::images::ImageDir;
 use crate::info;
-use crate::remote::Remote;
+use crate::remote::{Batch, Remote};
 use nix::sys::socket::{self, ControlMessage, MsgFlags};
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -450,7 +450,7 @@ impl<'a> FileSender<'a> {
                     r.pid
                 ))
             })?;
-        let got = receive(h, r, self.transport, 1)?;
+        let got = receive(h, r, self.transport, 1, false)?;
         Ok(got[0])
     }
 
@@ -687,33 +687,36 @@ pub fn restore_fds(
     let t = sender.transport;
     for batch in files.chunks(BATCH) {
         sender.send(r.pid, batch)?;
-        let received = receive(h, r, t, batch.len())?;
+        // Received descriptors are close-on-exec when most of the batch
+        // wants it; only the others need a call to change their flag.
+        let cloexec = batch.iter().filter(|f| f.cloexec).count() * 2 > batch.len();
+        let received = receive(h, r, t, batch.len(), cloexec)?;
+        // Placed before the next recvmsg, which takes the lowest free
+        // numbers.
+        let mut b = Batch::new(r);
         for (f, &got) in batch.iter().zip(&received).rev() {
             if got != f.fd {
                 let fl = if f.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-                r.call(
-                    h,
-                    &format!("dup3({got}, {})", f.fd),
+                b.call(
+                    format!("dup3({got}, {})", f.fd),
                     libc::SYS_dup3,
                     [got as u64, f.fd as u64, fl, 0, 0, 0],
-                )?;
-                close_in(h, r, got)?;
-            } else if f.cloexec {
-                r.call(
-                    h,
-                    &format!("fcntl({got}, F_SETFD)"),
+                );
+                b.call(
+                    format!("close({got})"),
+                    libc::SYS_close,
+                    [got as u64, 0, 0, 0, 0, 0],
+                );
+            } else if f.cloexec != cloexec {
+                let fl = if f.cloexec { libc::FD_CLOEXEC } else { 0 };
+                b.call(
+                    format!("fcntl({got}, F_SETFD, {fl})"),
                     libc::SYS_fcntl,
-                    [
-                        got as u64,
-                        libc::F_SETFD as u64,
-                        libc::FD_CLOEXEC as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                )?;
+                    [got as u64, libc::F_SETFD as u64, fl as u64, 0, 0, 0],
+                );
             }
         }
+        b.run(h)?;
     }
     close_in(h, r, t)?;
     restore_posix_locks(h, r, sender.table, files)?;
@@ -731,11 +734,12 @@ pub fn restore_fds(
 }
 
 /// Receive `n` descriptors sent over the transport (the task's end at
-/// `t`) with an injected recvmsg(2); returns their numbers in the task.
+/// `t`) with an injected recvmsg(2), close-on-exec if `cloexec`
+/// (`MSG_CMSG_CLOEXEC`); returns their numbers in the task.
 ///
 /// Errors: the scratch area is too small, the call failed, or the task
 /// did not get exactly `n` descriptors.
-fn receive(h: &mut Helper, r: &Remote, t: i32, n: usize) -> Result<Vec<i32>> {
+fn receive(h: &mut Helper, r: &Remote, t: i32, n: usize, cloexec: bool) -> Result<Vec<i32>> {
     if r.scratch_len < SCRATCH_NEEDED {
         return Err(Error::Unsupported(format!(
             "pid {}: scratch area of {} bytes, receiving descriptors needs {SCRATCH_NEEDED}",
@@ -757,16 +761,22 @@ fn receive(h: &mut Helper, r: &Remote, t: i32, n: usize) -> Result<Vec<i32>> {
         hdr.extend_from_slice(&w.to_le_bytes());
     }
     r.put(h, MSG_OFF, &hdr)?;
+    let rflags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
     let got = r.call(
         h,
         &format!("recvmsg({t})"),
         libc::SYS_recvmsg,
-        [t as u64, msg, 0, 0, 0, 0],
+        [t as u64, msg, rflags as u64, 0, 0, 0],
     )?;
-    let back = r.get(h, CTL_OFF, ctl_len)?;
-    let flags = r.get(h, MSG_OFF + 48, 4)?;
-    parse_rights(&back, n)
-        .filter(|_| got == 1 && u32::from_le_bytes(flags[..4].try_into().unwrap()) == 0)
+    // msg_flags and the control message, in one read.
+    let flags_off = MSG_OFF + 48;
+    let span = r.get(h, flags_off, (CTL_OFF - flags_off) as usize + ctl_len)?;
+    let (flags, back) = span.split_at((CTL_OFF - flags_off) as usize);
+    // The kernel reports MSG_CMSG_CLOEXEC back in msg_flags; anything else
+    // (MSG_CTRUNC) means descriptors were lost.
+    let flags = u32::from_le_bytes(flags[..4].try_into().unwrap());
+    parse_rights(back, n)
+        .filter(|_| got == 1 && flags & !(libc::MSG_CMSG_CLOEXEC as u32) == 0)
         .ok_or_else(|| {
             Error::Unsupported(format!(
                 "pid {}: the task did not receive the {n} descriptors sent to it",

@@ -526,9 +526,12 @@ fn restore_rest(
         files::restore_fs(h, &r, &img.fs)?;
     }
     // Threads before the credentials change: set_tid needs the privilege.
-    for t in &img.threads {
-        tree::clone_in(h, &r, tree::THREAD_FLAGS, 0, t.tid)?;
-    }
+    let threads: Vec<_> = img
+        .threads
+        .iter()
+        .map(|t| (tree::THREAD_FLAGS, 0, t.tid))
+        .collect();
+    tree::clone_all(h, &r, &threads)?;
     task::restore_state(h, &r, &img.core)?;
     if img.core.child_subreaper {
         r.call(

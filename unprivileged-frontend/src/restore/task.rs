@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::images::types::{CoreEntry, Creds, ITimer, PosixTimer, SigAction, SigAltStack};
-use crate::remote::{errno_of, Remote};
+use crate::remote::{errno_of, Batch, Remote};
 use crate::{debug, info, warn};
 use shared_ipc::UserRegs;
 
@@ -129,44 +129,47 @@ pub fn final_regs(mut regs: UserRegs) -> UserRegs {
 ///
 /// Errors: an injected call failed.
 pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
-    restore_sigactions(h, r, &core.sigactions)?;
+    // Calls that need no answer before the next one go in batches.
+    let mut b = Batch::new(r);
+    restore_sigactions(&mut b, r, &core.sigactions)?;
     for (which, t) in core.itimers.iter().map(itimer_to_set).enumerate() {
         debug!(
             "pid {}: itimer {which}: value {} us, interval {} us",
             r.pid, t.value_us, t.interval_us
         );
-        let a = r.put(h, 0, &encode_itimerval(&t))?;
-        r.call(
-            h,
-            &format!("setitimer({which})"),
+        let a = b.put(0, &encode_itimerval(&t))?;
+        b.call(
+            format!("setitimer({which})"),
             libc::SYS_setitimer,
             [which as u64, a, 0, 0, 0, 0],
-        )?;
+        );
     }
-    restore_posix_timers(h, r, &core.posix_timers)?;
-    restore_rlimits(h, r, core)?;
-    restore_task_common(h, r, core)?;
+    if !core.posix_timers.is_empty() {
+        b.run(h)?;
+        restore_posix_timers(h, r, &core.posix_timers)?;
+    }
+    restore_rlimits(h, &mut b, r, core)?;
+    restore_task_common(h, &mut b, r, core)?;
     for p in &core.pending {
         let signo =
             u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
-        let a = r.put(h, 0, &p.siginfo)?;
+        let a = b.put(0, &p.siginfo)?;
         let pid = r.pid as u64;
         if p.shared {
-            r.call(
-                h,
-                &format!("rt_sigqueueinfo({signo})"),
+            b.call(
+                format!("rt_sigqueueinfo({signo})"),
                 libc::SYS_rt_sigqueueinfo,
                 [pid, signo, a, 0, 0, 0],
-            )?;
+            );
         } else {
-            r.call(
-                h,
-                &format!("rt_tgsigqueueinfo({signo})"),
+            b.call(
+                format!("rt_tgsigqueueinfo({signo})"),
                 libc::SYS_rt_tgsigqueueinfo,
                 [pid, pid, signo, a, 0, 0],
-            )?;
+            );
         }
     }
+    b.run(h)?;
     info!(
         "pid {}: signal actions, timers, limits, session, credentials and {} pending signals restored",
         r.pid,
@@ -178,26 +181,25 @@ pub fn restore_state(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()>
 /// What every task, leader or extra thread, gets back by calls injected in
 /// itself: execution domain, name, sigaltstack, robust list,
 /// `clear_child_tid`, credentials, parent-death signal (after the
-/// credentials, whose change clears it), no_new_privs and rseq.
+/// credentials, whose change clears it), no_new_privs and rseq. The calls
+/// are added to `b`; a credentials change runs it first.
 ///
 /// Errors: an injected call failed.
-fn restore_task_common(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
-    r.call(
-        h,
+fn restore_task_common(h: &mut Helper, b: &mut Batch, r: &Remote, core: &CoreEntry) -> Result<()> {
+    b.call(
         "personality",
         libc::SYS_personality,
         [core.personality as u64, 0, 0, 0, 0, 0],
-    )?;
+    );
     let comm: String = core.comm.chars().take(15).collect();
     let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
     name.push(0);
-    let a = r.put(h, 0, &name)?;
-    r.call(
-        h,
+    let a = b.put(0, &name)?;
+    b.call(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
         [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
-    )?;
+    );
     let ss = if core.sigaltstack.flags & libc::SS_DISABLE != 0 {
         SigAltStack {
             sp: 0,
@@ -207,27 +209,24 @@ fn restore_task_common(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<(
     } else {
         core.sigaltstack
     };
-    let a = r.put(h, 0, &encode_stack(&ss))?;
-    r.call(h, "sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+    let a = b.put(0, &encode_stack(&ss))?;
+    b.call("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0]);
     let (head, len) = core.robust_list;
     if head != 0 {
-        r.call(
-            h,
+        b.call(
             "set_robust_list",
             libc::SYS_set_robust_list,
             [head, len, 0, 0, 0, 0],
-        )?;
+        );
     }
-    r.call(
-        h,
+    b.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
         [core.clear_child_tid, 0, 0, 0, 0, 0],
-    )?;
-    restore_creds(h, r, &core.creds)?;
+    );
+    restore_creds(h, b, r, &core.creds)?;
     // Credentials changes clear the parent-death signal: set it after.
-    r.call(
-        h,
+    b.call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
         [
@@ -238,22 +237,20 @@ fn restore_task_common(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<(
             0,
             0,
         ],
-    )?;
+    );
     if core.creds.no_new_privs {
-        r.call(
-            h,
+        b.call(
             "prctl(PR_SET_NO_NEW_PRIVS)",
             libc::SYS_prctl,
             [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
+        );
     }
     if let Some(rs) = core.rseq {
-        r.call(
-            h,
-            &format!("rseq({:#x})", rs.ptr),
+        b.call(
+            format!("rseq({:#x})", rs.ptr),
             libc::SYS_rseq,
             [rs.ptr, rs.len as u64, 0, rs.sig as u64, 0, 0],
-        )?;
+        );
     }
     Ok(())
 }
@@ -265,7 +262,9 @@ fn restore_task_common(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<(
 ///
 /// Errors: an injected call failed.
 pub fn restore_thread_state(h: &mut Helper, r: &Remote, core: &CoreEntry, tgid: i32) -> Result<()> {
-    restore_task_common(h, r, core)?;
+    let mut b = Batch::new(r);
+    restore_task_common(h, &mut b, r, core)?;
+    b.run(h)?;
     for p in core.pending.iter().filter(|p| !p.shared) {
         let signo =
             u32::from_le_bytes([p.siginfo[0], p.siginfo[1], p.siginfo[2], p.siginfo[3]]) as u64;
@@ -287,12 +286,13 @@ pub fn restore_thread_state(h: &mut Helper, r: &Remote, core: &CoreEntry, tgid: 
 }
 
 /// Every signal but SIGKILL and SIGSTOP gets the dumped action, or the
-/// default when the image has none (the stub inherited the helper's).
-fn restore_sigactions(h: &mut Helper, r: &Remote, acts: &[SigAction]) -> Result<()> {
-    // A stub whose actions are all at their default (no SigCgt/SigIgn bit)
-    // only needs the non-default ones of the image set.
+/// default when the image has none (the stub inherited the helper's), in
+/// batch `b`.
+fn restore_sigactions(b: &mut Batch, r: &Remote, acts: &[SigAction]) -> Result<()> {
+    // A signal the stub neither catches nor ignores (no SigCgt/SigIgn bit,
+    // proc(5)) is at its default, as the helper reset it: only the
+    // non-default actions of the image need setting there.
     let st = crate::proc::read_status(r.pid)?;
-    let stub_default = st.sig_cgt == 0 && st.sig_ign == 0;
     for sig in 1..=64u32 {
         if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
@@ -305,16 +305,16 @@ fn restore_sigactions(h: &mut Helper, r: &Remote, acts: &[SigAction]) -> Result<
             mask: 0,
         };
         let a = acts.iter().find(|a| a.sig == sig).unwrap_or(&dfl);
+        let stub_default = (st.sig_cgt | st.sig_ign) & (1u64 << (sig - 1)) == 0;
         if stub_default && *a == dfl {
             continue;
         }
-        let addr = r.put(h, 0, &encode_sigaction(a))?;
-        r.call(
-            h,
-            &format!("rt_sigaction({sig})"),
+        let addr = b.put(0, &encode_sigaction(a))?;
+        b.call(
+            format!("rt_sigaction({sig})"),
             libc::SYS_rt_sigaction,
             [sig as u64, addr, 0, 8, 0, 0],
-        )?;
+        );
     }
     Ok(())
 }
@@ -412,7 +412,9 @@ pub fn clamp_rlimit(cur: u64, max: u64, hard_now: u64) -> (u64, u64, bool) {
     }
 }
 
-fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
+/// The limits that differ from the stub's, set in batch `b` (which runs
+/// first when a limit can only be read by an injected call).
+fn restore_rlimits(h: &mut Helper, b: &mut Batch, r: &Remote, core: &CoreEntry) -> Result<()> {
     for l in &core.rlimits {
         let res = l.resource as u64;
         // Read by criu when it may (no injected call); the stub's limits
@@ -420,6 +422,7 @@ fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
         let (cur_now, hard_now) = match crate::sys::get_rlimit(r.pid, l.resource) {
             Ok(v) => v,
             Err(_) => {
+                b.run(h)?;
                 let old = r.put(h, 16, &[0; 16])?;
                 r.call(
                     h,
@@ -442,13 +445,12 @@ fn restore_rlimits(h: &mut Helper, r: &Remote, core: &CoreEntry) -> Result<()> {
                 r.pid, l.max
             );
         }
-        let new = r.put(h, 0, &words(&[cur, max]))?;
-        r.call(
-            h,
-            &format!("prlimit64(set {res})"),
+        let new = b.put(0, &words(&[cur, max]))?;
+        b.call(
+            format!("prlimit64(set {res})"),
             libc::SYS_prlimit64,
             [0, res, new, 0, 0, 0],
-        )?;
+        );
     }
     Ok(())
 }
@@ -467,7 +469,8 @@ pub fn is_full_root(c: &Creds) -> bool {
 /// Give the stub the dumped credentials. Nothing is done when it already
 /// has them, which is always the case in setuid mode: the stub runs with the
 /// caller's credentials and `validate` refused any image asking for others.
-fn restore_creds(h: &mut Helper, r: &Remote, c: &Creds) -> Result<()> {
+/// The calls queued in `b` run before any credentials change.
+fn restore_creds(h: &mut Helper, b: &mut Batch, r: &Remote, c: &Creds) -> Result<()> {
     let st = crate::proc::read_status(r.pid)?;
     let same_but_bounding = st.uids == c.uids
         && st.gids == c.gids
@@ -498,6 +501,7 @@ fn restore_creds(h: &mut Helper, r: &Remote, c: &Creds) -> Result<()> {
             r.pid, c.uids, c.gids, c.groups, st.uids, st.gids, st.groups
         )));
     }
+    b.run(h)?;
     for cap in 0..64u64 {
         if st.cap_bnd & !c.cap_bnd & (1 << cap) != 0 {
             r.call(

@@ -11,7 +11,7 @@ use super::validate::Checkpoint;
 use crate::error::{Error, Result};
 use crate::helper::{Helper, HelperError};
 use crate::images::types::PstreeEntry;
-use crate::remote::Remote;
+use crate::remote::{Batch, Remote};
 use crate::{debug, info};
 use shared_ipc::{ErrorKind, ReleaseMode};
 
@@ -66,6 +66,53 @@ pub fn clone_in(h: &mut Helper, r: &Remote, flags: u64, exit_signal: u64, tid: i
         )));
     }
     debug!("pid {}: created {tid}", r.pid);
+    Ok(())
+}
+
+/// [`clone_in`] for each of `tasks` (`(flags, exit_signal, tid)`), in
+/// order, all made by `r`; in root mode in one batch of injected calls,
+/// since none needs the answer of the one before. A taken ID is refused
+/// naming its holder ([`in_use`]).
+///
+/// Errors: as [`clone_in`].
+pub fn clone_all(h: &mut Helper, r: &Remote, tasks: &[(u64, u64, i32)]) -> Result<()> {
+    if h.caller_uid != 0 || tasks.len() < 2 {
+        for &(flags, exit_signal, tid) in tasks {
+            clone_in(h, r, flags, exit_signal, tid).map_err(|e| in_use(e, tid))?;
+        }
+        return Ok(());
+    }
+    let what = |tid: i32| format!("clone3(set_tid {tid})");
+    let mut b = Batch::new(r);
+    for &(flags, exit_signal, tid) in tasks {
+        let tid_addr = b.put(128, &tid.to_le_bytes())?;
+        let args = b.put(0, &encode_clone_args(flags, exit_signal, tid_addr))?;
+        b.call(
+            what(tid),
+            libc::SYS_clone3,
+            [args, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0],
+        );
+    }
+    let got = b.run(h).map_err(|e| {
+        let failed = match &e {
+            Error::Injected { call, .. } => tasks.iter().find(|t| *call == what(t.2)),
+            _ => None,
+        };
+        match failed {
+            Some(t) => in_use(e, t.2),
+            None => e,
+        }
+    })?;
+    for (&(_, _, tid), made) in tasks.iter().zip(got) {
+        if made != tid as u64 {
+            return Err(Error::Unsupported(format!(
+                "pid {}: {} made {made}",
+                r.pid,
+                what(tid)
+            )));
+        }
+        debug!("pid {}: created {tid}", r.pid);
+    }
     Ok(())
 }
 
@@ -255,6 +302,7 @@ pub fn check_rebuildable(tree: &[PstreeEntry]) -> Result<()> {
 /// call failed.
 pub fn fork_children(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry, r: &Remote) -> Result<()> {
     let mut orphaned: Vec<i32> = Vec::new();
+    let mut direct = Vec::new();
     for c in ck.tree.iter().filter(|c| c.ppid == e.pid) {
         if in_leaderless_session(&ck.tree, e, c) {
             if !orphaned.contains(&c.sid) {
@@ -262,9 +310,9 @@ pub fn fork_children(h: &mut Helper, ck: &Checkpoint, e: &PstreeEntry, r: &Remot
             }
             continue;
         }
-        clone_in(h, r, share_flags(c), libc::SIGCHLD as u64, c.pid)
-            .map_err(|e| in_use(e, c.pid))?;
+        direct.push((share_flags(c), libc::SIGCHLD as u64, c.pid));
     }
+    clone_all(h, r, &direct)?;
     for sid in orphaned {
         fork_into_session(h, ck, e, r, sid)?;
     }
