@@ -19,11 +19,17 @@ use crate::error::{Error, Result};
 use crate::images::types::{PagemapEntry, Vma, VmaKind};
 use crate::proc::SmapsVma;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-/// Bytes of each pages image read at a time when comparing.
-const CHUNK: u64 = 1 << 20;
+/// Bytes of each pages image read at a time when comparing (small enough
+/// that what was just read is still in the CPU cache when compared).
+const CHUNK: u64 = 128 << 10;
+
+/// A parent's pages image up to this size is read once and kept in memory
+/// for all its children (a tree is usually one parent and many children);
+/// a larger one is read chunk by chunk for each child.
+const PARENT_CACHE_MAX: u64 = 8 << 20;
 
 /// A run of pages to write: `len` bytes at `vaddr`, from byte `off` of the
 /// process's pages image.
@@ -156,6 +162,17 @@ fn push(fills: &mut Vec<Fill>, vaddr: u64, len: u64, off: u64) {
 /// Errors: a pages image cannot be read (naming it) or is shorter than its
 /// pagemap says.
 pub fn plan(child: MemImages<'_>, parent: MemImages<'_>, live: &[SmapsVma]) -> Result<MemPlan> {
+    plan_with(child, parent, live, PARENT_CACHE_MAX)
+}
+
+/// [`plan`], keeping a parent's pages image in memory up to `cache_max`
+/// bytes.
+fn plan_with(
+    child: MemImages<'_>,
+    parent: MemImages<'_>,
+    live: &[SmapsVma],
+    cache_max: u64,
+) -> Result<MemPlan> {
     let vmas = child.vmas;
     let inherited: Vec<bool> = vmas
         .iter()
@@ -178,9 +195,99 @@ pub fn plan(child: MemImages<'_>, parent: MemImages<'_>, live: &[SmapsVma]) -> R
         inherited,
         ..MemPlan::default()
     };
-    let mut cbuf = vec![0u8; CHUNK as usize];
-    let mut pbuf = vec![0u8; CHUNK as usize];
-    for &(s, e, off) in &cruns {
+    // Kept between calls: fresh buffers would be faulted in (and zeroed by
+    // the kernel) again for each child, and the parent's pages read again.
+    let mut cache = CACHE.with_borrow_mut(std::mem::take);
+    let files = (child.pages, &cf, parent.pages, &pf);
+    let r = compare(&mut out, &mut cache, cache_max, vmas, &cruns, &pruns, files);
+    CACHE.with_borrow_mut(|c| *c = cache);
+    r?;
+    // In inherited VMAs: what the parent stored and the child did not.
+    let cranges: Vec<Range> = cruns.iter().map(|&(s, e, _)| (s, e)).collect();
+    let within = |list: &[Range], s: u64, e: u64| -> Vec<Range> {
+        let first = list.partition_point(|r| r.1 <= s);
+        list[first..]
+            .iter()
+            .take_while(|r| r.0 < e)
+            .map(|&(a, b)| (a.max(s), b.min(e)))
+            .collect()
+    };
+    let pranges: Vec<Range> = pruns.iter().map(|&(s, e, _)| (s, e)).collect();
+    for (v, _) in vmas.iter().zip(&out.inherited).filter(|x| *x.1) {
+        let theirs = within(&pranges, v.start, v.end);
+        if theirs.is_empty() {
+            continue;
+        }
+        let mine = within(&cranges, v.start, v.end);
+        for (s, e) in layout::complement(mine, v.start, v.end) {
+            out.drop.extend(within(&theirs, s, e));
+        }
+    }
+    out.drop = layout::merge(out.drop);
+    Ok(out)
+}
+
+/// Which file, as it was when read: device, inode, size, modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+/// What [`plan`] keeps between calls.
+#[derive(Default)]
+struct Cache {
+    /// The last parent's whole pages image, if small.
+    parent: Option<(FileId, Vec<u8>)>,
+    /// Chunk buffers for the child's pages and a large parent's.
+    cbuf: Vec<u8>,
+    pbuf: Vec<u8>,
+}
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
+}
+
+fn short() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "shorter than its pagemap says",
+    )
+}
+
+/// The comparison part of [`plan`]: the fills of every stored run of the
+/// child, page by page against the parent's in inherited VMAs.
+fn compare(
+    out: &mut MemPlan,
+    cache: &mut Cache,
+    cache_max: u64,
+    vmas: &[Vma],
+    cruns: &[(u64, u64, u64)],
+    pruns: &[(u64, u64, u64)],
+    (cpath, cf, ppath, pf): (&Path, &File, &Path, &File),
+) -> Result<()> {
+    cache.cbuf.resize(CHUNK as usize, 0);
+    let m = pf.metadata().map_err(|e| Error::file(ppath, e))?;
+    let id = FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+    };
+    if cache.parent.as_ref().map(|p| p.0) != Some(id) {
+        cache.parent = None;
+        if id.len <= cache_max {
+            let mut whole = vec![0u8; id.len as usize];
+            pf.read_exact_at(&mut whole, 0)
+                .map_err(|e| Error::file(ppath, e))?;
+            cache.parent = Some((id, whole));
+        } else {
+            cache.pbuf.resize(CHUNK as usize, 0);
+        }
+    }
+    for &(s, e, off) in cruns {
         // Runs never cross a mapping boundary, but split anyway. VMAs and
         // runs are sorted and disjoint (checked when the images are read).
         let first = vmas.partition_point(|v| v.end <= s);
@@ -206,12 +313,20 @@ pub fn plan(child: MemImages<'_>, parent: MemImages<'_>, live: &[SmapsVma]) -> R
                 let mut at = x;
                 while at < y {
                     let n = (y - at).min(CHUNK);
-                    let (c, p) = (&mut cbuf[..n as usize], &mut pbuf[..n as usize]);
                     let co = coff + (at - a);
-                    cf.read_exact_at(c, co)
-                        .map_err(|e| Error::file(child.pages, e))?;
-                    pf.read_exact_at(p, poff + (at - ps))
-                        .map_err(|e| Error::file(parent.pages, e))?;
+                    let c = &mut cache.cbuf[..n as usize];
+                    cf.read_exact_at(c, co).map_err(|e| Error::file(cpath, e))?;
+                    let po = poff + (at - ps);
+                    let p = match &cache.parent {
+                        Some((_, whole)) => whole
+                            .get(po as usize..(po + n) as usize)
+                            .ok_or_else(|| Error::file(ppath, short()))?,
+                        None => {
+                            let p = &mut cache.pbuf[..n as usize];
+                            pf.read_exact_at(p, po).map_err(|e| Error::file(ppath, e))?;
+                            p
+                        }
+                    };
                     for (k, (cp, pp)) in c
                         .chunks_exact(PAGE as usize)
                         .zip(p.chunks_exact(PAGE as usize))
@@ -231,29 +346,7 @@ pub fn plan(child: MemImages<'_>, parent: MemImages<'_>, live: &[SmapsVma]) -> R
             push(&mut out.fills, cur, b - cur, coff + (cur - a));
         }
     }
-    // In inherited VMAs: what the parent stored and the child did not.
-    let cranges: Vec<Range> = cruns.iter().map(|&(s, e, _)| (s, e)).collect();
-    let within = |list: &[Range], s: u64, e: u64| -> Vec<Range> {
-        let first = list.partition_point(|r| r.1 <= s);
-        list[first..]
-            .iter()
-            .take_while(|r| r.0 < e)
-            .map(|&(a, b)| (a.max(s), b.min(e)))
-            .collect()
-    };
-    let pranges: Vec<Range> = pruns.iter().map(|&(s, e, _)| (s, e)).collect();
-    for (v, _) in vmas.iter().zip(&out.inherited).filter(|x| *x.1) {
-        let theirs = within(&pranges, v.start, v.end);
-        if theirs.is_empty() {
-            continue;
-        }
-        let mine = within(&cranges, v.start, v.end);
-        for (s, e) in layout::complement(mine, v.start, v.end) {
-            out.drop.extend(within(&theirs, s, e));
-        }
-    }
-    out.drop = layout::merge(out.drop);
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,6 +457,33 @@ mod tests {
         assert_eq!(m, plain(ch.mem()));
         assert_eq!(m.fills.len(), 3);
         assert_eq!(m.fills[0].len, 4 * PAGE);
+    }
+
+    #[test]
+    fn kept_parent_pages_give_the_same_plan_and_follow_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (0x100000, 0x100000 + 4 * PAGE);
+        let p = Img::new(d.path(), "p", vec![anon(a, b)], &[(a, &[1, 2, 3, 4])]);
+        let ch = Img::new(d.path(), "c", vec![anon(a, b)], &[(a, &[1, 9, 3, 4])]);
+        let live = live(&[(a, b)]);
+        // Read chunk by chunk (nothing kept), then kept, then from what
+        // was kept: the same plan.
+        let chunked = plan_with(ch.mem(), p.mem(), &live, 0).unwrap();
+        assert_eq!(chunked.same, 3 * PAGE);
+        assert_eq!(plan(ch.mem(), p.mem(), &live).unwrap(), chunked);
+        assert_eq!(plan(ch.mem(), p.mem(), &live).unwrap(), chunked);
+        // The parent's image replaced under the same name: read again.
+        let p2 = Img::new(d.path(), "p", vec![anon(a, b)], &[(a, &[1, 9, 3, 4, 6])]);
+        let m = plan(ch.mem(), p2.mem(), &live).unwrap();
+        assert_eq!(m, plan_with(ch.mem(), p2.mem(), &live, 0).unwrap());
+        assert_eq!(m.same, 4 * PAGE);
+        // A parent image shorter than its pagemap says is an error naming
+        // it, kept or not.
+        std::fs::write(&p2.pages, vec![1u8; PAGE as usize]).unwrap();
+        for max in [0, PARENT_CACHE_MAX] {
+            let e = plan_with(ch.mem(), p2.mem(), &live, max).unwrap_err();
+            assert!(e.to_string().contains(&*p2.pages.to_string_lossy()), "{e}");
+        }
     }
 
     #[test]
