@@ -125,6 +125,11 @@ impl Batch {
         }
     }
 
+    /// The task the batch is for.
+    pub fn pid(&self) -> i32 {
+        self.remote.pid
+    }
+
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::images::types::{MmEntry, Vma, VmaKind};
 use crate::proc::SmapsVma;
-use crate::remote::{errno_of, Remote};
+use crate::remote::{errno_of, Batch, Remote};
 use crate::{debug, info, warn};
 use shared_ipc::TASK_SIZE;
 use std::path::Path;
@@ -532,6 +532,39 @@ pub fn map_vmas(
     Ok(widened)
 }
 
+/// Calls of [`map_all`] in a batch, with the address each `mmap` must
+/// land at (`None` for a call whose result is not checked).
+struct MapBatch {
+    b: Batch,
+    lands: Vec<Option<(u64, String)>>,
+}
+
+impl MapBatch {
+    fn call(&mut self, what: String, nr: i64, args: [u64; 6], lands_at: Option<u64>) {
+        self.lands.push(lands_at.map(|a| (a, what.clone())));
+        self.b.call(what, nr, args);
+    }
+
+    /// Run what is queued; every `mmap` must have landed where asked.
+    fn run(&mut self, h: &mut Helper) -> Result<()> {
+        let got = self.b.run(h)?;
+        for (got, want) in got.into_iter().zip(std::mem::take(&mut self.lands)) {
+            if let Some((at, what)) = want {
+                if got != at {
+                    return Err(Error::Unsupported(format!(
+                        "pid {}: {what} landed at {got:#x}",
+                        self.b.pid()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mappings of [`map_vmas`], in order. `mmap` and `mprotect` calls go
+/// in batches; the batch runs first before anything that needs an answer
+/// (opening or receiving a file) or tolerates a failure (advice).
 #[allow(clippy::too_many_arguments)]
 fn map_all(
     h: &mut Helper,
@@ -544,22 +577,31 @@ fn map_all(
     open_files: &mut Vec<(String, i32, i32)>,
     sender: &mut FileSender<'_>,
 ) -> Result<()> {
+    let mut mb = MapBatch {
+        b: Batch::new(r),
+        lands: Vec::new(),
+    };
     for (i, v) in mm.vmas.iter().enumerate() {
+        let advised = !v.madvise.is_empty() || v.locked;
         if inherited.get(i) == Some(&true) {
             let prot = map_prot(v, pages[i]);
             if prot != v.prot {
                 widened[i] = true;
-                r.call(
-                    h,
-                    &format!("mprotect({:#x}-{:#x}, {prot:#x})", v.start, v.end),
+                mb.call(
+                    format!("mprotect({:#x}-{:#x}, {prot:#x})", v.start, v.end),
                     libc::SYS_mprotect,
                     [v.start, v.end - v.start, prot as u64, 0, 0, 0],
-                )?;
+                    None,
+                );
             }
-            apply_advice(h, r, v)?;
+            if advised {
+                mb.run(h)?;
+                apply_advice(h, r, v)?;
+            }
             continue;
         }
         if let VmaKind::SharedAnon { shmid } = v.kind {
+            mb.run(h)?;
             map_shared(h, r, v, shmid, shared)?;
             widened[i] = v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32;
             apply_advice(h, r, v)?;
@@ -575,7 +617,7 @@ fn map_all(
         widened[i] = prot != v.prot;
         let flags = map_flags(v);
         let what = format!("mmap({:#x}-{:#x} {})", v.start, v.end, v.name);
-        let got = match &v.kind {
+        let (fd, pgoff) = match &v.kind {
             VmaKind::File(_) | VmaKind::Memfd(_) | VmaKind::Ghost(_) => {
                 let shared = v.flags & libc::MAP_SHARED as u32 != 0;
                 let writable = v.prot & libc::PROT_WRITE as u32 != 0;
@@ -593,6 +635,7 @@ fn map_all(
                 let fd = match open_files.iter().find(|(p, m, _)| *p == key && *m == mode) {
                     Some(&(_, _, fd)) => fd,
                     None => {
+                        mb.run(h)?;
                         let fd = match &v.kind {
                             VmaKind::File(f) => open_in(h, r, &f.path, mode | libc::O_CLOEXEC)?,
                             _ => {
@@ -604,43 +647,29 @@ fn map_all(
                         fd
                     }
                 };
-                r.call(
-                    h,
-                    &what,
-                    libc::SYS_mmap,
-                    [
-                        v.start,
-                        v.end - v.start,
-                        prot as u64,
-                        flags as u64,
-                        fd as u64,
-                        v.pgoff,
-                    ],
-                )?
+                (fd as u64, v.pgoff)
             }
-            _ => r.call(
-                h,
-                &what,
-                libc::SYS_mmap,
-                [
-                    v.start,
-                    v.end - v.start,
-                    prot as u64,
-                    flags as u64,
-                    u64::MAX,
-                    0,
-                ],
-            )?,
+            _ => (u64::MAX, 0),
         };
-        if got != v.start {
-            return Err(Error::Unsupported(format!(
-                "pid {}: {what} landed at {got:#x}",
-                r.pid
-            )));
+        mb.call(
+            what,
+            libc::SYS_mmap,
+            [
+                v.start,
+                v.end - v.start,
+                prot as u64,
+                flags as u64,
+                fd,
+                pgoff,
+            ],
+            Some(v.start),
+        );
+        if advised {
+            mb.run(h)?;
+            apply_advice(h, r, v)?;
         }
-        apply_advice(h, r, v)?;
     }
-    Ok(())
+    mb.run(h)
 }
 
 /// Map the part of shared object `shmid` that `v` maps at `v.start`: an
@@ -864,14 +893,15 @@ fn pread_run(
 ///
 /// Errors: an injected mprotect failed.
 pub fn restore_prots(h: &mut Helper, r: &Remote, vmas: &[Vma], widened: &[bool]) -> Result<()> {
+    let mut b = Batch::new(r);
     for (v, _) in vmas.iter().zip(widened).filter(|x| *x.1) {
-        r.call(
-            h,
-            &format!("mprotect({:#x}-{:#x}, {:#x})", v.start, v.end, v.prot),
+        b.call(
+            format!("mprotect({:#x}-{:#x}, {:#x})", v.start, v.end, v.prot),
             libc::SYS_mprotect,
             [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
-        )?;
+        );
     }
+    b.run(h)?;
     Ok(())
 }
 
