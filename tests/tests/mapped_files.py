@@ -130,6 +130,9 @@ if mode == "deleted":
     ctypes.CDLL(so)
     for p in (data, ro, so):
         os.unlink(p)
+    # As after an upgrade: a new file at the old path.
+    with open(ro, "wb") as f:
+        f.write(b"new version")
 
 if mode == "big":
     big = os.path.join(w, "big.bin")

@@ -188,12 +188,22 @@ fn deleted_file_mappings_come_back_deleted() {
     let l = layout(&w);
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
+    let images = t.images();
+    let show = t.criu_ok(&["show", "-D", images.to_str().unwrap()]).stdout;
+    let saved = format!(
+        "{} (deleted, 12288 bytes saved in ghost-",
+        w.join("data.bin").display()
+    );
+    if !show.contains(&saved) {
+        t.fail(&format!(
+            "criu show does not show the saved deleted file ({saved}):\n{show}"
+        ));
+    }
     t.restore_detached(pid, &[]);
     let data = w.join("data.bin");
     for (name, path) in [
         ("data-shared", data.clone()),
         ("data-private", data.clone()),
-        ("ro", w.join("ro.bin")),
     ] {
         let m = find(&l, name);
         let want = format!("{} (deleted)", path.display());
@@ -212,8 +222,30 @@ fn deleted_file_mappings_come_back_deleted() {
             maps(pid).join("\n")
         ));
     }
-    if w.join("data.bin").exists() || w.join("ro.bin").exists() {
+    if w.join("data.bin").exists() {
         t.fail("restore left a deleted file linked");
+    }
+    // ro.bin has a new file at its path (an upgrade): that stays, and the
+    // old one is made again beside it, deleted.
+    let ro = w.join("ro.bin");
+    let ro_name = map_name(pid, find(&l, "ro").addr).unwrap_or_default();
+    if !ro_name.starts_with(&ro.display().to_string()) || !ro_name.ends_with(" (deleted)") {
+        t.fail(&format!(
+            "the mapping of the replaced ro.bin is {ro_name:?} after restore"
+        ));
+    }
+    if read(&ro).as_deref() != Some("new version") {
+        t.fail("restore changed the new file at ro.bin");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&w)
+        .expect("work dir")
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    if names != ["layout", "ready", "ro.bin"] {
+        t.fail(&format!(
+            "restore left other files in the work directory: {names:?}"
+        ));
     }
     let shared = find(&l, "data-shared");
     if mapped_ino(pid, shared).is_none() || mapped_ino(pid, shared) != fd_ino(pid, shared.fd) {

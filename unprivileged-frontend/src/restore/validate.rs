@@ -910,6 +910,56 @@ pub(crate) mod tests {
         assert!(msg(check_mm(&p(), &m)).contains("auxiliary"));
     }
 
+    #[test]
+    fn memfd_and_deleted_file_mappings_checked() {
+        let memfd = |data_file: &str| {
+            VmaKind::Memfd(crate::fdkind::memfd::MemfdMap {
+                ino: 7,
+                name: "buf".into(),
+                state: Some(crate::fdkind::memfd::MemfdState {
+                    size: 8192,
+                    mode: 0o600,
+                    seals: 1,
+                    extents: vec![(0, 4096)],
+                    data_file: data_file.into(),
+                }),
+            })
+        };
+        let ghost = |path: &str| {
+            VmaKind::Ghost(crate::images::types::GhostMap {
+                path: path.into(),
+                data: 0,
+                size: 100,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+            })
+        };
+        let mut m = sample_mm();
+        m.vmas[1].kind = memfd("memfd-7.img");
+        m.vmas[2].kind = ghost("/lib/libx.so");
+        m.vmas[2].flags = libc::MAP_PRIVATE as u32;
+        check_mm(&p(), &m).unwrap();
+        assert!(
+            fillable(&m.vmas[2]) && !fillable(&vma(0x1000, 0x2000, memfd("m"), libc::MAP_SHARED))
+        );
+        let mut bad = m.clone();
+        bad.vmas[1].kind = memfd("../../etc/shadow");
+        assert!(msg(check_mm(&p(), &bad)).contains("not memfd-7.img"));
+        let mut bad = m.clone();
+        bad.vmas[2].kind = ghost("lib/libx.so");
+        assert!(msg(check_mm(&p(), &bad)).contains("not absolute"));
+        let mut bad = m.clone();
+        bad.vmas[2].pgoff = 100;
+        assert!(msg(check_mm(&p(), &bad)).contains("not page aligned"));
+        // A deleted executable is found through its mapping.
+        m.exe = "/lib/libx.so (deleted)".into();
+        assert_eq!(m.deleted_exe().map(|v| v.start), Some(m.vmas[2].start));
+        m.exe = "/lib/other (deleted)".into();
+        assert!(m.deleted_exe().is_none());
+    }
+
     fn head(total: u64) -> PagemapRecord {
         PagemapRecord::Head(PagemapHead {
             pages_file: "pages-7.img".into(),
