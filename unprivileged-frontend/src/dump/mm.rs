@@ -99,7 +99,55 @@ fn madvise_of(v: &SmapsVma) -> Vec<i32> {
     m
 }
 
-/// Build the mm record of `pid` from its smaps, stat and current brk.
+/// What `VmFlags` of smaps say about a mapping: `MAP_GROWSDOWN` (`gd`),
+/// the madvise(2) advice and mlock (`lo`). See proc(5), /proc/PID/smaps.
+fn apply_vm_flags(vma: &mut Vma, v: &SmapsVma) {
+    if v.has_flag("gd") {
+        vma.flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    vma.madvise = madvise_of(v);
+    vma.locked = v.has_flag("lo");
+}
+
+/// Complete `mm`, collected from /proc/PID/maps (no `VmFlags`), with the
+/// `VmFlags` of `smaps`, read later: `smaps` less the mapping exactly at
+/// `skip` (the dump's scratch area, a shared mapping that merges with
+/// nothing) must list the same mappings as `maps`, which `mm` was built
+/// from.
+///
+/// Errors: [`Error::Unsupported`] when the two lists differ (the address
+/// space changed during the dump, e.g. a process outside the dump shares
+/// it).
+pub fn add_vm_flags(
+    pid: i32,
+    mm: &mut MmEntry,
+    maps: &[SmapsVma],
+    smaps: &[SmapsVma],
+    skip: (u64, u64),
+) -> Result<()> {
+    let smaps: Vec<&SmapsVma> = smaps.iter().filter(|v| (v.start, v.end) != skip).collect();
+    let same = |a: &SmapsVma, b: &SmapsVma| {
+        (a.start, a.end, &a.perms, a.offset, a.dev, a.inode, &a.name)
+            == (b.start, b.end, &b.perms, b.offset, b.dev, b.inode, &b.name)
+    };
+    if smaps.len() != maps.len()
+        || mm.vmas.len() != maps.len()
+        || !maps.iter().zip(&smaps).all(|(a, b)| same(a, b))
+    {
+        return Err(Error::Unsupported(format!(
+            "pid {pid}: its memory map changed while it was dumped ({} mappings, then {}); is its address space shared with a process outside the dump?",
+            maps.len(),
+            smaps.len()
+        )));
+    }
+    for (vma, v) in mm.vmas.iter_mut().zip(smaps) {
+        apply_vm_flags(vma, v);
+    }
+    Ok(())
+}
+
+/// Build the mm record of `pid` from its smaps (or maps: the `VmFlags`
+/// parts are then left empty, see [`add_vm_flags`]), stat and current brk.
 ///
 /// Memfds and deleted files mapped are saved through `table` (once per
 /// file, shared with their descriptors).
@@ -137,10 +185,7 @@ pub fn collect(
         if matches!(kind, VmaKind::Anon | VmaKind::SharedAnon { .. }) {
             flags |= libc::MAP_ANONYMOUS as u32;
         }
-        if v.has_flag("gd") {
-            flags |= libc::MAP_GROWSDOWN as u32;
-        }
-        out.push(Vma {
+        let mut vma = Vma {
             start: v.start,
             end: v.end,
             prot,
@@ -157,10 +202,12 @@ pub fn collect(
                 0
             },
             kind,
-            madvise: madvise_of(v),
-            locked: v.has_flag("lo"),
+            madvise: Vec::new(),
+            locked: false,
             name: v.name.clone(),
-        });
+        };
+        apply_vm_flags(&mut vma, v);
+        out.push(vma);
     }
     let mm = MmEntry {
         start_code: stat.start_code,
@@ -432,6 +479,61 @@ mod tests {
         assert!(wants_page(&file, PM_PRESENT | 5, zero));
         assert!(!wants_page(&file, PM_PRESENT | PM_FILE | 5, zero));
         assert!(!wants_page(&VmaKind::Vdso, PM_PRESENT | 5, zero));
+    }
+
+    #[test]
+    fn vm_flags_come_from_smaps_read_later() {
+        let maps = crate::proc::parse_smaps(
+            "1000-3000 rw-p 00000000 00:00 0 \n7000-8000 rw-p 00000000 00:00 0    [stack]\n",
+        )
+        .unwrap();
+        let smaps = crate::proc::parse_smaps(
+            "1000-3000 rw-p 00000000 00:00 0 \nVmFlags: rd wr mr mw me lo hg\n\
+             5000-6000 rw-s 00000000 00:01 9    /dev/zero (deleted)\nVmFlags: rd wr sh\n\
+             7000-8000 rw-p 00000000 00:00 0    [stack]\nVmFlags: rd wr gd\n",
+        )
+        .unwrap();
+        let vma = |v: &SmapsVma| Vma {
+            start: v.start,
+            end: v.end,
+            prot: 3,
+            flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+            pgoff: 0,
+            kind: VmaKind::Anon,
+            madvise: Vec::new(),
+            locked: false,
+            name: v.name.clone(),
+        };
+        let mut mm = MmEntry {
+            start_code: 0,
+            end_code: 0,
+            start_data: 0,
+            end_data: 0,
+            start_brk: 0,
+            brk: 0,
+            start_stack: 0,
+            arg_start: 0,
+            arg_end: 0,
+            env_start: 0,
+            env_end: 0,
+            auxv: Vec::new(),
+            exe: String::new(),
+            vmas: maps.iter().map(vma).collect(),
+        };
+        let before = mm.clone();
+        // The scratch area is left out; anything else that differs is refused.
+        let e = add_vm_flags(7, &mut mm.clone(), &maps, &smaps, (0x5000, 0x5001)).unwrap_err();
+        assert!(e.to_string().contains("memory map changed"), "{e}");
+        assert!(add_vm_flags(7, &mut mm.clone(), &maps, &smaps[..1], (0x5000, 0x6000)).is_err());
+        add_vm_flags(7, &mut mm, &maps, &smaps, (0x5000, 0x6000)).unwrap();
+        assert!(mm.vmas[0].locked);
+        assert_eq!(mm.vmas[0].madvise, vec![libc::MADV_HUGEPAGE]);
+        assert_eq!(mm.vmas[0].flags, before.vmas[0].flags);
+        assert!(!mm.vmas[1].locked);
+        assert_eq!(
+            mm.vmas[1].flags,
+            before.vmas[1].flags | libc::MAP_GROWSDOWN as u32
+        );
     }
 
     #[test]

@@ -529,8 +529,12 @@ fn dump_seized(
 ) -> Result<()> {
     let pid = p.pid;
     let status = crate::proc::read_status(pid)?;
-    // The memory map is read before our scratch area exists in the task.
-    let vmas = crate::proc::read_smaps(pid)?;
+    // The memory map is read before our scratch area exists in the task:
+    // /proc/PID/maps, enough to find the gadget and the pages. Its
+    // `VmFlags` come from /proc/PID/smaps, read by a thread of ours while
+    // the pages are copied: smaps walks every page table of the task
+    // (50-70 ms per GiB of memory), maps does not.
+    let vmas = crate::proc::read_maps(pid)?;
     let (regs, xstate) = h.get_regs(pid)?;
     // The helper blocks every signal during each injected call and puts the
     // task's registers and mask back after it, so no handler of the task
@@ -553,7 +557,9 @@ fn dump_seized(
             0,
             SCRATCH_LEN,
             (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            // Shared: a mapping of its own in smaps, merged with no
+            // neighbour, so it can be told apart (see mm::add_vm_flags).
+            (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64,
             u64::MAX,
             0,
         ],
@@ -561,9 +567,25 @@ fn dump_seized(
     remote.scratch = scratch;
     remote.scratch_len = SCRATCH_LEN;
 
-    let collected = collect_and_write(
-        h, &remote, p, stat, &status, &vmas, regs, xstate, sigmask, dir, shared, table,
-    );
+    // brk(2) takes the task's mmap lock for writing, even brk(0): asked
+    // before the smaps walk, which holds it for reading, starts.
+    let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6]);
+    let collected = std::thread::scope(|s| {
+        let brk = brk?;
+        // Started once the scratch area exists and brk is known: the
+        // injected mmap and brk would otherwise wait for the walk.
+        let smaps = s.spawn(move || crate::proc::read_smaps(pid));
+        let smaps = move || {
+            let full = smaps
+                .join()
+                .map_err(|_| Error::Unsupported("the thread reading smaps panicked".into()))??;
+            Ok((full, (scratch, scratch + SCRATCH_LEN)))
+        };
+        collect_and_write(
+            h, &remote, p, stat, &status, &vmas, smaps, brk, regs, xstate, sigmask, dir, shared,
+            table,
+        )
+    });
     // The scratch area goes away whatever happened.
     let unmapped = remote.call(
         h,
@@ -584,6 +606,8 @@ fn collect_and_write(
     stat: &crate::proc::Stat,
     status: &crate::proc::Status,
     vmas: &[crate::proc::SmapsVma],
+    smaps: impl FnOnce() -> Result<(Vec<crate::proc::SmapsVma>, (u64, u64))>,
+    brk: u64,
     regs: shared_ipc::UserRegs,
     xstate: Vec<u8>,
     sigmask: u64,
@@ -606,8 +630,7 @@ fn collect_and_write(
         thread_cores.push(task::collect_thread(h, &tr, pid, tregs, txstate, tmask)?);
     }
     info!("collecting memory of pid {pid}");
-    let brk = remote.call(h, "brk(0)", libc::SYS_brk, [0; 6])?;
-    let mm = mm::collect(pid, stat, brk, vmas, table)?;
+    let mut mm = mm::collect(pid, stat, brk, vmas, table)?;
     info!("collecting descriptors of pid {pid}");
     let fds = table.collect(pid)?;
     let fs = files::collect_fs(pid, status)?;
@@ -621,6 +644,8 @@ fn collect_and_write(
     write_image(&dir.files(pid), Kind::Files, &fds)?;
     let bytes = mm::write_pages(h, remote, &mm, dir, shared)?;
     info!("pid {pid}: {bytes} bytes of memory written");
+    let (full, scratch) = smaps()?;
+    mm::add_vm_flags(pid, &mut mm, vmas, &full, scratch)?;
     write_image(&dir.mm(pid), Kind::Mm, &[&mm])?;
     Ok(())
 }
