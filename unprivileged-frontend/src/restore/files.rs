@@ -402,12 +402,12 @@ impl<'a> FileSender<'a> {
                     ))
                 })?;
                 let keeper = self.ghosts[&g.data].as_raw_fd();
-                open(
-                    &format!("/proc/self/fd/{keeper}"),
-                    mode | libc::O_CLOEXEC,
-                    pid,
-                    -1,
-                )
+                crate::fdkind::open_path(&format!("/proc/self/fd/{keeper}"), mode).map_err(|err| {
+                    Error::Refused(format!(
+                        "{what}: cannot open the deleted file {} made again: {err}",
+                        g.path
+                    ))
+                })
             }
             _ => Err(Error::Unsupported(format!(
                 "{what} ({}) is not a memfd or deleted file mapping",
