@@ -839,33 +839,35 @@ pub fn parse_rights(ctl: &[u8], n: usize) -> Option<Vec<i32>> {
 ///
 /// Errors: an injected call failed (naming the directory).
 pub fn restore_fs(h: &mut Helper, r: &Remote, fs: &FsEntry) -> Result<()> {
-    let p = r.put_cstr(h, 0, &fs.cwd)?;
-    r.call(
-        h,
-        &format!("chdir({})", fs.cwd),
+    let mut b = Batch::new(r);
+    let p = b.put(0, &cstr(&fs.cwd))?;
+    b.call(
+        format!("chdir({})", fs.cwd),
         libc::SYS_chdir,
         [p, 0, 0, 0, 0, 0],
-    )?;
+    );
     if fs.root != "/" {
-        let p = r.put_cstr(h, 0, &fs.root)?;
-        r.call(
-            h,
-            &format!("chroot({})", fs.root),
+        let p = b.put(0, &cstr(&fs.root))?;
+        b.call(
+            format!("chroot({})", fs.root),
             libc::SYS_chroot,
             [p, 0, 0, 0, 0, 0],
-        )?;
+        );
     }
-    r.call(
-        h,
-        "umask",
-        libc::SYS_umask,
-        [fs.umask as u64, 0, 0, 0, 0, 0],
-    )?;
+    b.call("umask", libc::SYS_umask, [fs.umask as u64, 0, 0, 0, 0, 0]);
+    b.run(h)?;
     info!(
         "pid {}: cwd {}, root {}, umask {:03o}",
         r.pid, fs.cwd, fs.root, fs.umask
     );
     Ok(())
+}
+
+/// `s` with its terminating NUL.
+fn cstr(s: &str) -> Vec<u8> {
+    let mut b = s.as_bytes().to_vec();
+    b.push(0);
+    b
 }
 
 fn is_dev_tty(k: &FileKind) -> bool {

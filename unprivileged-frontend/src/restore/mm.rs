@@ -959,10 +959,10 @@ pub fn set_mm_fields(
         -1
     };
     let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let auxv_addr = r.put(h, 256, &auxv)?;
-    let map = r.put(h, 0, &encode_mm_map(mm, auxv_addr, exe_fd))?;
-    let res = r.call(
-        h,
+    let mut b = Batch::new(r);
+    let auxv_addr = b.put(256, &auxv)?;
+    let map = b.put(0, &encode_mm_map(mm, auxv_addr, exe_fd))?;
+    b.call(
         "prctl(PR_SET_MM, PR_SET_MM_MAP)",
         libc::SYS_prctl,
         [
@@ -974,6 +974,7 @@ pub fn set_mm_fields(
             0,
         ],
     );
+    let res = b.run(h);
     if set_exe {
         close_in(h, r, exe_fd)?;
     }

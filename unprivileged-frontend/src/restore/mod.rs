@@ -417,8 +417,14 @@ fn restore_memory(
     shared: &[mm::SharedObject],
 ) -> Result<Remote> {
     let pid = img.pstree.pid;
-    let rs = h.get_rseq(pid)?;
-    if rs.rseq_abi_pointer != 0 {
+    // A child is forked from its parent after the parent's rseq was
+    // unregistered here (fork copies the registration, see rseq(2)), so
+    // only the root stub can have one.
+    let rs = match parent {
+        None => Some(h.get_rseq(pid)?),
+        Some(_) => None,
+    };
+    if let Some(rs) = rs.filter(|rs| rs.rseq_abi_pointer != 0) {
         Remote::new(pid).call(
             h,
             "rseq(unregister)",
