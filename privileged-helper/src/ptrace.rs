@@ -387,7 +387,7 @@ pub fn release(t: &Tracee, how: ReleaseMode) -> Result<(), Fail> {
             stop.and(detached).and(resent)
         }
         // A killed target is not waited for: its memory is freed by the
-        // kernel after `SIGKILL`, which takes ~0.1 s per GiB, and the
+        // kernel after `SIGKILL`, which takes 0.1-0.3 s per GiB, and the
         // dump need not pay for it. Once the signal is queued the whole
         // thread group is bound to die: `SIGKILL` cannot be blocked or
         // caught (signal(7)) and a tracer cannot suppress it (ptrace(2),

@@ -261,11 +261,12 @@ pub fn precheck(img: &Images, table: &[FileEntry]) -> Result<()> {
 }
 
 /// How long a needed PID may stay held by a task that is exiting (a killed
-/// task frees its memory before it becomes a zombie: about 0.1 s per GiB).
+/// task frees its memory before it becomes a zombie: 0.1-0.3 s per GiB).
 const EXITING_WAIT: Duration = Duration::from_secs(5);
 /// How long a needed PID may stay held by a zombie before the restore gives
-/// up on its parent reaping it.
-const ZOMBIE_WAIT: Duration = Duration::from_secs(1);
+/// up on its parent reaping it (some init processes reap only every second
+/// or two: 1.5-1.9 s measured for the PID 1 of a container).
+const ZOMBIE_WAIT: Duration = Duration::from_secs(3);
 /// Pause between two looks at an exiting task.
 const EXITING_POLL: Duration = Duration::from_millis(2);
 
