@@ -249,16 +249,19 @@ impl Server {
         r
     }
 
-    /// `Request::SyscallBatch`: each step is the `WriteMemory` or `Syscall`
-    /// request it stands for, run through [`Server::on_traced`] like one
-    /// sent alone (bounds were checked for the whole batch). Stops after the
-    /// first call that returns an error; a failing step fails the batch.
+    /// `Request::SyscallBatch`: each step is the `WriteMemory`, `Syscall`,
+    /// `SetRegs` or `SetSigmask` request it stands for, run through
+    /// [`Server::on_traced`] like one sent alone (bounds were checked for
+    /// the whole batch). Stops after the first call that returns an error;
+    /// a failing step fails the batch.
     fn batch(&mut self, pid: i32, steps: Vec<BatchStep>) -> Result<Response, Fail> {
         let mut results = Vec::with_capacity(steps.len());
         for step in steps {
             let req = match step {
                 BatchStep::Write { addr, data } => Request::WriteMemory { pid, addr, data },
                 BatchStep::Syscall { nr, args } => Request::Syscall { pid, nr, args },
+                BatchStep::SetRegs { regs, xstate } => Request::SetRegs { pid, regs, xstate },
+                BatchStep::SetSigmask { mask } => Request::SetSigmask { pid, mask },
             };
             let v = match self.on_traced(req)? {
                 Response::Ok => 0,

@@ -266,6 +266,34 @@ fn syscall_batch_runs_in_order_and_stops_at_the_first_error() {
         Response::Memory(data)
     );
 
+    // Registers and mask set by batch steps, read back alone.
+    let Response::Regs { regs, .. } = h.call(Request::GetRegs { pid }) else {
+        panic!("no regs")
+    };
+    let mut marked = regs;
+    marked.r12 = 0x5a5a_5a5a;
+    assert_eq!(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![
+                BatchStep::SetRegs {
+                    regs: marked,
+                    xstate: None
+                },
+                BatchStep::SetSigmask { mask: 0x1234 },
+            ],
+        }),
+        Response::BatchResults(vec![0, 0])
+    );
+    let Response::Regs { regs: got, .. } = h.call(Request::GetRegs { pid }) else {
+        panic!("no regs")
+    };
+    assert_eq!(got, marked);
+    assert_eq!(
+        h.call(Request::GetSigmask { pid }),
+        Response::Sigmask(0x1234)
+    );
+
     // Hostile batches: each refused, the helper serving on.
     let refused = |r: Response, kind: ErrorKind| {
         assert!(
@@ -296,6 +324,39 @@ fn syscall_batch_runs_in_order_and_stops_at_the_first_error() {
             }],
         }),
         ErrorKind::BadRequest,
+    );
+    refused(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![BatchStep::SetRegs {
+                regs: marked,
+                xstate: Some(vec![0; shared_ipc::MAX_XSTATE + 1]),
+            }],
+        }),
+        ErrorKind::BadRequest,
+    );
+    // A register set the kernel refuses (a non-canonical instruction
+    // pointer is fine for it, a code selector of ring 0 is not) fails the
+    // batch with Regs after the steps before it were done.
+    let mut bad = marked;
+    bad.cs = 0;
+    refused(
+        h.call(Request::SyscallBatch {
+            pid,
+            steps: vec![
+                BatchStep::SetSigmask { mask: 0x4021 },
+                BatchStep::SetRegs {
+                    regs: bad,
+                    xstate: None,
+                },
+                BatchStep::SetSigmask { mask: 0x9999 },
+            ],
+        }),
+        ErrorKind::Regs,
+    );
+    assert_eq!(
+        h.call(Request::GetSigmask { pid }),
+        Response::Sigmask(0x4021)
     );
     // A live task this helper does not trace is not touched.
     refused(

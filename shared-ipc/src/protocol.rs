@@ -116,6 +116,38 @@ pub enum BatchStep {
         /// Arguments in `rdi, rsi, rdx, r10, r8, r9` order.
         args: [u64; 6],
     },
+    /// As [`Request::SetRegs`]: set the registers and, if given, the XSAVE
+    /// area (at most [`MAX_XSTATE`] bytes; counted with the writes as
+    /// [`BATCH_REGS_BYTES`] plus its length).
+    SetRegs {
+        /// New registers.
+        regs: UserRegs,
+        /// New XSAVE area.
+        xstate: Option<Vec<u8>>,
+    },
+    /// As [`Request::SetSigmask`]: set the blocked signal mask.
+    SetSigmask {
+        /// Bit `n - 1` blocks signal `n`.
+        mask: u64,
+    },
+}
+
+/// What a [`BatchStep::SetRegs`] counts against the [`MAX_MEM_IO`] bytes of
+/// a batch besides its XSAVE area (its registers as varints, at most 270
+/// bytes, rounded up), so that every batch within bounds fits a frame.
+pub const BATCH_REGS_BYTES: usize = 288;
+
+impl BatchStep {
+    /// Bytes this step counts against the [`MAX_MEM_IO`] of a batch.
+    pub fn bytes(&self) -> usize {
+        match self {
+            BatchStep::Write { data, .. } => data.len(),
+            BatchStep::SetRegs { xstate, .. } => {
+                BATCH_REGS_BYTES.saturating_add(xstate.as_ref().map_or(0, Vec::len))
+            }
+            BatchStep::Syscall { .. } | BatchStep::SetSigmask { .. } => 0,
+        }
+    }
 }
 
 /// What to do with a task when the frontend is done with it.
@@ -321,8 +353,9 @@ pub enum Request {
         pipe_fd: i32,
     },
     /// Run up to [`MAX_BATCH_STEPS`] steps on one task in one round trip:
-    /// each step is checked and done exactly as the [`Request::WriteMemory`]
-    /// or [`Request::Syscall`] it stands for would be (setuid-mode check of
+    /// each step is checked and done exactly as the [`Request::WriteMemory`],
+    /// [`Request::Syscall`], [`Request::SetRegs`] or [`Request::SetSigmask`]
+    /// it stands for would be (setuid-mode check of
     /// the task before each step, tasks the step creates traced), in order.
     /// The batch stops after the first system call that returns an error
     /// (`-4095..=-1`); the answer is [`Response::BatchResults`]. A step the
@@ -331,8 +364,8 @@ pub enum Request {
     SyscallBatch {
         /// Traced task.
         pid: Pid,
-        /// The steps, 1 to [`MAX_BATCH_STEPS`]; their writes together at
-        /// most [`MAX_MEM_IO`] bytes.
+        /// The steps, 1 to [`MAX_BATCH_STEPS`]; their writes and register
+        /// sets together at most [`MAX_MEM_IO`] bytes ([`BatchStep::bytes`]).
         steps: Vec<BatchStep>,
     },
 }
@@ -449,7 +482,8 @@ pub enum Response {
     /// sent with this frame.
     Pipe,
     /// Answer to [`Request::SyscallBatch`]: one value per step done, in
-    /// order (0 for a write, the raw return value of a system call). Fewer
+    /// order (0 for a write, a register or a mask set, the raw return value
+    /// of a system call). Fewer
     /// values than steps: the last one is the error that stopped the batch.
     BatchResults(Vec<i64>),
 }
@@ -698,12 +732,16 @@ impl Request {
                 }
                 let mut written = 0usize;
                 for st in steps {
-                    if let BatchStep::Write { addr, data } = st {
-                        written = written.saturating_add(data.len());
-                        if written > MAX_MEM_IO as usize {
-                            return Err("batch writes too large");
-                        }
-                        check_range(*addr, data.len() as u64)?;
+                    written = written.saturating_add(st.bytes());
+                    if written > MAX_MEM_IO as usize {
+                        return Err("batch writes too large");
+                    }
+                    match st {
+                        BatchStep::Write { addr, data } => check_range(*addr, data.len() as u64)?,
+                        BatchStep::SetRegs {
+                            xstate: Some(x), ..
+                        } if x.len() > MAX_XSTATE => return Err("xstate too large"),
+                        _ => {}
                     }
                 }
             }
@@ -812,6 +850,16 @@ mod tests {
         );
         let a = postcard::to_stdvec(&Response::BatchResults(vec![0, -22])).unwrap();
         assert_eq!(a, vec![14, 2, 0, 43]);
+        // Steps 0..=1 are Write and Syscall; SetRegs and SetSigmask follow.
+        let st = postcard::to_stdvec(&BatchStep::SetSigmask { mask: 5 }).unwrap();
+        assert_eq!(st, vec![3, 5]);
+        let st = postcard::to_stdvec(&BatchStep::SetRegs {
+            regs: UserRegs::default(),
+            xstate: None,
+        })
+        .unwrap();
+        assert_eq!(st[0], 2);
+        assert_eq!(st.len(), 1 + 27 + 1);
         assert_eq!(batch(vec![call(39)]).name(), "syscall-batch");
         assert_eq!(batch(vec![call(39)]).pid(), Some(7));
     }
@@ -855,6 +903,34 @@ mod tests {
             steps: vec![call(1)],
         };
         assert_eq!(ok(&zero), Err("pid must be positive"));
+        let regs = |len: usize| BatchStep::SetRegs {
+            regs: UserRegs::default(),
+            xstate: Some(vec![0; len]),
+        };
+        assert_eq!(ok(&batch(vec![call(1), regs(MAX_XSTATE)])), Ok(()));
+        assert_eq!(
+            ok(&batch(vec![regs(MAX_XSTATE + 1)])),
+            Err("xstate too large")
+        );
+        // Register sets count against the bytes of the batch.
+        assert_eq!(
+            ok(&batch(vec![regs(MAX_XSTATE), regs(MAX_XSTATE)])),
+            Err("batch writes too large")
+        );
+        let n = MAX_MEM_IO as usize / BATCH_REGS_BYTES;
+        let bare = BatchStep::SetRegs {
+            regs: UserRegs::default(),
+            xstate: None,
+        };
+        assert_eq!(ok(&batch(vec![bare.clone(); n])), Ok(()));
+        assert_eq!(ok(&batch(vec![bare; n + 1])), Err("batch writes too large"));
+        assert_eq!(
+            ok(&batch(vec![
+                BatchStep::SetSigmask { mask: !0 };
+                MAX_BATCH_STEPS
+            ])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -872,7 +948,60 @@ mod tests {
                 data: vec![0xff; MAX_MEM_IO as usize / MAX_BATCH_STEPS],
             })
             .collect();
-        for steps in [vec![call(u64::MAX); MAX_BATCH_STEPS], big, small] {
+        // Register sets with the largest values, and the largest XSAVE
+        // area beside the rest of the byte budget in writes.
+        let max_regs = UserRegs {
+            r15: u64::MAX,
+            r14: u64::MAX,
+            r13: u64::MAX,
+            r12: u64::MAX,
+            rbp: u64::MAX,
+            rbx: u64::MAX,
+            r11: u64::MAX,
+            r10: u64::MAX,
+            r9: u64::MAX,
+            r8: u64::MAX,
+            rax: u64::MAX,
+            rcx: u64::MAX,
+            rdx: u64::MAX,
+            rsi: u64::MAX,
+            rdi: u64::MAX,
+            orig_rax: u64::MAX,
+            rip: u64::MAX,
+            cs: u64::MAX,
+            eflags: u64::MAX,
+            rsp: u64::MAX,
+            ss: u64::MAX,
+            fs_base: u64::MAX,
+            gs_base: u64::MAX,
+            ds: u64::MAX,
+            es: u64::MAX,
+            fs: u64::MAX,
+            gs: u64::MAX,
+        };
+        let regs_only = vec![
+            BatchStep::SetRegs {
+                regs: max_regs,
+                xstate: Some(vec![]),
+            };
+            MAX_MEM_IO as usize / BATCH_REGS_BYTES
+        ];
+        let mut mixed = vec![call(u64::MAX); MAX_BATCH_STEPS - 2];
+        mixed.push(BatchStep::SetRegs {
+            regs: max_regs,
+            xstate: Some(vec![0xff; MAX_XSTATE]),
+        });
+        mixed.push(BatchStep::Write {
+            addr: 0x1000,
+            data: vec![0xff; MAX_MEM_IO as usize - MAX_XSTATE - BATCH_REGS_BYTES],
+        });
+        for steps in [
+            vec![call(u64::MAX); MAX_BATCH_STEPS],
+            big,
+            small,
+            regs_only,
+            mixed,
+        ] {
             let r = batch(steps);
             assert_eq!(r.check_bounds(), Ok(()));
             let f = crate::frame::encode(&r).unwrap();

@@ -149,6 +149,14 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                         nr: 13,
                         args: [2, 0x7ffd_0000, 0, 8, 0, 0],
                     },
+                    BatchStep::SetRegs {
+                        regs: UserRegs {
+                            rip: 0x401000,
+                            ..Default::default()
+                        },
+                        xstate: Some(vec![0xab; 64]),
+                    },
+                    BatchStep::SetSigmask { mask: 1 << 9 },
                 ],
             }),
         ),

@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::proc::SmapsVma;
-use shared_ipc::{BatchStep, MAX_BATCH_STEPS, MAX_MEM_IO};
+use shared_ipc::{BatchStep, UserRegs, MAX_BATCH_STEPS, MAX_MEM_IO};
 
 /// A traced task plus a scratch area mapped in it.
 #[derive(Debug, Clone, Copy)]
@@ -161,6 +161,20 @@ impl Batch {
         self.names.push(Some(what.into()));
     }
 
+    /// Set the task's registers and, if given, its XSAVE area when the
+    /// batch runs (as [`Helper::set_regs`]).
+    pub fn set_regs(&mut self, regs: UserRegs, xstate: Option<Vec<u8>>) {
+        self.steps.push(BatchStep::SetRegs { regs, xstate });
+        self.names.push(None);
+    }
+
+    /// Set the task's blocked-signal mask when the batch runs (as
+    /// [`Helper::set_sigmask`]).
+    pub fn set_sigmask(&mut self, mask: u64) {
+        self.steps.push(BatchStep::SetSigmask { mask });
+        self.names.push(None);
+    }
+
     /// Send the steps, as few requests as the bounds allow, and empty the
     /// batch; returns the result of every call, in order.
     ///
@@ -199,17 +213,15 @@ impl Batch {
 }
 
 /// Split steps into requests of at most [`MAX_BATCH_STEPS`] steps whose
-/// writes are at most [`MAX_MEM_IO`] bytes together, keeping their order.
-/// Each write step is at most [`MAX_MEM_IO`] bytes ([`Batch::put`]).
+/// writes and register sets count at most [`MAX_MEM_IO`] bytes together
+/// ([`BatchStep::bytes`]), keeping their order. Each step alone is within
+/// that ([`Batch::put`] splits writes; an XSAVE area is at most 16 KiB).
 fn batch_chunks(steps: Vec<BatchStep>) -> Vec<Vec<BatchStep>> {
     let mut out: Vec<Vec<BatchStep>> = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0usize;
     for st in steps {
-        let len = match &st {
-            BatchStep::Write { data, .. } => data.len(),
-            BatchStep::Syscall { .. } => 0,
-        };
+        let len = st.bytes();
         if cur.len() == MAX_BATCH_STEPS || bytes + len > MAX_MEM_IO as usize {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
@@ -306,6 +318,17 @@ mod tests {
         bounded(&chunks);
         assert_eq!(chunks.concat(), steps);
         assert!(batch_chunks(Vec::new()).is_empty());
+
+        let regs = BatchStep::SetRegs {
+            regs: UserRegs::default(),
+            xstate: Some(vec![0; 16 * 1024]),
+        };
+        let steps = vec![regs.clone(), call(1), regs.clone(), regs, call(2)];
+        let chunks = batch_chunks(steps.clone());
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![2, 1, 2]);
+        bounded(&chunks);
+        assert_eq!(chunks.concat(), steps);
     }
 
     #[test]

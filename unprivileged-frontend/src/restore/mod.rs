@@ -24,7 +24,7 @@ use crate::cli::RestoreArgs;
 use crate::error::{Error, Result};
 use crate::helper::{Helper, HelperError};
 use crate::images::types::FileEntry;
-use crate::remote::Remote;
+use crate::remote::{Batch, Remote};
 use crate::{info, warn};
 use shared_ipc::{ErrorKind, ExitStatus, ReleaseMode};
 use std::os::fd::{AsFd, OwnedFd};
@@ -551,18 +551,21 @@ fn restore_rest(
     for t in &img.threads {
         let tr = Remote { pid: t.tid, ..r };
         task::restore_thread_state(h, &tr, t, pid)?;
-        h.set_regs(t.tid, task::final_regs(t.regs), Some(t.xstate.clone()))?;
-        h.set_sigmask(t.tid, t.sigmask)?;
+        let mut b = Batch::new(&tr);
+        b.set_regs(task::final_regs(t.regs), Some(t.xstate.clone()));
+        b.set_sigmask(t.sigmask);
+        b.run(h)?;
     }
 
     // The last injected call: the helper stops the task at its exit,
-    // before it would return into the page that is gone.
-    r.call(
-        h,
+    // before it would return into the page that is gone. Then the final
+    // registers and mask, in the same request.
+    let mut b = Batch::new(&r);
+    b.call(
         "munmap(trampoline)",
         libc::SYS_munmap,
         [tramp.0, tramp.1 - tramp.0, 0, 0, 0, 0],
-    )?;
+    );
     let regs = task::final_regs(img.core.regs);
     if regs.rip != img.core.regs.rip {
         info!(
@@ -570,8 +573,9 @@ fn restore_rest(
             img.core.regs.orig_rax
         );
     }
-    h.set_regs(pid, regs, Some(img.core.xstate.clone()))?;
-    h.set_sigmask(pid, img.core.sigmask)?;
+    b.set_regs(regs, Some(img.core.xstate.clone()));
+    b.set_sigmask(img.core.sigmask);
+    b.run(h)?;
     Ok(())
 }
 
