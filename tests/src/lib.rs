@@ -308,6 +308,21 @@ pub fn reap_killed_tree(t: &Test, pids: &[i32]) {
     }
 }
 
+/// Copy the executable `from` to `to` with cp(1), so that the descriptor
+/// the copy is written through lives only in that child. Written from this
+/// multi-threaded test process, it could be inherited by a process another
+/// test forks at that moment and make executing the copy fail with
+/// `ETXTBSY` (see execve(2)).
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "cp {} {}: {st}", from.display(), to.display());
+}
+
 /// `len` bytes of `pid`'s memory at `addr`, read through /proc/PID/mem
 /// (see proc(5)). Panics if they cannot be read: tests call it on memory
 /// the target has set up. Reading a page never touched maps the zero page
@@ -967,7 +982,7 @@ impl Test {
             fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         let helper = dir.join("criu-helper");
-        fs::copy(&bins().helper, &helper).expect("copy helper");
+        copy_executable(&bins().helper, &helper);
         std::os::unix::fs::chown(&helper, Some(0), Some(0)).expect("chown helper");
         fs::set_permissions(&helper, fs::Permissions::from_mode(0o4755)).expect("chmod");
         helper

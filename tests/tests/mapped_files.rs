@@ -294,7 +294,7 @@ fn deleted_executable_runs_on() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .unwrap_or_else(|| t.fail("no sleep binary"));
-    std::fs::copy(sleep, &exe).expect("copy sleep");
+    copy_executable(sleep.as_ref(), &exe);
     let pid = t.spawn_target(Command::new(&exe).arg("3")).id() as i32;
     if !wait_for(Duration::from_secs(5), || proc_state(pid) == Some('S')) {
         t.fail(&format!(

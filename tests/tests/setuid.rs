@@ -94,7 +94,7 @@ fn setup(name: &str) -> Option<(Test, Install)> {
         (&b.workload, &inst.workload),
         (&b.helper, &inst.helper),
     ] {
-        fs::copy(from, to).expect("copy binary");
+        copy_executable(from, to);
         chmod(to, 0o755);
     }
     std::os::unix::fs::chown(&inst.helper, Some(0), Some(0)).expect("chown helper");
