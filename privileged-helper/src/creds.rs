@@ -86,8 +86,10 @@ pub fn parse_status(status: &str) -> Option<TaskCreds> {
 }
 
 /// The rule itself: IDs equal to the caller's, no capability, dumpable
-/// (`proc_owner` is the owner of /proc/PID, which the kernel sets to the
-/// task's euid only when the task is dumpable, and to root otherwise).
+/// (`proc_owner` is the owner of /proc/PID/status, which the kernel sets to
+/// the task's euid only when the task is dumpable, and to root otherwise;
+/// the /proc/PID directory itself keeps the euid either way, see
+/// `task_dump_owner` in fs/proc/base.c).
 pub fn judge(creds: &TaskCreds, proc_owner: u32, caller: &Caller) -> Result<(), DenyReason> {
     if let Some(r) = DenyReason::uid(creds.uid, caller.uid) {
         return Err(r);
@@ -105,7 +107,7 @@ pub fn judge(creds: &TaskCreds, proc_owner: u32, caller: &Caller) -> Result<(), 
 }
 
 /// Check task `pid`, pinned by `pidfd`, for `caller`: read its status and
-/// the owner of /proc/PID, then make sure the pidfd's process is still alive
+/// the owner of /proc/PID/status, then make sure the pidfd's process is still alive
 /// (pidfd_send_signal(2) with signal 0) so that what was read is its own and
 /// not a new process's with the same PID. Root callers pass at once.
 pub fn check_task(pid: Pid, pidfd: &OwnedFd, caller: &Caller) -> Result<(), Fail> {
@@ -114,7 +116,7 @@ pub fn check_task(pid: Pid, pidfd: &OwnedFd, caller: &Caller) -> Result<(), Fail
     }
     let gone = Fail::bare(ErrorKind::Gone);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| gone)?;
-    let owner = std::fs::metadata(format!("/proc/{pid}"))
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
         .map_err(|_| gone)?
         .uid();
     // EPERM (a task of another user: we keep no CAP_KILL) still proves the

@@ -443,6 +443,33 @@ fn user_cannot_dump_another_users_process() {
     );
 }
 
+/// A task of the user's that made itself non-dumpable (PR_SET_DUMPABLE 0,
+/// as ssh-agent and gpg-agent do) is refused by the helper's own check,
+/// naming the reason, and runs on.
+#[test]
+fn user_cannot_dump_own_non_dumpable_process() {
+    let Some((t, inst)) = setup("setuid_not_dumpable") else {
+        return;
+    };
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.args([
+        "-c",
+        "import ctypes, time\n\
+         assert ctypes.CDLL(None).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE\n\
+         while True: time.sleep(1)\n",
+    ]);
+    let pid = start_target(&t, &mut cmd, "65534 65534 65534 65534");
+    if !wait_for(Duration::from_secs(10), || {
+        fs::metadata(format!("/proc/{pid}/status")).is_ok_and(|m| m.uid() == 0)
+    }) {
+        t.fail(&format!(
+            "target did not become non-dumpable: {}",
+            describe(pid)
+        ));
+    }
+    refused_dump(&t, &inst, pid, &[&format!("pid {pid}"), "not dumpable"]);
+}
+
 #[test]
 fn user_cannot_dump_own_process_holding_a_capability() {
     let Some((t, inst)) = setup("setuid_capability") else {
