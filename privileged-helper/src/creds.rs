@@ -58,6 +58,10 @@ pub struct TaskCreds {
     pub gid: [u32; 3],
     /// `CapInh`, `CapPrm`, `CapEff`, `CapAmb`.
     pub caps: [(CapSet, u64); 4],
+    /// `State:` is `Z` (zombie) or `X` (dead): the task has no memory any
+    /// more, and the kernel shows its /proc files as root's whatever its
+    /// dumpable flag was (`task_dump_owner`, fs/proc/base.c).
+    pub no_mm: bool,
 }
 
 /// Parse the `Uid:`, `Gid:` and `Cap*:` lines of /proc/PID/status.
@@ -73,6 +77,10 @@ pub fn parse_status(status: &str) -> Option<TaskCreds> {
         Some([it.next()??, it.next()??, it.next()??])
     };
     let cap = |key: &str| u64::from_str_radix(field(key)?, 16).ok();
+    let no_mm = matches!(
+        field("State:").and_then(|s| s.chars().next()),
+        Some('Z' | 'X')
+    );
     Some(TaskCreds {
         uid: ids("Uid:")?,
         gid: ids("Gid:")?,
@@ -82,6 +90,7 @@ pub fn parse_status(status: &str) -> Option<TaskCreds> {
             (CapSet::Effective, cap("CapEff:")?),
             (CapSet::Ambient, cap("CapAmb:")?),
         ],
+        no_mm,
     })
 }
 
@@ -100,7 +109,7 @@ pub fn judge(creds: &TaskCreds, proc_owner: u32, caller: &Caller) -> Result<(), 
     if let Some(&(set, mask)) = creds.caps.iter().find(|(_, m)| *m != 0) {
         return Err(DenyReason::Caps { set, mask });
     }
-    if proc_owner != caller.uid {
+    if proc_owner != caller.uid && !creds.no_mm {
         return Err(DenyReason::NotDumpable);
     }
     Ok(())
@@ -189,6 +198,13 @@ mod tests {
             );
         }
         assert_eq!(judge(&c, 0, &caller()), Err(DenyReason::NotDumpable));
+        // A zombie's files are root's whatever it was: only its IDs count.
+        let z = parse_status(&STATUS.replace("S (sleeping)", "Z (zombie)")).unwrap();
+        assert!(z.no_mm && !c.no_mm);
+        assert_eq!(judge(&z, 0, &caller()), Ok(()));
+        let mut z2 = z;
+        z2.uid[0] = 0;
+        assert!(judge(&z2, 0, &caller()).is_err());
     }
 
     #[test]
