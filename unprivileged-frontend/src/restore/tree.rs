@@ -116,8 +116,21 @@ pub fn clone_all(h: &mut Helper, r: &Remote, tasks: &[(u64, u64, i32)]) -> Resul
     Ok(())
 }
 
-/// Tries of [`clone_next_pid`] before giving up.
-const NEXT_PID_TRIES: u32 = 8;
+/// Tries of [`clone_next_pid`] before giving up, [`NEXT_PID_PAUSE`] apart:
+/// forks elsewhere on a busy machine can take the PID between `SetNextPid`
+/// and the clone several times in a row.
+const NEXT_PID_TRIES: u32 = 32;
+/// Pause between two tries of [`clone_next_pid`].
+const NEXT_PID_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The name of the task that holds `pid` now, if one does (a thread of
+/// another process that took it keeps it until it exits).
+fn taken_by(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(crate::proc::path(pid, "status")).ok()?;
+    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?;
+    let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?;
+    Some(format!("{} (pid {})", name.trim(), tgid.trim()))
+}
 
 /// Setuid mode: `SetNextPid`, then `clone3` without `set_tid`. When another
 /// process of the system took the PID in between, the task made with the
@@ -161,9 +174,18 @@ fn clone_next_pid(
             r.pid
         );
         undo_clone(h, r, flags, got as i32)?;
+        if let Some(who) = taken_by(tid) {
+            return Err(Error::Refused(format!(
+                "pid {}: pid {tid} was taken by {who} while the tree was being restored (without \
+                 root a PID cannot be reserved, see SECURITY.md); restore again once it is free",
+                r.pid
+            )));
+        }
+        std::thread::sleep(NEXT_PID_PAUSE);
     }
     Err(Error::Refused(format!(
-        "pid {}: other processes kept taking pid {tid} during the restore; try again",
+        "pid {}: other processes kept taking pid {tid} during the restore ({NEXT_PID_TRIES} \
+         tries); try again",
         r.pid
     )))
 }
