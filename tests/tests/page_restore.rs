@@ -1,6 +1,7 @@
 //! The restore page path, checked page by page from outside (/proc/PID/mem
 //! and /proc/PID/pagemap, see proc(5)): large runs go through userfaultfd
-//! (`UFFDIO_COPY`, in two threads), small runs through preadv; holes stay
+//! (`UFFDIO_COPY`, in two threads) unless transparent huge pages would
+//! serve them, small runs through preadv; holes stay
 //! holes, zero-filled pages read as zeros, a read-only mapping gets its
 //! contents and its protection back, `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE`
 //! mappings their flags.
@@ -94,16 +95,31 @@ fn present(pid: i32, addr: u64, i: u64) -> bool {
     u64::from_ne_bytes(e) >> 63 == 1
 }
 
-/// The VmFlags line of the VMA starting at `addr`.
-fn vm_flags(pid: i32, addr: u64) -> String {
+/// The line starting with `key` in the smaps block of the VMA starting at
+/// `addr` (see proc(5), /proc/PID/smaps).
+fn smaps_line(pid: i32, addr: u64, key: &str) -> String {
     let smaps = read(std::path::Path::new(&format!("/proc/{pid}/smaps"))).unwrap_or_default();
     let head = format!("{addr:x}-");
     smaps
         .split_inclusive('\n')
         .skip_while(|l| !l.starts_with(&head))
-        .find(|l| l.starts_with("VmFlags:"))
+        .find(|l| l.starts_with(key))
         .unwrap_or("")
         .to_string()
+}
+
+/// The VmFlags line of the VMA starting at `addr`.
+fn vm_flags(pid: i32, addr: u64) -> String {
+    smaps_line(pid, addr, "VmFlags:")
+}
+
+/// The VMA's `AnonHugePages` in kB.
+fn anon_huge_kb(pid: i32, addr: u64) -> u64 {
+    smaps_line(pid, addr, "AnonHugePages:")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -144,6 +160,7 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
         }
     }
     let flags_before = (vm_flags(pid, a), vm_flags(pid, b));
+    let huge_before = anon_huge_kb(pid, b);
 
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
@@ -174,7 +191,16 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
              stay read-only: {flags_after:?}"
         ));
     }
-    // 64 MiB less the holes and the small runs around them, plus 8 MiB.
-    t.assert_pages_copied_with_userfaultfd(pid, 64 << 20);
+    // Region B's transparent huge pages come back (userfaultfd would fill
+    // it with 4 KiB pages: it takes the pread path).
+    let huge_after = anon_huge_kb(pid, b);
+    if huge_after < huge_before {
+        t.fail(&format!(
+            "region B had {huge_before} kB of AnonHugePages, {huge_after} kB after restore"
+        ));
+    }
+    // Region A (64 MiB less the holes and the small runs around them) goes
+    // through userfaultfd.
+    t.assert_pages_copied_with_userfaultfd(pid, 60 << 20);
     kill_and_reap(pid);
 }

@@ -36,18 +36,41 @@ const WINDOW: u64 = 4 << 20;
 /// Whether VMA `v` (not inherited from a parent: freshly mapped, so every
 /// page of it is missing) can take `UFFDIO_COPY`: private anonymous memory
 /// that is not mlock'ed (a locked mapping is populated when mapped).
-fn copyable(v: &Vma) -> bool {
+fn copyable(v: &Vma, thp_always: bool) -> bool {
     matches!(v.kind, VmaKind::Anon)
         && v.flags & libc::MAP_SHARED as u32 == 0
         && !v.locked
         && v.end > v.start
+        && !thp_would_serve(v, thp_always)
+}
+
+/// Whether the kernel would back `v` with transparent huge pages when it
+/// is filled by page faults: `MADV_HUGEPAGE`, or THP `always` without
+/// `MADV_NOHUGEPAGE` (see Documentation/admin-guide/mm/transhuge.rst).
+/// `UFFDIO_COPY` installs 4 KiB pages only, so such VMAs keep the
+/// `pread64` path (after `MADV_POPULATE_WRITE`), which gets huge pages.
+fn thp_would_serve(v: &Vma, thp_always: bool) -> bool {
+    v.madvise.contains(&libc::MADV_HUGEPAGE)
+        || (thp_always && !v.madvise.contains(&libc::MADV_NOHUGEPAGE))
+}
+
+/// THP mode `always` (`[always]` in
+/// /sys/kernel/mm/transparent_hugepage/enabled).
+fn thp_always() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"))
 }
 
 /// Split `fills` into the runs that go through userfaultfd, each with the
 /// index of the VMA that holds it whole, and the rest (both in address
 /// order). `fills` and `vmas` are in address order; `inherited[i]` says
 /// VMA `i` was kept from the parent (its pages may be present).
-pub fn select(vmas: &[Vma], inherited: &[bool], fills: &[Fill]) -> (Vec<(usize, Fill)>, Vec<Fill>) {
+pub fn select(
+    vmas: &[Vma],
+    inherited: &[bool],
+    fills: &[Fill],
+    thp_always: bool,
+) -> (Vec<(usize, Fill)>, Vec<Fill>) {
     let (mut fast, mut rest) = (Vec::new(), Vec::new());
     let mut i = 0;
     for f in fills {
@@ -57,7 +80,7 @@ pub fn select(vmas: &[Vma], inherited: &[bool], fills: &[Fill]) -> (Vec<(usize, 
         let holds = vmas
             .get(i)
             .filter(|v| v.start <= f.vaddr && f.vaddr + f.len <= v.end)
-            .is_some_and(|v| copyable(v) && !inherited.get(i).copied().unwrap_or(true));
+            .is_some_and(|v| copyable(v, thp_always) && !inherited.get(i).copied().unwrap_or(true));
         if holds && f.len >= MIN_RUN {
             fast.push((i, *f));
         } else {
@@ -81,7 +104,7 @@ pub fn copy_pages(
     fills: &[Fill],
     pages: &Path,
 ) -> Result<Vec<Fill>> {
-    let (fast, mut rest) = select(vmas, inherited, fills);
+    let (fast, mut rest) = select(vmas, inherited, fills, thp_always());
     if fast.is_empty() {
         return Ok(rest);
     }
@@ -311,15 +334,23 @@ mod tests {
             fill(0x4000_0000 + 3 * m, 2 * m, 4 * m), // crosses the VMA's end
             fill(0x4000_0000, 2 * m, 6 * m),         // fast (out of order is kept)
         ];
-        let (fast, rest) = select(&vmas, &inherited, &fills[..5]);
+        let (fast, rest) = select(&vmas, &inherited, &fills[..5], false);
         assert_eq!(fast, vec![(0, fills[0])]);
         assert_eq!(rest, fills[1..5].to_vec());
-        let (fast, rest) = select(&vmas, &inherited, &[fills[5]]);
+        let (fast, rest) = select(&vmas, &inherited, &[fills[5]], false);
         assert_eq!(fast, vec![(3, fills[5])]);
         assert!(rest.is_empty());
         let mut locked = vmas.to_vec();
         locked[0].locked = true;
-        assert!(select(&locked, &inherited, &fills[..1]).0.is_empty());
+        assert!(select(&locked, &inherited, &fills[..1], false).0.is_empty());
+        // Transparent huge pages: MADV_HUGEPAGE, or THP `always` unless
+        // MADV_NOHUGEPAGE, keep the pread64 path.
+        let mut huge = vmas.to_vec();
+        huge[0].madvise = vec![libc::MADV_HUGEPAGE];
+        assert!(select(&huge, &inherited, &fills[..1], false).0.is_empty());
+        assert!(select(&vmas, &inherited, &fills[..1], true).0.is_empty());
+        huge[0].madvise = vec![libc::MADV_NOHUGEPAGE];
+        assert_eq!(select(&huge, &inherited, &fills[..1], true).0.len(), 1);
     }
 
     #[test]
