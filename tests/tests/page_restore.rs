@@ -16,10 +16,11 @@ const PAGE: u64 = 4096;
 const HOLES: [(u64, u64); 3] = [(0, 3), (4096, 4160), (16381, 16384)];
 const ZEROS: (u64, u64) = (8000, 8010);
 
-/// Region A: 64 MiB private anonymous memory with `MADV_NOHUGEPAGE` (so
-/// that untouched pages stay holes), page i holding `i | 1` in its first
+/// Region A: 64 MiB private anonymous `MAP_NORESERVE` memory with
+/// `MADV_RANDOM` and `MADV_NOHUGEPAGE` (so that untouched pages stay holes), page i holding `i | 1` in its first
 /// word and `!i` in its last, except the holes (never touched) and the
-/// zero pages (written with zeros). Region B: 8 MiB with `MADV_HUGEPAGE`,
+/// zero pages (written with zeros). Region B: 8 MiB with `MADV_HUGEPAGE`
+/// and `MADV_SEQUENTIAL`,
 /// filled the same way (no holes), then made read-only. Writes both
 /// addresses to argv[1], then sleeps.
 const PROGRAM: &str = r#"
@@ -38,11 +39,13 @@ def fill(a, pages, skip):
             continue
         ctypes.c_uint64.from_address(a + i * 4096).value = i | 1
         ctypes.c_uint64.from_address(a + i * 4096 + 4088).value = ~i & (2**64 - 1)
-a = libc.mmap(None, 64 << 20, 3, 0x02 | 0x20, -1, 0)
+a = libc.mmap(None, 64 << 20, 3, 0x02 | 0x20 | 0x4000, -1, 0)  # MAP_NORESERVE
 assert libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(64 << 20), 15) == 0  # MADV_NOHUGEPAGE
+assert libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(64 << 20), 1) == 0  # MADV_RANDOM
 fill(a, 16384, holes)
 b = libc.mmap(None, 8 << 20, 3, 0x02 | 0x20, -1, 0)
 assert libc.madvise(ctypes.c_void_p(b), ctypes.c_size_t(8 << 20), 14) == 0  # MADV_HUGEPAGE
+assert libc.madvise(ctypes.c_void_p(b), ctypes.c_size_t(8 << 20), 2) == 0  # MADV_SEQUENTIAL
 fill(b, 2048, [])
 assert libc.mprotect(ctypes.c_void_p(b), ctypes.c_size_t(8 << 20), 1) == 0
 with open(sys.argv[1] + ".tmp", "w") as f:
@@ -185,10 +188,15 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
         ));
     }
     let has = |l: &str, f: &str| l.split_whitespace().any(|x| x == f);
-    if !has(&flags_after.0, "nh") || !has(&flags_after.1, "hg") || has(&flags_after.1, "wr") {
+    if !["nh", "rr", "nr"].iter().all(|f| has(&flags_after.0, f))
+        || !has(&flags_after.1, "hg")
+        || !has(&flags_after.1, "sr")
+        || has(&flags_after.1, "wr")
+    {
         t.fail(&format!(
-            "region A should keep MADV_NOHUGEPAGE (nh), region B MADV_HUGEPAGE (hg) and \
-             stay read-only: {flags_after:?}"
+            "region A should keep MADV_NOHUGEPAGE (nh), MADV_RANDOM (rr) and MAP_NORESERVE \
+             (nr), region B MADV_HUGEPAGE (hg), MADV_SEQUENTIAL (sr) and stay read-only: \
+             {flags_after:?}"
         ));
     }
     // Region B's transparent huge pages come back (userfaultfd would fill

@@ -91,6 +91,8 @@ fn madvise_of(v: &SmapsVma) -> Vec<i32> {
         ("nh", libc::MADV_NOHUGEPAGE),
         ("mg", libc::MADV_MERGEABLE),
         ("wf", libc::MADV_WIPEONFORK),
+        ("rr", libc::MADV_RANDOM),
+        ("sr", libc::MADV_SEQUENTIAL),
     ] {
         if v.has_flag(flag) {
             m.push(adv);
@@ -100,10 +102,15 @@ fn madvise_of(v: &SmapsVma) -> Vec<i32> {
 }
 
 /// What `VmFlags` of smaps say about a mapping: `MAP_GROWSDOWN` (`gd`),
-/// the madvise(2) advice and mlock (`lo`). See proc(5), /proc/PID/smaps.
+/// `MAP_NORESERVE` (`nr`: no swap space reserved, e.g. glibc's thread
+/// arenas), the madvise(2) advice and mlock (`lo`). See proc(5),
+/// /proc/PID/smaps.
 fn apply_vm_flags(vma: &mut Vma, v: &SmapsVma) {
     if v.has_flag("gd") {
         vma.flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    if v.has_flag("nr") {
+        vma.flags |= libc::MAP_NORESERVE as u32;
     }
     vma.madvise = madvise_of(v);
     vma.locked = v.has_flag("lo");

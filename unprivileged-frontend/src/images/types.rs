@@ -391,7 +391,8 @@ pub struct Vma {
     /// Backing.
     pub kind: VmaKind,
     /// `madvise(2)` advice to re-apply (MADV_DONTDUMP, MADV_DONTFORK,
-    /// MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_MERGEABLE, MADV_WIPEONFORK).
+    /// MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_MERGEABLE, MADV_WIPEONFORK,
+    /// MADV_RANDOM, MADV_SEQUENTIAL).
     pub madvise: Vec<i32>,
     /// The mapping was mlock'ed (`lo` in VmFlags).
     pub locked: bool,
