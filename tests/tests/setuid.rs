@@ -443,6 +443,62 @@ fn user_cannot_dump_another_users_process() {
     );
 }
 
+/// Memory a process of the user's only read (the kernel maps the shared
+/// zero page there) is not stored in setuid mode either, where the
+/// pagemap hides PFNs: 64 MiB read, one page written, gives a pages image
+/// of a few pages, and after restore the memory reads the same (zeros and
+/// the one byte) without being allocated.
+#[test]
+fn user_dump_leaves_out_zero_pages() {
+    let Some((t, inst)) = setup("setuid_zero_pages") else {
+        return;
+    };
+    let ready = t.work().join("ready");
+    let program = format!(
+        "import mmap, os, time\n\
+         m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+         s = sum(m[i] for i in range(0, 64 << 20, 4096))\n\
+         m[4096 * 5] = 7\n\
+         open({ready:?} + '.tmp', 'w').write(str(s))\n\
+         os.rename({ready:?} + '.tmp', {ready:?})\n\
+         while True: time.sleep(0.05)\n",
+        ready = ready.display().to_string()
+    );
+    let mut cmd = as_user(Path::new("/usr/bin/python3"));
+    cmd.args(["-c", &program]);
+    let pid = start_target(&t, &mut cmd, "65534 65534 65534 65534");
+    if !wait_for(Duration::from_secs(20), || ready.exists()) {
+        t.fail(&format!(
+            "target did not read its memory: {}",
+            describe(pid)
+        ));
+    }
+    must_succeed(&t, &criu_as_user(&t, &inst, &strs(&dump_args(&t, pid))));
+    reap_dumped(&t, pid);
+    let pages: u64 = fs::read_dir(t.images())
+        .expect("read images")
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    if pages > 16 << 20 {
+        t.fail(&format!(
+            "the pages image holds {pages} bytes: the 64 MiB of zero pages were stored"
+        ));
+    }
+    must_succeed(&t, &criu_as_user(&t, &inst, &strs(&restore_args(&t))));
+    t.track(pid);
+    let rss_kb: u64 = status_field(pid, "VmRSS:")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(u64::MAX);
+    if rss_kb > 48 << 10 {
+        t.fail(&format!(
+            "restored process has {rss_kb} kB resident: zero pages were allocated"
+        ));
+    }
+    kill_and_reap(pid);
+}
+
 /// A task of the user's that made itself non-dumpable (PR_SET_DUMPABLE 0,
 /// as ssh-agent and gpg-agent do) is refused by the helper's own check,
 /// naming the reason, and runs on.

@@ -14,6 +14,7 @@ pub mod helper;
 pub mod images;
 pub mod log;
 pub mod netlock;
+pub mod pagemap_scan;
 pub mod proc;
 pub mod remote;
 pub mod restore;

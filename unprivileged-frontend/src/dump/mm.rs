@@ -242,7 +242,8 @@ pub fn collect(
 }
 
 /// The page frame number of the shared zero page, if this process can see
-/// PFNs (it needs CAP_SYS_ADMIN); zero pages are then not stored.
+/// PFNs (it needs CAP_SYS_ADMIN); zero pages are then not stored. Without
+/// it, `write_pages` asks PAGEMAP_SCAN which pages are the zero page.
 fn zero_page_pfn() -> Option<u64> {
     // A fresh anonymous read-only mapping that is read maps the zero page.
     let map = crate::sys::map_zero_page()?;
@@ -358,6 +359,15 @@ pub fn write_pages(
         {
             continue;
         }
+        // Without CAP_SYS_ADMIN the pagemap hides PFNs, so the zero page
+        // is found with PAGEMAP_SCAN (or, on older kernels, stored).
+        let zeros: Vec<(u64, u64)> = match (zero_pfn, &v.kind) {
+            (None, VmaKind::Anon) => {
+                crate::pagemap_scan::zero_page_ranges(&pm, v.start, v.end).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let mut zi = 0;
         let mut addr = v.start;
         while addr < v.end {
             let n = ((v.end - addr) / PAGE).min(PM_CHUNK);
@@ -370,6 +380,12 @@ pub fn write_pages(
                     continue;
                 }
                 let a = addr + i as u64 * PAGE;
+                while zeros.get(zi).is_some_and(|z| z.1 <= a) {
+                    zi += 1;
+                }
+                if zeros.get(zi).is_some_and(|z| z.0 <= a) {
+                    continue;
+                }
                 match runs.last_mut() {
                     // Runs never cross a mapping boundary.
                     Some(r) if r.addr + r.len == a && a != v.start => r.len += PAGE,
