@@ -89,9 +89,11 @@ pub fn close_channel_fd_in_child() {
     unsafe { libc::close(shared_ipc::HELPER_CHANNEL_FD) };
 }
 
-/// Set every signal's disposition to `SIG_DFL` (sigaction(2)). Errors for
-/// signals that cannot be changed (`SIGKILL`, `SIGSTOP`, the libc-reserved
-/// ones) are ignored.
+/// Set every signal's disposition to `SIG_DFL` (rt_sigaction(2), raw: the
+/// libc wrapper refuses its reserved signals 32 and 33 and adds
+/// `SA_RESTORER`, which a stub would pass on to the restored process).
+/// Errors for signals that cannot be changed (`SIGKILL`, `SIGSTOP`) are
+/// ignored.
 pub fn reset_signal_dispositions() {
     for sig in 1..=libc::SIGRTMAX() {
         set_disposition(sig, libc::SIG_DFL);
@@ -107,12 +109,21 @@ pub fn ignore_sigpipe() {
 }
 
 fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) {
-    // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags).
-    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-    sa.sa_sigaction = handler;
-    // SAFETY: `sa` is a valid sigaction; SIG_DFL/SIG_IGN install no Rust
-    // code as a handler, so no signal-safety question arises.
-    unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+    // The kernel's struct sigaction on x86-64: handler, flags, restorer,
+    // mask (8 bytes: the sigsetsize argument).
+    let ksa: [u64; 4] = [handler as u64, 0, 0, 0];
+    // SAFETY: `ksa` is a valid kernel sigaction read by the kernel only;
+    // SIG_DFL/SIG_IGN install no code as a handler, so no signal-safety
+    // question arises.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            ksa.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
 }
 
 /// fork(2). Only called while the helper is single-threaded (start-up).

@@ -177,3 +177,66 @@ fn foreground_restore_reports_sigterm() {
         ));
     }
 }
+
+/// Signals a process left at their default action come back exactly so:
+/// handler `SIG_DFL` and no flags (a stub set up through glibc carried
+/// `SA_RESTORER` and a restorer address into the restored process), real-
+/// time signals included. Read from inside with a raw rt_sigaction(2).
+#[test]
+fn default_signal_actions_carry_no_flags() {
+    let Some(t) = Test::new("default_sigactions") else {
+        return;
+    };
+    let out = t.work().join("actions");
+    let trigger = t.work().join("go");
+    let program = format!(
+        "import ctypes, os, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         def actions():\n\
+         \x20   bad = []\n\
+         \x20   for sig in [1, 3, 10, 12, 15, 20, 32, 33, 34, 40, 50, 64]:\n\
+         \x20       sa = (ctypes.c_uint64 * 4)()\n\
+         \x20       assert libc.syscall(13, sig, None, sa, 8) == 0\n\
+         \x20       if sa[0] == 0 and sa[1] != 0:\n\
+         \x20           bad.append(f'{{sig}}:{{sa[1]:#x}}')\n\
+         \x20   return ' '.join(bad) or 'clean'\n\
+         open({out:?} + '.tmp', 'w').write(actions())\n\
+         os.rename({out:?} + '.tmp', {out:?})\n\
+         while not os.path.exists({trigger:?}): time.sleep(0.02)\n\
+         open({out:?} + '.tmp', 'w').write(actions())\n\
+         os.rename({out:?} + '.tmp', {out:?} + '.after')\n\
+         while True: time.sleep(1)\n",
+        out = out.display().to_string(),
+        trigger = trigger.display().to_string(),
+    );
+    let pid = t
+        .spawn_target(std::process::Command::new("python3").args(["-c", &program]))
+        .id() as i32;
+    if !wait_for(Duration::from_secs(20), || out.exists()) {
+        t.fail(&format!("target did not start: {}", describe(pid)));
+    }
+    let before = read(&out).unwrap_or_default();
+    if before != "clean" {
+        t.fail(&format!(
+            "set-up: default actions with flags before the dump: {before}"
+        ));
+    }
+    t.dump(pid, &[]);
+    reap_dumped(&t, pid);
+    t.restore_detached(pid, &[]);
+    std::fs::write(&trigger, b"").unwrap();
+    let after_path = t.work().join("actions.after");
+    if !wait_for(Duration::from_secs(20), || after_path.exists()) {
+        t.fail(&format!(
+            "restored target did not answer: {}",
+            describe(pid)
+        ));
+    }
+    let after = read(&after_path).unwrap_or_default();
+    if after != "clean" {
+        t.fail(&format!(
+            "default actions with flags after restore (signal:flags): {after}"
+        ));
+    }
+    kill_and_reap(pid);
+}
