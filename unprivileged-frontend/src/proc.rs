@@ -240,8 +240,10 @@ pub struct SmapsVma {
     pub inode: u64,
     /// Path or pseudo-name (`[heap]`, ...); empty for plain anonymous.
     pub name: String,
-    /// Two-letter `VmFlags`.
-    pub vm_flags: Vec<String>,
+    /// The two-letter `VmFlags`, as printed (space separated; empty from
+    /// `maps`). One string, not one per flag: a process may have 65,530
+    /// mappings.
+    pub vm_flags: String,
 }
 
 impl SmapsVma {
@@ -263,7 +265,7 @@ impl SmapsVma {
     }
     /// Has VmFlag `f`.
     pub fn has_flag(&self, f: &str) -> bool {
-        self.vm_flags.iter().any(|x| x == f)
+        self.vm_flags.split_whitespace().any(|x| x == f)
     }
 }
 
@@ -287,7 +289,7 @@ fn parse_maps_line(line: &str) -> std::result::Result<SmapsVma, String> {
         dev: (hx(maj)? as u32, hx(min)? as u32),
         inode: inode.parse().map_err(|e| format!("inode: {e}"))?,
         name,
-        vm_flags: Vec::new(),
+        vm_flags: String::new(),
     })
 }
 
@@ -297,14 +299,40 @@ fn parse_maps_line(line: &str) -> std::result::Result<SmapsVma, String> {
 pub fn parse_smaps(text: &str) -> std::result::Result<Vec<SmapsVma>, String> {
     let mut out: Vec<SmapsVma> = Vec::new();
     for line in text.lines() {
-        let first = line.split(' ').next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            out.push(parse_maps_line(line).map_err(|e| format!("{line:?}: {e}"))?);
-        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(v) = out.last_mut() {
-                v.vm_flags = flags.split_whitespace().map(str::to_string).collect();
-            }
+        smaps_line(&mut out, line)?;
+    }
+    Ok(out)
+}
+
+/// Take one line of smaps (or maps) into `out`.
+fn smaps_line(out: &mut Vec<SmapsVma>, line: &str) -> std::result::Result<(), String> {
+    let first = line.split(' ').next().unwrap_or("");
+    if first.contains('-') && !first.ends_with(':') {
+        out.push(parse_maps_line(line).map_err(|e| format!("{line:?}: {e}"))?);
+    } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+        if let Some(v) = out.last_mut() {
+            v.vm_flags = flags.trim().to_string();
         }
+    }
+    Ok(())
+}
+
+/// Read and parse a smaps or maps file line by line: smaps is about a
+/// kilobyte per mapping, so it is never held whole.
+///
+/// Errors: read or parse errors naming the path.
+fn read_smaps_file(p: &Path) -> Result<Vec<SmapsVma>> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(p).map_err(|e| Error::proc(p, e))?;
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, f);
+    let mut out = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(|e| Error::proc(p, e))? == 0 {
+            break;
+        }
+        smaps_line(&mut out, line.trim_end_matches('\n')).map_err(|d| Error::parse(p, d))?;
     }
     Ok(out)
 }
@@ -313,16 +341,14 @@ pub fn parse_smaps(text: &str) -> std::result::Result<Vec<SmapsVma>, String> {
 ///
 /// Errors: read or parse errors naming the path.
 pub fn read_smaps(pid: i32) -> Result<Vec<SmapsVma>> {
-    let p = path(pid, "smaps");
-    parse_smaps(&read_text(&p)?).map_err(|d| Error::parse(&p, d))
+    read_smaps_file(&path(pid, "smaps"))
 }
 
 /// Read and parse `/proc/PID/maps`.
 ///
 /// Errors: read or parse errors naming the path.
 pub fn read_maps(pid: i32) -> Result<Vec<SmapsVma>> {
-    let p = path(pid, "maps");
-    parse_smaps(&read_text(&p)?).map_err(|d| Error::parse(&p, d))
+    read_smaps_file(&path(pid, "maps"))
 }
 
 /// Fields of `/proc/PID/fdinfo/FD`.
