@@ -84,6 +84,14 @@ fn pages_go_through_the_task_pipe_and_unreadable_ones_are_copied() {
     std::fs::create_dir_all(t.images()).expect("images dir");
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
+    // 24 MiB: striped over two files, the unreadable pieces of both copied
+    // by the helper into their places.
+    for name in [format!("pages-{pid}.img"), format!("pages-{pid}.1.img")] {
+        let len = std::fs::metadata(t.images().join(&name)).map_or(0, |m| m.len());
+        if len < 8 << 20 {
+            t.fail(&format!("{name} holds {len} bytes, expected about 12 MiB"));
+        }
+    }
     t.restore_detached(pid, &[]);
     for r in regs {
         let bad = bad_pages(pid, r);

@@ -167,6 +167,21 @@ fn large_runs_holes_zero_pages_and_read_only_memory_come_back() {
 
     t.dump(pid, &[]);
     reap_dumped(&t, pid);
+    // Over 2 MiB: the pages are striped, 1 MiB at a time, over two files.
+    let size = |name: String| {
+        std::fs::metadata(t.images().join(&name))
+            .map(|m| m.len())
+            .unwrap_or_else(|e| t.fail(&format!("{name}: {e}")))
+    };
+    let (first, second) = (
+        size(format!("pages-{pid}.img")),
+        size(format!("pages-{pid}.1.img")),
+    );
+    if first < 30 << 20 || second < 30 << 20 || first + second < 70 << 20 {
+        t.fail(&format!(
+            "pages files of {first} and {second} bytes: expected about 36 MiB each"
+        ));
+    }
     t.restore_detached(pid, &[]);
     if let Some(i) = hole_present() {
         t.fail(&format!(

@@ -423,24 +423,27 @@ pub fn seccomp_kill_process_available() -> std::io::Result<()> {
     .map(|_| ())
 }
 
-/// `splice(2)` of up to `len` bytes from the pipe `from` to `to` at their
-/// current file positions, with `SPLICE_F_MOVE | SPLICE_F_NONBLOCK` (never
-/// waits on the pipe); returns the bytes moved, 0 at end of file.
+/// `splice(2)` of up to `len` bytes from the pipe `from` to the file `to`
+/// at byte `off` of it (its file position is neither used nor moved), with
+/// `SPLICE_F_MOVE | SPLICE_F_NONBLOCK` (never waits on the pipe); returns
+/// the bytes moved, 0 at end of file.
 ///
 /// Errors: its errno (`EAGAIN`: the pipe is empty).
 pub fn splice_nonblock(
     from: std::os::fd::BorrowedFd<'_>,
     to: std::os::fd::BorrowedFd<'_>,
+    off: u64,
     len: usize,
 ) -> std::io::Result<usize> {
-    // SAFETY: both descriptors are borrowed, so open; NULL offsets mean
-    // "use and advance the file positions": no memory is passed.
+    let mut off_out = off as libc::loff_t;
+    // SAFETY: both descriptors are borrowed, so open; the NULL input offset
+    // means the pipe's own; `off_out` is a live loff_t the kernel updates.
     let r = unsafe {
         libc::splice(
             from.as_raw_fd(),
             std::ptr::null_mut(),
             to.as_raw_fd(),
-            std::ptr::null_mut(),
+            &mut off_out,
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )

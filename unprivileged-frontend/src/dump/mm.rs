@@ -1,7 +1,7 @@
 //! The address space: mappings from `/proc/PID/smaps`, mm fields from
 //! `/proc/PID/stat`, and the pages worth storing, found with
 //! `/proc/PID/pagemap` (see Documentation/admin-guide/mm/pagemap.rst) and
-//! copied straight into `pages-PID.img`: through a pipe of the task's
+//! copied straight into the pages files: through pipes of the task
 //! (`super::splice`, one copy) or, for unreadable mappings and when that
 //! path fails, by the helper's `DumpPages` (two copies).
 
@@ -9,7 +9,7 @@ use super::files::FileTable;
 use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::images::types::{
-    FileId, MmEntry, PagemapEntry, PagemapHead, PagemapRecord, Vma, VmaKind,
+    FileId, MmEntry, PagemapEntry, PagemapHead, PagemapRecord, PagesFile, Vma, VmaKind,
 };
 use crate::images::{ImageDir, ImageWriter, Kind};
 use crate::proc::{self, SmapsVma, Stat};
@@ -310,10 +310,11 @@ impl SharedStored {
     }
 }
 
-/// Find the runs of pages to store and write them into `pages-PID.img`,
-/// writing `pagemap-PID.img` alongside. Returns the bytes stored. Shared
-/// anonymous memory already stored for an earlier process of the tree
-/// (`shared`) is left out.
+/// Find the runs of pages to store and write them into `pages-PID.img`
+/// (and `pages-PID.1.img` above [`super::splice::SPLIT_MIN`] bytes, see
+/// [`super::splice::plan`]), writing `pagemap-PID.img` alongside. Returns
+/// the bytes stored. Shared anonymous memory already stored for an earlier
+/// process of the tree (`shared`) is left out.
 ///
 /// Errors: pagemap unreadable, image write failures (ENOSPC included), or
 /// the helper's failure to read the task's memory.
@@ -329,10 +330,6 @@ pub fn write_pages(
     let pm = std::fs::File::open(&pm_path).map_err(|e| Error::proc(&pm_path, e))?;
     let zero_pfn = zero_page_pfn();
     crate::debug!("zero page pfn: {zero_pfn:?}");
-
-    let pages_name = ImageDir::pages_name(pid);
-    let pages_path = dir.file(&pages_name);
-    let pages = std::fs::File::create(&pages_path).map_err(|e| Error::file(&pages_path, e))?;
 
     let mut runs: Vec<PageRun> = Vec::new();
     // Per run: its mapping is readable, so the task can vmsplice it.
@@ -402,21 +399,38 @@ pub fn write_pages(
         total += r.len;
     }
 
+    let nfiles = super::splice::files_for(total);
+    let (plan, sizes) = super::splice::plan(&runs, nfiles);
+    let names: Vec<String> = (0..nfiles)
+        .map(|k| ImageDir::pages_name_k(pid, k))
+        .collect();
+    let paths: Vec<std::path::PathBuf> = names.iter().map(|n| dir.file(n)).collect();
+    let mut pages = Vec::with_capacity(nfiles);
+    for p in &paths {
+        pages.push(std::fs::File::create(p).map_err(|e| Error::file(p, e))?);
+    }
+
     let mut w = ImageWriter::create(&dir.pagemap(pid), Kind::Pagemap)?;
     w.record(&PagemapRecord::Head(PagemapHead {
-        pages_file: pages_name,
-        total_bytes: total,
+        files: names
+            .into_iter()
+            .zip(&sizes)
+            .map(|(name, &bytes)| PagesFile { name, bytes })
+            .collect(),
     }))?;
-    for r in &runs {
+    for x in &plan {
         w.record(&PagemapRecord::Run(PagemapEntry {
-            vaddr: r.addr,
-            nr_pages: r.len / PAGE,
+            vaddr: x.addr,
+            nr_pages: x.len / PAGE,
+            file: x.file as u32,
+            offset: x.off,
         }))?;
     }
     w.finish()?;
 
     let pipes = super::splice::open_pipes(h, remote)?;
-    let copied = copy_runs(h, remote, &pipes, &runs, &readable, &pages, &pages_path);
+    let files: Vec<&std::fs::File> = pages.iter().collect();
+    let copied = copy_runs(h, remote, &pipes, &plan, &readable, &files, &paths);
     // The pipe goes away whatever happened: the task keeps its descriptors.
     let closed = super::splice::close_pipes(h, remote, pipes);
     let written = copied?;
@@ -426,57 +440,93 @@ pub fn write_pages(
             "pid {pid}: {written} bytes of memory copied, {total} expected"
         )));
     }
-    pages.sync_all().map_err(|e| Error::file(&pages_path, e))?;
+    for (f, p) in pages.iter().zip(&paths) {
+        f.sync_all().map_err(|e| Error::file(p, e))?;
+    }
     Ok(total)
 }
 
-/// Copy `runs` in order to `pages` (positioned at 0): runs of readable
-/// mappings through the task's pipe when there is one, the others with
-/// `DumpPages`. If the pipe path fails, the image is cut back to what was
-/// written and everything from there on goes through `DumpPages`.
+/// Copy `pieces` (see [`super::splice::plan`]) to their files and offsets:
+/// pieces of readable mappings (`readable`, per run) through the task's
+/// pipes when there are some, the others with `DumpPages`. If the pipe path
+/// fails, what it did not finish goes through `DumpPages`, each piece in its
+/// place. Returns the bytes written.
 fn copy_runs(
     h: &mut Helper,
     remote: &Remote,
     pipes: &[super::splice::TaskPipe],
-    runs: &[PageRun],
+    pieces: &[super::splice::Piece],
     readable: &[bool],
-    pages: &std::fs::File,
-    pages_path: &std::path::Path,
+    files: &[&std::fs::File],
+    paths: &[std::path::PathBuf],
 ) -> Result<u64> {
-    use std::io::{Seek, SeekFrom};
     let pid = remote.pid;
     let mut done = 0u64;
     let mut pipes = Some(pipes).filter(|p| !p.is_empty());
     let mut i = 0;
-    while i < runs.len() {
-        let j = i + readable[i..]
+    while i < pieces.len() {
+        let can = readable[pieces[i].run];
+        let j = i + pieces[i..]
             .iter()
-            .take_while(|&&r| r == readable[i])
+            .take_while(|x| readable[x.run] == can)
             .count();
-        let seg = &runs[i..j];
+        let seg = &pieces[i..j];
         i = j;
-        let Some(p) = pipes.filter(|_| readable[j - 1]) else {
-            done += h.dump_pages(pid, seg, pages)?;
+        let Some(p) = pipes.filter(|_| can) else {
+            done += copy_pieces(h, pid, seg, files, paths)?;
             continue;
         };
-        match super::splice::write_runs(h, remote, p, seg, pages) {
+        match super::splice::write_runs(h, remote, p, seg, files) {
             Ok(n) => done += n,
-            Err((n, e)) => {
+            Err((n, rest, e)) => {
                 crate::info!(
                     "pid {pid}: the pipe page path failed after {} bytes ({e}); copying the rest",
                     done + n
                 );
                 done += n;
                 pipes = None;
-                let mut f = pages;
-                let cut = f
-                    .set_len(done)
-                    .and_then(|()| f.seek(SeekFrom::Start(done)).map(drop));
-                cut.map_err(|e| Error::file(pages_path, e))?;
-                let rest = super::splice::skip_bytes(seg, n);
-                done += h.dump_pages(pid, &rest, pages)?;
+                done += copy_pieces(h, pid, &rest, files, paths)?;
             }
         }
+    }
+    Ok(done)
+}
+
+/// Write `pieces` with `DumpPages`, each group of pieces that follow each
+/// other in one file with one request after moving that file's position to
+/// the group's offset. Returns the bytes written.
+///
+/// Errors: seeking the file, or the helper's failure.
+fn copy_pieces(
+    h: &mut Helper,
+    pid: i32,
+    pieces: &[super::splice::Piece],
+    files: &[&std::fs::File],
+    paths: &[std::path::PathBuf],
+) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut done = 0u64;
+    let mut i = 0;
+    while i < pieces.len() {
+        let first = pieces[i];
+        let mut end = first.off + first.len;
+        let mut j = i + 1;
+        while j < pieces.len() && pieces[j].file == first.file && pieces[j].off == end {
+            end += pieces[j].len;
+            j += 1;
+        }
+        let runs: Vec<PageRun> = pieces[i..j]
+            .iter()
+            .map(|x| PageRun {
+                addr: x.addr,
+                len: x.len,
+            })
+            .collect();
+        let mut f = files[first.file];
+        f.seek(SeekFrom::Start(first.off))
+            .map_err(|e| Error::file(&paths[first.file], e))?;
+        done += h.dump_pages(pid, &runs, f)?;
+        i = j;
     }
     Ok(done)
 }

@@ -1,8 +1,11 @@
 //! The one-copy page path of a dump, as upstream criu does it: the task
 //! vmsplice(2)s its own pages into pipes of its own (injected calls), the
 //! helper hands us the read ends (`Request::TakePipe`), and a thread of ours
-//! splice(2)s them into `pages-PID.img` while the next vmsplice is injected
-//! into the other pipe. vmsplice without `SPLICE_F_GIFT` only references the
+//! per pipe splice(2)s them into the pages files while the next vmsplice is
+//! injected into the other pipe. Above [`SPLIT_MIN`] bytes the pages are
+//! striped over two files (see [`plan`]) and pipe k feeds only file k: tmpfs
+//! takes the inode's lock for each write, so two writers of one file would
+//! wait for each other. vmsplice without `SPLICE_F_GIFT` only references the
 //! pages, and the task is stopped while they sit in a pipe, so the image
 //! gets them as they are. The pipes are created here and closed before the
 //! dump goes on: the task is left with the descriptors it had.
@@ -15,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::helper::Helper;
 use crate::remote::{errno_of, Remote};
 use shared_ipc::PageRun;
-use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
@@ -175,30 +177,113 @@ impl TaskPipe {
     }
 }
 
-/// Split runs into pieces of at most `cap` bytes, in order.
-fn pieces(runs: &[PageRun], cap: u64) -> Vec<PageRun> {
+/// Bytes of one stripe of the pages files: the pipe size asked for, so
+/// that with two pipes each vmsplice fills one pipe with one stripe.
+pub const STRIPE: u64 = WANT_PIPE;
+
+/// A process storing more than this many bytes has its pages striped over
+/// two files; less stays in one (`pages-PID.img`).
+pub const SPLIT_MIN: u64 = 2 * STRIPE;
+
+/// How many pages files `total` bytes of pages go to: 1, or 2 above
+/// [`SPLIT_MIN`].
+pub fn files_for(total: u64) -> usize {
+    if total > SPLIT_MIN {
+        2
+    } else {
+        1
+    }
+}
+
+/// One piece of the copy plan: `len` bytes at `addr` of the task, from run
+/// `run` of the list planned, go to pages file `file` at byte `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Start address in the task, page aligned.
+    pub addr: u64,
+    /// Length in bytes, a multiple of the page size.
+    pub len: u64,
+    /// Index of the pages file.
+    pub file: usize,
+    /// Byte offset in that file.
+    pub off: u64,
+    /// Index of the run it comes from.
+    pub run: usize,
+}
+
+/// Plan where every byte of `runs` goes, before anything is copied: with
+/// one file, each run follows the last; with `files` > 1, the stream of all
+/// runs' bytes is cut into [`STRIPE`]s that go to file 0, 1, .., 0, 1, ..
+/// in turn, each file's stripes following each other from offset 0. A run
+/// crossing a stripe boundary is split there. Returns the pieces in address
+/// order and each file's size.
+pub fn plan(runs: &[PageRun], files: usize) -> (Vec<Piece>, Vec<u64>) {
+    let files = files.max(1);
     let mut out = Vec::with_capacity(runs.len());
-    for r in runs {
+    let mut sizes = vec![0u64; files];
+    let mut pos = 0u64;
+    for (i, r) in runs.iter().enumerate() {
         let mut addr = r.addr;
         let end = r.addr + r.len;
         while addr < end {
-            let len = (end - addr).min(cap);
-            out.push(PageRun { addr, len });
+            let (len, file, off) = if files == 1 {
+                (end - addr, 0, pos)
+            } else {
+                let stripe = pos / STRIPE;
+                let within = pos % STRIPE;
+                let len = (end - addr).min(STRIPE - within);
+                let file = (stripe % files as u64) as usize;
+                (len, file, stripe / files as u64 * STRIPE + within)
+            };
+            out.push(Piece {
+                addr,
+                len,
+                file,
+                off,
+                run: i,
+            });
+            sizes[file] = sizes[file].max(off + len);
             addr += len;
+            pos += len;
+        }
+    }
+    (out, sizes)
+}
+
+/// Split pieces into pieces of at most `cap` bytes, in order.
+fn cut(pieces: &[Piece], cap: u64) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let mut done = 0;
+        while done < p.len {
+            let len = (p.len - done).min(cap);
+            out.push(Piece {
+                addr: p.addr + done,
+                len,
+                off: p.off + done,
+                ..*p
+            });
+            done += len;
         }
     }
     out
 }
 
-/// Groups of consecutive pieces that fill the pipe at most once and fit one
-/// vmsplice: `(first, count, bytes)`.
-fn chunks(pieces: &[PageRun], cap: u64) -> Vec<(usize, usize, u64)> {
+/// Groups of consecutive pieces that fill the pipe at most once, fit one
+/// vmsplice and follow each other in one file: `(first, count, bytes)`.
+fn chunks(pieces: &[Piece], cap: u64) -> Vec<(usize, usize, u64)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
         let mut n = 0;
         let mut bytes = 0;
-        while i + n < pieces.len() && n < MAX_IOV && bytes + pieces[i + n].len <= cap {
+        while i + n < pieces.len()
+            && n < MAX_IOV
+            && bytes + pieces[i + n].len <= cap
+            && (n == 0
+                || (pieces[i + n].file == pieces[i].file
+                    && pieces[i + n].off == pieces[i].off + bytes))
+        {
             bytes += pieces[i + n].len;
             n += 1;
         }
@@ -208,16 +293,24 @@ fn chunks(pieces: &[PageRun], cap: u64) -> Vec<(usize, usize, u64)> {
     out
 }
 
-/// What the splicing thread reports per job: the bytes it wrote, and the
-/// error that stopped it, if any.
-type Spliced = (u64, Option<std::io::Error>);
+/// A job for a splicing thread: chunk index, file, offset, bytes.
+type Job = (usize, usize, u64, u64);
 
-/// Move exactly `len` bytes from the pipe `from` to `to`.
-fn splice_all(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u64) -> Spliced {
+/// What a splicing thread reports per job: its pipe, the chunk, the bytes
+/// it wrote, and the error that stopped it, if any.
+type Spliced = (usize, usize, u64, Option<std::io::Error>);
+
+/// Move exactly `len` bytes from the pipe `from` to `to` at byte `off`.
+fn splice_all(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+) -> (u64, Option<std::io::Error>) {
     let mut moved = 0u64;
     while moved < len {
         let want = (len - moved).min(1 << 30) as usize;
-        match crate::sys::splice_nonblock(from, to, want) {
+        match crate::sys::splice_nonblock(from, to, off + moved, want) {
             Ok(0) => return (moved, Some(std::io::Error::from_raw_os_error(libc::EPIPE))),
             Ok(n) => moved += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -227,61 +320,84 @@ fn splice_all(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: u64) -> Spliced {
     (moved, None)
 }
 
-/// Write `runs` (all in readable mappings) to `image` through the pipes, in
-/// order: the task vmsplices a chunk into one pipe while a thread splices
-/// the previous chunk from the other into the image. Returns the bytes
-/// written; on failure, the bytes that did reach the image (a prefix of the
-/// runs) and the error.
+/// Write `pieces` (all in readable mappings, see [`plan`]) to their files
+/// and offsets through the pipes: the task vmsplices a chunk into one pipe
+/// while the other pipe's thread splices the chunk before into its file.
+/// With two files and two pipes, pipe k only ever feeds file k, so each
+/// file has one writer (tmpfs takes the inode's lock per write: two writers
+/// of one file wait for each other). Returns the bytes written; on failure,
+/// the bytes written, the pieces (or parts of them) that may not have
+/// reached their place, to be copied another way, and the error.
 pub fn write_runs(
     h: &mut Helper,
     r: &Remote,
     pipes: &[TaskPipe],
-    runs: &[PageRun],
-    image: &File,
-) -> std::result::Result<u64, (u64, Error)> {
+    pieces: &[Piece],
+    files: &[&File],
+) -> std::result::Result<u64, (u64, Vec<Piece>, Error)> {
     let reads: Vec<BorrowedFd<'_>> = pipes
         .iter()
         .filter_map(|p| p.ours.as_ref().map(AsFd::as_fd))
         .collect();
     if reads.len() != pipes.len() || pipes.is_empty() {
-        return Err((0, Error::Unsupported("no pipe to splice from".into())));
+        return Err((
+            0,
+            pieces.to_vec(),
+            Error::Unsupported("no pipe to splice from".into()),
+        ));
     }
     let cap = pipes.iter().map(|p| p.cap).min().unwrap_or(PAGE);
-    let img = image.as_fd();
-    std::thread::scope(|s| {
-        let (job_tx, job_rx) = mpsc::channel::<(usize, u64)>();
+    let outs: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+    let pieces = cut(pieces, cap);
+    let mut done_chunk: Vec<bool> = Vec::new();
+    let mut all_chunks: Vec<(usize, usize, u64)> = Vec::new();
+    let by_file = files.len() > 1 && pipes.len() >= files.len();
+    let res = std::thread::scope(|s| {
         let (res_tx, res_rx) = mpsc::channel::<Spliced>();
-        let reads = &reads;
-        s.spawn(move || {
-            for (k, len) in job_rx {
-                let res = splice_all(reads[k], img, len);
-                let stop = res.1.is_some();
-                if res_tx.send(res).is_err() || stop {
-                    break;
+        let mut job_txs = Vec::with_capacity(reads.len());
+        for (k, &from) in reads.iter().enumerate() {
+            let (job_tx, job_rx) = mpsc::channel::<Job>();
+            job_txs.push(job_tx);
+            let res_tx = res_tx.clone();
+            let outs = &outs;
+            s.spawn(move || {
+                for (c, f, off, len) in job_rx {
+                    let (n, e) = splice_all(from, outs[f], off, len);
+                    let stop = e.is_some();
+                    if res_tx.send((k, c, n, e)).is_err() || stop {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        drop(res_tx);
         let mut done = 0u64;
-        // Pipes with a job in flight, oldest first.
-        let mut in_flight: VecDeque<usize> = VecDeque::new();
+        // Per pipe: whether a job is in flight.
+        let mut busy = vec![false; pipes.len()];
         let mut failed: Option<Error> = None;
-        let wait_one = |in_flight: &mut VecDeque<usize>, done: &mut u64| -> Option<Error> {
-            in_flight.pop_front()?;
-            match res_rx.recv() {
-                Ok((n, None)) => {
-                    *done += n;
-                    None
+        let wait_one =
+            |busy: &mut Vec<bool>, done: &mut u64, done_chunk: &mut Vec<bool>| -> Option<Error> {
+                match res_rx.recv() {
+                    Ok((k, c, n, e)) => {
+                        busy[k] = false;
+                        match e {
+                            None => {
+                                *done += n;
+                                done_chunk[c] = true;
+                                None
+                            }
+                            Some(e) => Some(Error::file("pages image (splice)", e)),
+                        }
+                    }
+                    Err(_) => {
+                        busy.iter_mut().for_each(|b| *b = false);
+                        Some(Error::Unsupported("the splicing threads ended".into()))
+                    }
                 }
-                Ok((n, Some(e))) => {
-                    *done += n;
-                    Some(Error::file("pages image (splice)", e))
-                }
-                Err(_) => Some(Error::Unsupported("the splicing thread ended".into())),
-            }
-        };
+            };
         let mut next = 0usize;
-        let pieces = pieces(runs, cap);
-        'all: for batch in pieces.chunks(IOV_BATCH) {
+        'all: for (bi, batch) in pieces.chunks(IOV_BATCH).enumerate() {
+            let base = bi * IOV_BATCH;
             let mut iov = Vec::with_capacity(batch.len() * 16);
             for p in batch {
                 iov.extend_from_slice(&p.addr.to_ne_bytes());
@@ -295,11 +411,20 @@ pub fn write_runs(
                 }
             };
             for (first, n, bytes) in chunks(batch, cap) {
-                let k = next;
-                next = (next + 1) % pipes.len();
-                // Wait until pipe k is drained (jobs end in order).
-                while in_flight.contains(&k) {
-                    if let Some(e) = wait_one(&mut in_flight, &mut done) {
+                let c = all_chunks.len();
+                all_chunks.push((base + first, n, bytes));
+                done_chunk.push(false);
+                let file = batch[first].file;
+                let k = if by_file {
+                    file
+                } else {
+                    let k = next;
+                    next = (next + 1) % pipes.len();
+                    k
+                };
+                // Wait until pipe k is drained.
+                while busy[k] {
+                    if let Some(e) = wait_one(&mut busy, &mut done, &mut done_chunk) {
                         failed = Some(e);
                         break 'all;
                     }
@@ -333,51 +458,46 @@ pub fn write_runs(
                         break 'all;
                     }
                 };
-                if got > 0 {
-                    if job_tx.send((k, got)).is_err() {
-                        failed = Some(Error::Unsupported("the splicing thread ended".into()));
-                        break 'all;
-                    }
-                    in_flight.push_back(k);
-                }
                 if got != bytes {
+                    // Whatever went into the pipe stays there: the pipe is
+                    // not used again, and the whole chunk is copied again.
                     failed = Some(Error::Unsupported(format!(
                         "pid {}: vmsplice moved {got} of {bytes} bytes",
                         r.pid
                     )));
                     break 'all;
                 }
+                let off = batch[first].off;
+                if job_txs[k].send((c, file, off, got)).is_err() {
+                    failed = Some(Error::Unsupported("the splicing thread ended".into()));
+                    break 'all;
+                }
+                busy[k] = true;
             }
         }
-        drop(job_tx);
-        while !in_flight.is_empty() {
-            if let Some(e) = wait_one(&mut in_flight, &mut done) {
+        job_txs.clear();
+        while busy.contains(&true) {
+            if let Some(e) = wait_one(&mut busy, &mut done, &mut done_chunk) {
                 failed.get_or_insert(e);
-                break;
             }
         }
-        match failed {
-            None => Ok(done),
-            Some(e) => Err((done, e)),
+        (done, failed)
+    });
+    match res {
+        (done, None) => Ok(done),
+        (done, Some(e)) => {
+            let mut left: Vec<Piece> = Vec::new();
+            let mut covered = 0;
+            for (&(first, n, _), &ok) in all_chunks.iter().zip(&done_chunk) {
+                if !ok {
+                    left.extend_from_slice(&pieces[first..first + n]);
+                }
+                covered = first + n;
+            }
+            left.extend_from_slice(&pieces[covered..]);
+            Err((done, left, e))
         }
-    })
-}
-
-/// The runs left after the first `skip` bytes of `runs`.
-pub fn skip_bytes(runs: &[PageRun], mut skip: u64) -> Vec<PageRun> {
-    let mut out = Vec::new();
-    for r in runs {
-        if skip >= r.len {
-            skip -= r.len;
-            continue;
-        }
-        out.push(PageRun {
-            addr: r.addr + skip,
-            len: r.len - skip,
-        });
-        skip = 0;
     }
-    out
 }
 
 #[cfg(test)]
@@ -391,19 +511,90 @@ mod tests {
         }
     }
 
+    fn piece(addr: u64, pages: u64, file: usize, off: u64, run: usize) -> Piece {
+        Piece {
+            addr,
+            len: pages * PAGE,
+            file,
+            off: off * PAGE,
+            run,
+        }
+    }
+
     #[test]
-    fn pieces_and_chunks_fill_the_pipe_once() {
-        let cap = 4 * PAGE;
+    fn one_file_keeps_runs_whole_and_in_order() {
         let runs = [run(0x1000, 1), run(0x10000, 9), run(0x40000, 2)];
-        let p = pieces(&runs, cap);
+        let (p, sizes) = plan(&runs, 1);
         assert_eq!(
             p,
             vec![
-                run(0x1000, 1),
-                run(0x10000, 4),
-                run(0x14000, 4),
-                run(0x18000, 1),
-                run(0x40000, 2)
+                piece(0x1000, 1, 0, 0, 0),
+                piece(0x10000, 9, 0, 1, 1),
+                piece(0x40000, 2, 0, 10, 2)
+            ]
+        );
+        assert_eq!(sizes, vec![12 * PAGE]);
+        assert_eq!(files_for(SPLIT_MIN), 1);
+        assert_eq!(files_for(SPLIT_MIN + PAGE), 2);
+    }
+
+    #[test]
+    fn stripes_alternate_between_two_files() {
+        let sp = STRIPE / PAGE;
+        // 1 page, then a run of 3 stripes, then half a stripe: the stream is
+        // 3.5 stripes + 1 page.
+        let a = 0x1000_0000;
+        let runs = [run(0x1000, 1), run(a, 3 * sp), run(0x4000_0000, sp / 2)];
+        let (p, sizes) = plan(&runs, 2);
+        assert_eq!(
+            p,
+            vec![
+                // stripe 0 -> file 0 at 0
+                piece(0x1000, 1, 0, 0, 0),
+                piece(a, sp - 1, 0, 1, 1),
+                // stripe 1 -> file 1 at 0
+                piece(a + (sp - 1) * PAGE, sp, 1, 0, 1),
+                // stripe 2 -> file 0 at one stripe
+                piece(a + (2 * sp - 1) * PAGE, sp, 0, sp, 1),
+                // stripe 3 -> file 1 at one stripe
+                piece(a + (3 * sp - 1) * PAGE, 1, 1, sp, 1),
+                piece(0x4000_0000, sp / 2, 1, sp + 1, 2),
+            ]
+        );
+        assert_eq!(sizes, vec![2 * STRIPE, STRIPE + STRIPE / 2 + PAGE]);
+        // Every byte once: the pieces add up, and per file they follow each
+        // other from 0 with no gap or overlap.
+        let total: u64 = runs.iter().map(|r| r.len).sum();
+        assert_eq!(p.iter().map(|x| x.len).sum::<u64>(), total);
+        for (f, &size) in sizes.iter().enumerate() {
+            let mut at = 0;
+            for x in p.iter().filter(|x| x.file == f) {
+                assert_eq!(x.off, at);
+                at += x.len;
+            }
+            assert_eq!(at, size);
+        }
+    }
+
+    #[test]
+    fn chunks_fill_the_pipe_once_within_one_file() {
+        let cap = 4 * PAGE;
+        let p = cut(
+            &[
+                piece(0x1000, 1, 0, 0, 0),
+                piece(0x10000, 9, 0, 1, 1),
+                piece(0x40000, 2, 1, 0, 2),
+            ],
+            cap,
+        );
+        assert_eq!(
+            p,
+            vec![
+                piece(0x1000, 1, 0, 0, 0),
+                piece(0x10000, 4, 0, 1, 1),
+                piece(0x14000, 4, 0, 5, 1),
+                piece(0x18000, 1, 0, 9, 1),
+                piece(0x40000, 2, 1, 0, 2)
             ]
         );
         let c = chunks(&p, cap);
@@ -413,20 +604,13 @@ mod tests {
                 (0, 1, PAGE),
                 (1, 1, 4 * PAGE),
                 (2, 1, 4 * PAGE),
-                (3, 2, 3 * PAGE)
+                (3, 1, PAGE),
+                (4, 1, 2 * PAGE)
             ]
         );
-        let many: Vec<PageRun> = (0..3000).map(|i| run(i * 2 * PAGE, 1)).collect();
+        let many: Vec<Piece> = (0..3000).map(|i| piece(i * 2 * PAGE, 1, 0, i, 0)).collect();
         let c = chunks(&many, 1 << 30);
         assert_eq!(c[0], (0, MAX_IOV, MAX_IOV as u64 * PAGE));
         assert_eq!(c.iter().map(|c| c.1).sum::<usize>(), 3000);
-    }
-
-    #[test]
-    fn skipping_bytes_splits_a_run() {
-        let runs = [run(0x1000, 2), run(0x10000, 3)];
-        assert_eq!(skip_bytes(&runs, 0), runs.to_vec());
-        assert_eq!(skip_bytes(&runs, 3 * PAGE), vec![run(0x11000, 2)]);
-        assert_eq!(skip_bytes(&runs, 5 * PAGE), vec![]);
     }
 }

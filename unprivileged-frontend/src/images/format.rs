@@ -19,7 +19,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Version of the image format written by this build.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Largest record payload accepted, in bytes (64 MiB).
 pub const MAX_RECORD: usize = 64 << 20;

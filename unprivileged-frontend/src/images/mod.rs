@@ -65,6 +65,14 @@ impl ImageDir {
     pub fn pages_name(pid: i32) -> String {
         format!("pages-{pid}.img")
     }
+    /// Name of pages file `k` of `pid`: `pages-PID.img` for 0, then
+    /// `pages-PID.K.img` (file name only).
+    pub fn pages_name_k(pid: i32, k: usize) -> String {
+        match k {
+            0 => Self::pages_name(pid),
+            k => format!("pages-{pid}.{k}.img"),
+        }
+    }
     /// Any file in the directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)

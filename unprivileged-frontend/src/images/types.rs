@@ -400,15 +400,26 @@ pub struct Vma {
     pub name: String,
 }
 
-/// `pagemap-PID.img`: which memory the pages file holds. The first record is
-/// a [`PagemapHead`], then one [`PagemapEntry`] per run, in address order;
-/// the runs' bytes follow each other in `pages-PID.img` with no gaps.
+/// `pagemap-PID.img`: which memory the pages files hold. The first record
+/// is a [`PagemapHead`], then one [`PagemapEntry`] per run, in address
+/// order. Each run names its pages file and its offset there; in each file
+/// the runs' bytes follow each other in entry order with no gaps (since
+/// format version 5: a dump of more than 2 MiB stripes its pages, 1 MiB at a
+/// time, over two files so two threads can write them at once).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct PagemapHead {
-    /// Name of the pages file, e.g. `pages-123.img`.
-    pub pages_file: String,
-    /// Total bytes in the pages file.
-    pub total_bytes: u64,
+    /// The pages files, e.g. `pages-123.img` then `pages-123.1.img`; a
+    /// run's [`PagemapEntry::file`] indexes this list.
+    pub files: Vec<PagesFile>,
+}
+
+/// One pages file of a process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PagesFile {
+    /// File name in the image directory, e.g. `pages-123.img`.
+    pub name: String,
+    /// Its size in bytes: the sum of its runs' lengths.
+    pub bytes: u64,
 }
 
 /// One run of stored pages.
@@ -418,6 +429,10 @@ pub struct PagemapEntry {
     pub vaddr: u64,
     /// Number of 4096-byte pages.
     pub nr_pages: u64,
+    /// Which pages file holds it: an index into [`PagemapHead::files`].
+    pub file: u32,
+    /// Byte offset of its first page in that file.
+    pub offset: u64,
 }
 
 /// A pagemap image record: the head or a run.

@@ -20,7 +20,7 @@ use crate::images::types::{PagemapEntry, Vma, VmaKind};
 use crate::proc::SmapsVma;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
+use std::path::PathBuf;
 
 /// Bytes of each pages image read at a time when comparing (small enough
 /// that what was just read is still in the CPU cache when compared).
@@ -32,14 +32,16 @@ const CHUNK: u64 = 128 << 10;
 const PARENT_CACHE_MAX: u64 = 8 << 20;
 
 /// A run of pages to write: `len` bytes at `vaddr`, from byte `off` of the
-/// process's pages image.
+/// process's pages file `file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fill {
     /// Destination address, page aligned.
     pub vaddr: u64,
     /// Length in bytes, a multiple of the page size.
     pub len: u64,
-    /// Offset in the pages image.
+    /// Which pages file: an index into [`Images::pages`].
+    pub file: usize,
+    /// Offset in that pages file.
     pub off: u64,
 }
 
@@ -50,8 +52,8 @@ pub struct MemImages<'a> {
     pub vmas: &'a [Vma],
     /// Its stored runs, in address order.
     pub runs: &'a [PagemapEntry],
-    /// Its pages image.
-    pub pages: &'a Path,
+    /// Its pages files ([`Images::pages`]).
+    pub pages: &'a [PathBuf],
 }
 
 impl<'a> MemImages<'a> {
@@ -79,16 +81,15 @@ pub struct MemPlan {
     pub same: u64,
 }
 
-/// The runs of a pagemap with their offsets in the pages image:
-/// `(start, end, offset)`.
-fn with_offsets(runs: &[PagemapEntry]) -> Vec<(u64, u64, u64)> {
-    let mut off = 0;
+/// A stored run: `(start, end, file, offset)`.
+type Stored = (u64, u64, usize, u64);
+
+/// The runs of a pagemap with their files and offsets.
+fn with_offsets(runs: &[PagemapEntry]) -> Vec<Stored> {
     runs.iter()
         .map(|r| {
             let len = r.nr_pages * PAGE;
-            let out = (r.vaddr, r.vaddr + len, off);
-            off += len;
-            out
+            (r.vaddr, r.vaddr + len, r.file as usize, r.offset)
         })
         .collect()
 }
@@ -100,9 +101,10 @@ pub fn plain(img: MemImages<'_>) -> MemPlan {
         inherited: vec![false; img.vmas.len()],
         fills: with_offsets(img.runs)
             .into_iter()
-            .map(|(s, e, off)| Fill {
+            .map(|(s, e, file, off)| Fill {
                 vaddr: s,
                 len: e - s,
+                file,
                 off,
             })
             .collect(),
@@ -146,13 +148,20 @@ fn covered(live: &[SmapsVma], s: u64, e: u64) -> bool {
     false
 }
 
-fn push(fills: &mut Vec<Fill>, vaddr: u64, len: u64, off: u64) {
+fn push(fills: &mut Vec<Fill>, vaddr: u64, len: u64, (file, off): (usize, u64)) {
     if len == 0 {
         return;
     }
     match fills.last_mut() {
-        Some(f) if f.vaddr + f.len == vaddr && f.off + f.len == off => f.len += len,
-        _ => fills.push(Fill { vaddr, len, off }),
+        Some(f) if f.vaddr + f.len == vaddr && f.file == file && f.off + f.len == off => {
+            f.len += len
+        }
+        _ => fills.push(Fill {
+            vaddr,
+            len,
+            file,
+            off,
+        }),
     }
 }
 
@@ -186,7 +195,11 @@ fn plan_with(
     if !inherited.contains(&true) {
         return Ok(plain(child));
     }
-    let open = |p: &Path| File::open(p).map_err(|e| Error::file(p, e));
+    let open = |list: &[PathBuf]| -> Result<Vec<File>> {
+        list.iter()
+            .map(|p| File::open(p).map_err(|e| Error::file(p, e)))
+            .collect()
+    };
     let cf = open(child.pages)?;
     let pf = open(parent.pages)?;
     let cruns = with_offsets(child.runs);
@@ -198,12 +211,12 @@ fn plan_with(
     // Kept between calls: fresh buffers would be faulted in (and zeroed by
     // the kernel) again for each child, and the parent's pages read again.
     let mut cache = CACHE.with_borrow_mut(std::mem::take);
-    let files = (child.pages, &cf, parent.pages, &pf);
+    let files = (child.pages, &cf[..], parent.pages, &pf[..]);
     let r = compare(&mut out, &mut cache, cache_max, vmas, &cruns, &pruns, files);
     CACHE.with_borrow_mut(|c| *c = cache);
     r?;
     // In inherited VMAs: what the parent stored and the child did not.
-    let cranges: Vec<Range> = cruns.iter().map(|&(s, e, _)| (s, e)).collect();
+    let cranges: Vec<Range> = cruns.iter().map(|&(s, e, _, _)| (s, e)).collect();
     let within = |list: &[Range], s: u64, e: u64| -> Vec<Range> {
         let first = list.partition_point(|r| r.1 <= s);
         list[first..]
@@ -212,7 +225,7 @@ fn plan_with(
             .map(|&(a, b)| (a.max(s), b.min(e)))
             .collect()
     };
-    let pranges: Vec<Range> = pruns.iter().map(|&(s, e, _)| (s, e)).collect();
+    let pranges: Vec<Range> = pruns.iter().map(|&(s, e, _, _)| (s, e)).collect();
     for (v, _) in vmas.iter().zip(&out.inherited).filter(|x| *x.1) {
         let theirs = within(&pranges, v.start, v.end);
         if theirs.is_empty() {
@@ -239,8 +252,8 @@ struct FileId {
 /// What [`plan`] keeps between calls.
 #[derive(Default)]
 struct Cache {
-    /// The last parent's whole pages image, if small.
-    parent: Option<(FileId, Vec<u8>)>,
+    /// The last parent's whole pages files, if small.
+    parent: Option<(Vec<FileId>, Vec<Vec<u8>>)>,
     /// Chunk buffers for the child's pages and a large parent's.
     cbuf: Vec<u8>,
     pbuf: Vec<u8>,
@@ -264,30 +277,37 @@ fn compare(
     cache: &mut Cache,
     cache_max: u64,
     vmas: &[Vma],
-    cruns: &[(u64, u64, u64)],
-    pruns: &[(u64, u64, u64)],
-    (cpath, cf, ppath, pf): (&Path, &File, &Path, &File),
+    cruns: &[Stored],
+    pruns: &[Stored],
+    (cpath, cf, ppath, pf): (&[PathBuf], &[File], &[PathBuf], &[File]),
 ) -> Result<()> {
     cache.cbuf.resize(CHUNK as usize, 0);
-    let m = pf.metadata().map_err(|e| Error::file(ppath, e))?;
-    let id = FileId {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-    };
-    if cache.parent.as_ref().map(|p| p.0) != Some(id) {
+    let mut ids = Vec::with_capacity(pf.len());
+    for (f, p) in pf.iter().zip(ppath) {
+        let m = f.metadata().map_err(|e| Error::file(p, e))?;
+        ids.push(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        });
+    }
+    if cache.parent.as_ref().map(|p| &p.0) != Some(&ids) {
         cache.parent = None;
-        if id.len <= cache_max {
-            let mut whole = vec![0u8; id.len as usize];
-            pf.read_exact_at(&mut whole, 0)
-                .map_err(|e| Error::file(ppath, e))?;
-            cache.parent = Some((id, whole));
+        if ids.iter().map(|i| i.len).sum::<u64>() <= cache_max {
+            let mut all = Vec::with_capacity(ids.len());
+            for ((id, f), p) in ids.iter().zip(pf).zip(ppath) {
+                let mut whole = vec![0u8; id.len as usize];
+                f.read_exact_at(&mut whole, 0)
+                    .map_err(|e| Error::file(p, e))?;
+                all.push(whole);
+            }
+            cache.parent = Some((ids, all));
         } else {
             cache.pbuf.resize(CHUNK as usize, 0);
         }
     }
-    for &(s, e, off) in cruns {
+    for &(s, e, cfile, off) in cruns {
         // Runs never cross a mapping boundary, but split anyway. VMAs and
         // runs are sorted and disjoint (checked when the images are read).
         let first = vmas.partition_point(|v| v.end <= s);
@@ -298,32 +318,36 @@ fn compare(
             let (a, b) = (s.max(v.start), e.min(v.end));
             let coff = off + (a - s);
             if !out.inherited[i] {
-                push(&mut out.fills, a, b - a, coff);
+                push(&mut out.fills, a, b - a, (cfile, coff));
                 continue;
             }
             // The parent's stored pages in [a, b); the rest is written.
             let mut cur = a;
             let pfirst = pruns.partition_point(|r| r.1 <= a);
-            for &(ps, pe, poff) in &pruns[pfirst..] {
+            for &(ps, pe, pfile, poff) in &pruns[pfirst..] {
                 if ps >= b {
                     break;
                 }
                 let (x, y) = (ps.max(cur), pe.min(b));
-                push(&mut out.fills, cur, x - cur, coff + (cur - a));
+                push(&mut out.fills, cur, x - cur, (cfile, coff + (cur - a)));
                 let mut at = x;
                 while at < y {
                     let n = (y - at).min(CHUNK);
                     let co = coff + (at - a);
                     let c = &mut cache.cbuf[..n as usize];
-                    cf.read_exact_at(c, co).map_err(|e| Error::file(cpath, e))?;
+                    cf[cfile]
+                        .read_exact_at(c, co)
+                        .map_err(|e| Error::file(&cpath[cfile], e))?;
                     let po = poff + (at - ps);
                     let p = match &cache.parent {
-                        Some((_, whole)) => whole
+                        Some((_, all)) => all[pfile]
                             .get(po as usize..(po + n) as usize)
-                            .ok_or_else(|| Error::file(ppath, short()))?,
+                            .ok_or_else(|| Error::file(&ppath[pfile], short()))?,
                         None => {
                             let p = &mut cache.pbuf[..n as usize];
-                            pf.read_exact_at(p, po).map_err(|e| Error::file(ppath, e))?;
+                            pf[pfile]
+                                .read_exact_at(p, po)
+                                .map_err(|e| Error::file(&ppath[pfile], e))?;
                             p
                         }
                     };
@@ -336,14 +360,14 @@ fn compare(
                         if cp == pp {
                             out.same += PAGE;
                         } else {
-                            push(&mut out.fills, at + k, PAGE, co + k);
+                            push(&mut out.fills, at + k, PAGE, (cfile, co + k));
                         }
                     }
                     at += n;
                 }
                 cur = y;
             }
-            push(&mut out.fills, cur, b - cur, coff + (cur - a));
+            push(&mut out.fills, cur, b - cur, (cfile, coff + (cur - a)));
         }
     }
     Ok(())
@@ -353,6 +377,7 @@ fn compare(
 mod tests {
     use super::super::validate::tests::vma;
     use super::*;
+    use std::path::Path;
 
     fn anon(s: u64, e: u64) -> Vma {
         vma(s, e, VmaKind::Anon, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
@@ -370,27 +395,35 @@ mod tests {
 
     /// A process with `vmas` and the runs `runs`, whose pages are filled
     /// with the bytes of `bytes` (one per page), in a file in `dir`.
+    /// Run i goes to pages file i % 2 (`name`, `name.1`), as a striped
+    /// dump would put them.
     struct Img {
         vmas: Vec<Vma>,
         runs: Vec<PagemapEntry>,
-        pages: std::path::PathBuf,
+        pages: Vec<PathBuf>,
     }
 
     impl Img {
         fn new(dir: &Path, name: &str, vmas: Vec<Vma>, runs: &[(u64, &[u8])]) -> Img {
-            let pages = dir.join(name);
-            let mut data = Vec::new();
+            let pages = vec![dir.join(name), dir.join(format!("{name}.1"))];
+            let mut data = vec![Vec::new(), Vec::new()];
             let mut list = Vec::new();
-            for &(vaddr, bytes) in runs {
+            for (i, &(vaddr, bytes)) in runs.iter().enumerate() {
+                let file = i % 2;
+                let offset = data[file].len() as u64;
                 for &b in bytes {
-                    data.extend(std::iter::repeat_n(b, PAGE as usize));
+                    data[file].extend(std::iter::repeat_n(b, PAGE as usize));
                 }
                 list.push(PagemapEntry {
                     vaddr,
                     nr_pages: bytes.len() as u64,
+                    file: file as u32,
+                    offset,
                 });
             }
-            std::fs::write(&pages, data).unwrap();
+            for (p, d) in pages.iter().zip(data) {
+                std::fs::write(p, d).unwrap();
+            }
             Img {
                 vmas,
                 runs: list,
@@ -437,17 +470,20 @@ mod tests {
                 Fill {
                     vaddr: a + PAGE,
                     len: PAGE,
+                    file: 0,
                     off: PAGE
                 },
                 Fill {
                     vaddr: a + 6 * PAGE,
                     len: PAGE,
-                    off: 4 * PAGE
+                    file: 1,
+                    off: 0
                 },
                 Fill {
                     vaddr: c,
                     len: PAGE,
-                    off: 5 * PAGE
+                    file: 0,
+                    off: 4 * PAGE
                 },
             ]
         );
@@ -479,10 +515,13 @@ mod tests {
         assert_eq!(m.same, 4 * PAGE);
         // A parent image shorter than its pagemap says is an error naming
         // it, kept or not.
-        std::fs::write(&p2.pages, vec![1u8; PAGE as usize]).unwrap();
+        std::fs::write(&p2.pages[0], vec![1u8; PAGE as usize]).unwrap();
         for max in [0, PARENT_CACHE_MAX] {
             let e = plan_with(ch.mem(), p2.mem(), &live, max).unwrap_err();
-            assert!(e.to_string().contains(&*p2.pages.to_string_lossy()), "{e}");
+            assert!(
+                e.to_string().contains(&*p2.pages[0].to_string_lossy()),
+                "{e}"
+            );
         }
     }
 

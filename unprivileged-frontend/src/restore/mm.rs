@@ -14,7 +14,7 @@ use crate::proc::SmapsVma;
 use crate::remote::{errno_of, Batch, Remote};
 use crate::{debug, info, warn};
 use shared_ipc::TASK_SIZE;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Pages of the trampoline area: the first holds the `syscall` gadget
 /// (R-X), the rest is the scratch area (R-W).
@@ -770,15 +770,21 @@ pub fn drop_pages(h: &mut Helper, r: &Remote, ranges: &[Range]) -> Result<()> {
     Ok(())
 }
 
-/// Read every run of `fills` from the pages file (open in the task as
-/// `fd`) straight into place: a large run with one `pread64` (after
+/// Read every run of `fills` from its pages file (file k open in the task
+/// as `fds[k]`, named `pages[k]`) straight into place: a large run with one `pread64` (after
 /// `MADV_POPULATE_WRITE`), small runs that follow each other in the file
 /// with one `preadv` of up to [`MAX_IOV`] of them (the iovec array in the
 /// scratch area), so a process of a few hundred small runs costs a few
 /// calls; short reads go on run by run.
 ///
 /// Errors: an injected call failed, or the file ended early.
-pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &Path) -> Result<()> {
+pub fn fill_pages(
+    h: &mut Helper,
+    r: &Remote,
+    fds: &[i32],
+    fills: &[Fill],
+    pages: &[PathBuf],
+) -> Result<()> {
     let max_iov = (r.scratch_len / 16).min(MAX_IOV) as usize;
     let mut total = 0u64;
     let mut i = 0;
@@ -789,6 +795,7 @@ pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &P
             while n < max_iov
                 && i + n < fills.len()
                 && fills[i + n].len < POPULATE_MIN
+                && fills[i + n].file == f.file
                 && fills[i + n].off == fills[i + n - 1].off + fills[i + n - 1].len
             {
                 n += 1;
@@ -803,21 +810,21 @@ pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &P
             let iov_addr = r.put(h, 0, &iov)?;
             let what = format!(
                 "preadv({}, {n} runs, {glen} bytes, {})",
-                pages.display(),
+                pages[f.file].display(),
                 f.off
             );
             let got = r.call(
                 h,
                 &what,
                 libc::SYS_preadv,
-                [fd as u64, iov_addr, n as u64, f.off, 0, 0],
+                [fds[f.file] as u64, iov_addr, n as u64, f.off, 0, 0],
             )?;
             let mut left = got.min(glen);
             for x in group {
                 let have = left.min(x.len);
                 left -= have;
                 if have < x.len {
-                    pread_run(h, r, fd, pages, x, have)?;
+                    pread_run(h, r, fds[x.file], &pages[x.file], x, have)?;
                 }
             }
             total += glen;
@@ -834,7 +841,7 @@ pub fn fill_pages(h: &mut Helper, r: &Remote, fd: i32, fills: &[Fill], pages: &P
                 [f.vaddr, f.len, MADV_POPULATE_WRITE, 0, 0, 0],
             );
         }
-        pread_run(h, r, fd, pages, f, 0)?;
+        pread_run(h, r, fds[f.file], &pages[f.file], f, 0)?;
         total += f.len;
         i += 1;
     }
@@ -1097,6 +1104,7 @@ mod tests {
         let runs = [Fill {
             vaddr: 0x1000,
             len: PAGE,
+            file: 0,
             off: 0,
         }];
         assert_eq!(vmas_with_pages(std::slice::from_ref(&v), &runs), vec![true]);

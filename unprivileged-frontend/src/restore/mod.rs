@@ -464,8 +464,17 @@ fn restore_memory(
     mm::unmap_stub(h, &r, tramp, &stub_maps, &keep)?;
     mm::move_specials(h, &r, &img.mm.vmas, tramp, &stub_maps, &shared_ranges)?;
     mm::drop_pages(h, &r, &plan.drop)?;
-    let pages = img.pages.to_string_lossy().into_owned();
-    let pages_fd = mm::open_high(h, &r, &pages, libc::O_RDONLY, sender.transport + 1)?;
+    let mut pages_fds = Vec::with_capacity(img.pages.len());
+    for p in &img.pages {
+        let p = p.to_string_lossy().into_owned();
+        pages_fds.push(mm::open_high(
+            h,
+            &r,
+            &p,
+            libc::O_RDONLY,
+            sender.transport + 1,
+        )?);
+    }
     let widened = mm::map_vmas(h, &r, &img.mm, &plan.fills, shared, &plan.inherited, sender)?;
     let rest = uffd::copy_pages(
         h,
@@ -475,8 +484,10 @@ fn restore_memory(
         &plan.fills,
         &img.pages,
     )?;
-    mm::fill_pages(h, &r, pages_fd, &rest, &img.pages)?;
-    mm::close_in(h, &r, pages_fd)?;
+    mm::fill_pages(h, &r, &pages_fds, &rest, &img.pages)?;
+    for fd in pages_fds {
+        mm::close_in(h, &r, fd)?;
+    }
     mm::restore_prots(h, &r, &img.mm.vmas, &widened)?;
     let exe_inherited = parent.is_some_and(|p| p.mm.exe == img.mm.exe);
     mm::set_mm_fields(h, &r, &img.mm, exe_inherited, sender)?;

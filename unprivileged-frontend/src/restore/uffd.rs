@@ -23,7 +23,7 @@ use crate::remote::{errno_of, Remote};
 use crate::uffd::{FileWindow, Userfaultfd, UFFD_USER_MODE_ONLY};
 use crate::{debug, info};
 use std::fs::File;
-use std::path::Path;
+use std::path::PathBuf;
 
 /// Runs shorter than this (bytes) stay on the `pread64` path: setting up
 /// the userfaultfd costs a few injected calls, worth it only for megabytes.
@@ -72,8 +72,22 @@ pub fn select(
     thp_always: bool,
 ) -> (Vec<(usize, Fill)>, Vec<Fill>) {
     let (mut fast, mut rest) = (Vec::new(), Vec::new());
+    // A run split at a stripe boundary of the pages files (see
+    // `dump::splice::plan`) is several fills that follow each other in
+    // memory: their total counts against MIN_RUN.
+    let mut span = vec![0u64; fills.len()];
+    let mut k = 0;
+    while k < fills.len() {
+        let mut j = k + 1;
+        while j < fills.len() && fills[j].vaddr == fills[j - 1].vaddr + fills[j - 1].len {
+            j += 1;
+        }
+        let total = fills[k..j].iter().map(|f| f.len).sum();
+        span[k..j].iter_mut().for_each(|x| *x = total);
+        k = j;
+    }
     let mut i = 0;
-    for f in fills {
+    for (f, &span) in fills.iter().zip(&span) {
         while i < vmas.len() && vmas[i].end <= f.vaddr {
             i += 1;
         }
@@ -81,7 +95,7 @@ pub fn select(
             .get(i)
             .filter(|v| v.start <= f.vaddr && f.vaddr + f.len <= v.end)
             .is_some_and(|v| copyable(v, thp_always) && !inherited.get(i).copied().unwrap_or(true));
-        if holds && f.len >= MIN_RUN {
+        if holds && span >= MIN_RUN {
             fast.push((i, *f));
         } else {
             rest.push(*f);
@@ -102,7 +116,7 @@ pub fn copy_pages(
     vmas: &[Vma],
     inherited: &[bool],
     fills: &[Fill],
-    pages: &Path,
+    pages: &[PathBuf],
 ) -> Result<Vec<Fill>> {
     let (fast, mut rest) = select(vmas, inherited, fills, thp_always());
     if fast.is_empty() {
@@ -113,10 +127,14 @@ pub fn copy_pages(
         rest.sort_by_key(|f| f.vaddr);
         return Ok(rest);
     };
-    let image = match File::open(pages) {
+    let image = match pages
+        .iter()
+        .map(File::open)
+        .collect::<std::io::Result<Vec<_>>>()
+    {
         Ok(f) => f,
         Err(e) => {
-            debug!("{}: {e}; reading pages instead", pages.display());
+            debug!("pages files: {e}; reading pages instead");
             rest.extend(fast.iter().map(|x| x.1));
             rest.sort_by_key(|f| f.vaddr);
             return Ok(rest);
@@ -216,17 +234,18 @@ fn register(uffd: &Userfaultfd, v: &Vma) -> bool {
 
 /// Copy every run of `fills`; returns the bytes copied and what is left
 /// of the runs (see [`copy_run`]).
-fn copy_all(uffd: &Userfaultfd, image: &File, fills: &[Fill]) -> (u64, Vec<Fill>) {
+fn copy_all(uffd: &Userfaultfd, image: &[File], fills: &[Fill]) -> (u64, Vec<Fill>) {
     let mut copied = 0;
     let mut left = Vec::new();
     for f in fills {
-        let done = copy_run(uffd, image, f);
+        let done = copy_run(uffd, &image[f.file], f);
         copied += done;
         if done < f.len {
             left.push(Fill {
                 vaddr: f.vaddr + done,
                 len: f.len - done,
                 off: f.off + done,
+                ..*f
             });
         }
     }
@@ -255,6 +274,7 @@ pub fn split_in_two(fills: &[Fill]) -> (Vec<Fill>, Vec<Fill>) {
                     vaddr: f.vaddr + cut,
                     len: f.len - cut,
                     off: f.off + cut,
+                    ..*f
                 });
             }
         }
@@ -325,10 +345,15 @@ mod tests {
             vma(0x4000_0000, 0x4000_0000 + 4 * m, VmaKind::Anon, private),
         ];
         let inherited = [false, true, false, false];
-        let fill = |vaddr, len, off| Fill { vaddr, len, off };
+        let fill = |vaddr, len, off| Fill {
+            vaddr,
+            len,
+            file: 0,
+            off,
+        };
         let fills = [
             fill(0x1000_0000, m, 0),                 // fast
-            fill(0x1000_0000 + m, m / 2, m),         // too short
+            fill(0x1000_0000 + 2 * m, m / 2, m),     // too short
             fill(0x2000_0000, m, 2 * m),             // inherited VMA
             fill(0x3000_0000, m, 3 * m),             // shared
             fill(0x4000_0000 + 3 * m, 2 * m, 4 * m), // crosses the VMA's end
@@ -351,11 +376,28 @@ mod tests {
         assert!(select(&vmas, &inherited, &fills[..1], true).0.is_empty());
         huge[0].madvise = vec![libc::MADV_NOHUGEPAGE];
         assert_eq!(select(&huge, &inherited, &fills[..1], true).0.len(), 1);
+        // A run split over the two pages files: the halves follow each
+        // other in memory and count together.
+        let halves = [
+            fill(0x1000_0000, m / 2, 0),
+            Fill {
+                file: 1,
+                ..fill(0x1000_0000 + m / 2, m / 2, 0)
+            },
+        ];
+        let (fast, rest) = select(&vmas, &inherited, &halves, false);
+        assert_eq!(fast, vec![(0, halves[0]), (0, halves[1])]);
+        assert!(rest.is_empty());
     }
 
     #[test]
     fn split_evens_out_bytes_at_window_boundaries() {
-        let fill = |vaddr, len, off| Fill { vaddr, len, off };
+        let fill = |vaddr, len, off| Fill {
+            vaddr,
+            len,
+            file: 0,
+            off,
+        };
         let w = WINDOW;
         // One big run: cut in the middle, at a window boundary.
         let (a, b) = split_in_two(&[fill(0x1000_0000, 4 * w, 0)]);

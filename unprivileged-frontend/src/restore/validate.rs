@@ -48,10 +48,12 @@ pub struct Images {
     pub fs: FsEntry,
     /// `files-PID.img`, in fd order.
     pub files: Vec<FdEntry>,
-    /// Absolute path of `pages-PID.img`.
-    pub pages: PathBuf,
-    /// Page runs in address order; their bytes follow each other in the
-    /// pages file from offset 0.
+    /// Absolute paths of the pages files: `pages-PID.img`, then
+    /// `pages-PID.1.img` if the pages are striped over two.
+    pub pages: Vec<PathBuf>,
+    /// Page runs in address order, each naming its file (an index into
+    /// `pages`) and offset; in each file their bytes follow each other
+    /// from offset 0.
     pub runs: Vec<PagemapEntry>,
 }
 
@@ -156,11 +158,14 @@ fn load_process(
     let files: Vec<FdEntry> = read_image(&d.files(pid), Kind::Files)?;
     check_files(&d.files(pid), &files, table)?;
     let recs: Vec<PagemapRecord> = read_image(&d.pagemap(pid), Kind::Pagemap)?;
-    let pages = d.file(&ImageDir::pages_name(pid));
-    let pages_size = std::fs::metadata(&pages)
-        .map_err(|e| Error::file(&pages, e))?
-        .len();
-    let runs = check_pagemap(&d.pagemap(pid), &recs, pid, &mm.vmas, pages_size)?;
+    let size_of = |name: &str| -> Result<u64> {
+        let p = d.file(name);
+        Ok(std::fs::metadata(&p).map_err(|e| Error::file(&p, e))?.len())
+    };
+    let (runs, nfiles) = check_pagemap(&d.pagemap(pid), &recs, pid, &mm.vmas, &size_of)?;
+    let pages = (0..nfiles)
+        .map(|k| d.file(&ImageDir::pages_name_k(pid, k)))
+        .collect();
     Ok(Images {
         dir: abs.to_path_buf(),
         inventory: inventory.clone(),
@@ -710,30 +715,47 @@ pub fn fillable(v: &Vma) -> bool {
     }
 }
 
-/// Head first naming this pid's pages file, then runs in address order,
-/// each inside fillable mappings, adding up to the pages file's size.
+/// Most pages files a process may have.
+pub const MAX_PAGES_FILES: usize = 2;
+
+/// Head first naming this pid's pages files (`pages-PID.img`, then
+/// `pages-PID.1.img`), then runs in address order, each inside fillable
+/// mappings, each in a named file at the offset where the file's earlier
+/// runs end, adding up to each file's size (`size_of` a file name).
+/// Returns the runs and the number of pages files.
 pub fn check_pagemap(
     path: &Path,
     recs: &[PagemapRecord],
     pid: i32,
     vmas: &[Vma],
-    pages_size: u64,
-) -> Result<Vec<PagemapEntry>> {
+    size_of: &dyn Fn(&str) -> Result<u64>,
+) -> Result<(Vec<PagemapEntry>, usize)> {
     let Some(PagemapRecord::Head(head)) = recs.first() else {
         return Err(invalid(path, "the first record is not the head"));
     };
-    if head.pages_file != ImageDir::pages_name(pid) {
+    if head.files.is_empty() || head.files.len() > MAX_PAGES_FILES {
         return Err(invalid(
             path,
             format!(
-                "names pages file {:?}, expected {:?}",
-                head.pages_file,
-                ImageDir::pages_name(pid)
+                "names {} pages files (1 to {MAX_PAGES_FILES} expected)",
+                head.files.len()
             ),
         ));
     }
+    for (k, f) in head.files.iter().enumerate() {
+        if f.name != ImageDir::pages_name_k(pid, k) {
+            return Err(invalid(
+                path,
+                format!(
+                    "names pages file {:?}, expected {:?}",
+                    f.name,
+                    ImageDir::pages_name_k(pid, k)
+                ),
+            ));
+        }
+    }
     let mut runs = Vec::with_capacity(recs.len() - 1);
-    let mut total: u64 = 0;
+    let mut totals = vec![0u64; head.files.len()];
     let mut prev_end = 0u64;
     for r in &recs[1..] {
         let PagemapRecord::Run(run) = r else {
@@ -765,21 +787,44 @@ pub fn check_pagemap(
                 format!("run at {:#x} overlaps or is out of order", run.vaddr),
             ));
         }
+        let Some(total) = totals.get_mut(run.file as usize) else {
+            return Err(invalid(
+                path,
+                format!(
+                    "run at {:#x} is in pages file {}, the head names {}",
+                    run.vaddr,
+                    run.file,
+                    head.files.len()
+                ),
+            ));
+        };
+        if run.offset != *total {
+            return Err(invalid(
+                path,
+                format!(
+                    "run at {:#x} is at offset {} of {}, where its earlier runs end at {}",
+                    run.vaddr, run.offset, head.files[run.file as usize].name, *total
+                ),
+            ));
+        }
         prev_end = end;
         check_run_covered(path, vmas, run.vaddr, end)?;
-        total += len;
+        *total += len;
         runs.push(*run);
     }
-    if total != head.total_bytes || total != pages_size {
-        return Err(invalid(
-            path,
-            format!(
-                "runs add up to {total} bytes, the head says {} and {} holds {pages_size}",
-                head.total_bytes, head.pages_file
-            ),
-        ));
+    for (f, &total) in head.files.iter().zip(&totals) {
+        let size = size_of(&f.name)?;
+        if total != f.bytes || total != size {
+            return Err(invalid(
+                path,
+                format!(
+                    "runs add up to {total} bytes, the head says {} and {} holds {size}",
+                    f.bytes, f.name
+                ),
+            ));
+        }
     }
-    Ok(runs)
+    Ok((runs, head.files.len()))
 }
 
 /// `[s, e)` must be covered, without gaps, by mappings that can hold pages.
@@ -962,50 +1007,117 @@ pub(crate) mod tests {
 
     fn head(total: u64) -> PagemapRecord {
         PagemapRecord::Head(PagemapHead {
-            pages_file: "pages-7.img".into(),
-            total_bytes: total,
+            files: vec![PagesFile {
+                name: "pages-7.img".into(),
+                bytes: total,
+            }],
         })
     }
 
+    /// A run in file 0; the offsets are set by [`chk`].
     fn run(vaddr: u64, nr_pages: u64) -> PagemapRecord {
-        PagemapRecord::Run(PagemapEntry { vaddr, nr_pages })
+        PagemapRecord::Run(PagemapEntry {
+            vaddr,
+            nr_pages,
+            file: 0,
+            offset: 0,
+        })
+    }
+
+    /// `check_pagemap` of `recs` (runs in file 0 at offsets following each
+    /// other) with every pages file `size` bytes long.
+    fn chk(recs: &[PagemapRecord], vmas: &[Vma], size: u64) -> Result<(Vec<PagemapEntry>, usize)> {
+        let mut recs = recs.to_vec();
+        let mut off = 0u64;
+        for r in &mut recs {
+            if let PagemapRecord::Run(e) = r {
+                e.offset = off;
+                off = off.wrapping_add(e.nr_pages.wrapping_mul(PAGE));
+            }
+        }
+        check_pagemap(&p(), &recs, 7, vmas, &|_| Ok(size))
     }
 
     #[test]
     fn pagemap_checks() {
         let m = sample_mm();
         let ok = vec![head(3 * PAGE), run(0x400000, 1), run(0x500000, 2)];
-        assert_eq!(
-            check_pagemap(&p(), &ok, 7, &m.vmas, 3 * PAGE)
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(chk(&ok, &m.vmas, 3 * PAGE).unwrap().0.len(), 2);
         // Size mismatch with the pages file.
-        assert!(msg(check_pagemap(&p(), &ok, 7, &m.vmas, 4 * PAGE)).contains("add up"));
+        assert!(msg(chk(&ok, &m.vmas, 4 * PAGE)).contains("add up"));
         // Pages in the vDSO.
         let bad = vec![head(PAGE), run(0x7ffe0000, 1)];
-        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE)).contains("cannot hold"));
+        assert!(msg(chk(&bad, &m.vmas, PAGE)).contains("cannot hold"));
         // Pages in a hole.
         let bad = vec![head(PAGE), run(0x450000, 1)];
-        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE)).contains("outside every"));
+        assert!(msg(chk(&bad, &m.vmas, PAGE)).contains("outside every"));
         // Run sticking out of its mapping into a hole.
         let bad = vec![head(PAGE * 0x11), run(0x500000, 0x11)];
-        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, PAGE * 0x11)).contains("outside every"));
+        assert!(msg(chk(&bad, &m.vmas, PAGE * 0x11)).contains("outside every"));
         // Out of order.
         let bad = vec![head(2 * PAGE), run(0x500000, 1), run(0x400000, 1)];
-        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, 2 * PAGE)).contains("out of order"));
+        assert!(msg(chk(&bad, &m.vmas, 2 * PAGE)).contains("out of order"));
         // Wrong pages file, missing head, zero pages, overflow.
         let bad = vec![PagemapRecord::Head(PagemapHead {
-            pages_file: "../../etc/passwd".into(),
-            total_bytes: 0,
+            files: vec![PagesFile {
+                name: "../../etc/passwd".into(),
+                bytes: 0,
+            }],
         })];
-        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, 0)).contains("expected"));
-        assert!(msg(check_pagemap(&p(), &[run(0x400000, 1)], 7, &m.vmas, 0)).contains("head"));
+        assert!(msg(chk(&bad, &m.vmas, 0)).contains("expected"));
+        assert!(msg(chk(&[run(0x400000, 1)], &m.vmas, 0)).contains("head"));
         let bad = vec![head(0), run(0x400000, 0)];
-        assert!(check_pagemap(&p(), &bad, 7, &m.vmas, 0).is_err());
+        assert!(chk(&bad, &m.vmas, 0).is_err());
         let bad = vec![head(0), run(0x400000, u64::MAX / 2)];
-        assert!(check_pagemap(&p(), &bad, 7, &m.vmas, 0).is_err());
+        assert!(chk(&bad, &m.vmas, 0).is_err());
+        // Two files: each run at the end of its file's earlier runs.
+        let two = |second: u64| {
+            vec![
+                PagemapRecord::Head(PagemapHead {
+                    files: vec![
+                        PagesFile {
+                            name: "pages-7.img".into(),
+                            bytes: PAGE,
+                        },
+                        PagesFile {
+                            name: "pages-7.1.img".into(),
+                            bytes: 2 * PAGE,
+                        },
+                    ],
+                }),
+                PagemapRecord::Run(PagemapEntry {
+                    vaddr: 0x400000,
+                    nr_pages: 1,
+                    file: 1,
+                    offset: 0,
+                }),
+                PagemapRecord::Run(PagemapEntry {
+                    vaddr: 0x500000,
+                    nr_pages: 1,
+                    file: 0,
+                    offset: 0,
+                }),
+                PagemapRecord::Run(PagemapEntry {
+                    vaddr: 0x501000,
+                    nr_pages: 1,
+                    file: 1,
+                    offset: second,
+                }),
+            ]
+        };
+        let sizes = |n: &str| Ok(if n == "pages-7.img" { PAGE } else { 2 * PAGE });
+        let (runs, n) = check_pagemap(&p(), &two(PAGE), 7, &m.vmas, &sizes).unwrap();
+        assert_eq!((runs.len(), n), (3, 2));
+        let e = msg(check_pagemap(&p(), &two(0), 7, &m.vmas, &sizes));
+        assert!(e.contains("offset 0 of pages-7.1.img"), "{e}");
+        let mut bad = two(PAGE);
+        if let PagemapRecord::Run(r) = &mut bad[1] {
+            r.file = 2;
+        }
+        assert!(msg(check_pagemap(&p(), &bad, 7, &m.vmas, &sizes)).contains("pages file 2"));
+        // A short second file.
+        let e = msg(check_pagemap(&p(), &two(PAGE), 7, &m.vmas, &|_| Ok(PAGE)));
+        assert!(e.contains("pages-7.1.img holds 4096"), "{e}");
     }
 
     #[test]

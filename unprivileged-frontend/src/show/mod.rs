@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::images::format::{decode_image, HEADER_LEN};
 use crate::images::types::{
     CoreEntry, FdEntry, FileEntry, FsEntry, Inventory, MmEntry, PagemapEntry, PagemapRecord,
-    PstreeEntry,
+    PagesFile, PstreeEntry,
 };
 use crate::images::{read_image, read_single, ImageDir, ImageError, Kind};
 use serde::Serialize;
@@ -59,8 +59,8 @@ fn to_json<T: Serialize>(v: &T) -> String {
 // ---------------------------------------------------------------------------
 // The whole checkpoint
 
-/// Read the pagemap of a process: head's total and the runs.
-fn read_pagemap(path: &Path) -> Result<(String, u64, Vec<PagemapEntry>)> {
+/// Read the pagemap of a process: the head's pages files and the runs.
+fn read_pagemap(path: &Path) -> Result<(Vec<PagesFile>, Vec<PagemapEntry>)> {
     let recs: Vec<PagemapRecord> = read_image(path, Kind::Pagemap)?;
     let mut it = recs.into_iter();
     let Some(PagemapRecord::Head(head)) = it.next() else {
@@ -75,7 +75,7 @@ fn read_pagemap(path: &Path) -> Result<(String, u64, Vec<PagemapEntry>)> {
             }
         }
     }
-    Ok((head.pages_file, head.total_bytes, runs))
+    Ok((head.files, runs))
 }
 
 /// Read every image of a checkpoint into views.
@@ -110,7 +110,8 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
             Some(i) => thread_cores[i].clone(),
             None => read_single::<CoreEntry>(&d.core(pid), Kind::Core)?,
         };
-        let (pages_file, pages_bytes, runs) = read_pagemap(&d.pagemap(pid))?;
+        let (pages_files, runs) = read_pagemap(&d.pagemap(pid))?;
+        let pages_bytes = pages_files.iter().map(|f| f.bytes).sum();
         let p = ProcessImages {
             core,
             thread_cores,
@@ -123,18 +124,22 @@ pub fn load(dir: &Path, contents: Option<u64>) -> Result<Checkpoint> {
         };
         let mut v = view::process(&p, &table);
         if let Some(max) = contents {
-            let name = Path::new(&pages_file)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.is_empty() || name != pages_file {
-                return Err(ImageError::invalid(
-                    &d.pagemap(pid),
-                    format!("pages file name {pages_file:?} is not a plain file name"),
-                )
-                .into());
+            let mut paths = Vec::with_capacity(pages_files.len());
+            for f in &pages_files {
+                let name = Path::new(&f.name)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if name.is_empty() || name != f.name {
+                    return Err(ImageError::invalid(
+                        &d.pagemap(pid),
+                        format!("pages file name {:?} is not a plain file name", f.name),
+                    )
+                    .into());
+                }
+                paths.push(d.file(&name));
             }
-            v.contents = Some(hexdump_pages(&d.file(&name), &p.runs, max)?);
+            v.contents = Some(hexdump_pages(&paths, &p.runs, max)?);
         }
         processes.push(v);
     }
@@ -465,20 +470,25 @@ fn hex_line(addr: u64, bytes: &[u8]) -> HexLine {
     }
 }
 
-/// Hex-dump up to `max` bytes of a pages file; each line gets the virtual
-/// address the pagemap gives it.
+/// Hex-dump up to `max` bytes of the pages of `runs` (in address order),
+/// each read from its pages file (`pages`, indexed by the run's `file`) at
+/// its offset; each line gets the virtual address the pagemap gives it.
 ///
-/// Errors: the pages file cannot be read or is shorter than the runs.
-pub fn hexdump_pages(pages: &Path, runs: &[PagemapEntry], max: u64) -> Result<Contents> {
-    let mut f = File::open(pages).map_err(|source| ImageError::Io {
-        path: pages.to_path_buf(),
-        op: "open",
-        source,
-    })?;
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+/// Errors: a pages file cannot be read, is shorter than its runs, or is not
+/// in `pages`.
+pub fn hexdump_pages(pages: &[PathBuf], runs: &[PagemapEntry], max: u64) -> Result<Contents> {
+    let mut files = Vec::with_capacity(pages.len());
+    for p in pages {
+        let f = File::open(p).map_err(|source| ImageError::Io {
+            path: p.clone(),
+            op: "open",
+            source,
+        })?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        files.push((f, size));
+    }
     let mut lines = Vec::new();
     let mut shown = 0u64;
-    let mut offset = 0u64;
     let mut truncated = false;
     for r in runs {
         let len = r.nr_pages.saturating_mul(4096);
@@ -486,6 +496,20 @@ pub fn hexdump_pages(pages: &Path, runs: &[PagemapEntry], max: u64) -> Result<Co
             truncated = truncated || len > 0;
             break;
         }
+        let (Some((f, size)), Some(pages)) =
+            (files.get_mut(r.file as usize), pages.get(r.file as usize))
+        else {
+            return Err(ImageError::invalid(
+                pages.first().map_or(Path::new("pages"), |p| p.as_path()),
+                format!(
+                    "the run at {:#x} is in pages file {}, not named",
+                    r.vaddr, r.file
+                ),
+            )
+            .into());
+        };
+        let size = *size;
+        let offset = r.offset;
         let want = len.min(max - shown);
         if offset.saturating_add(want) > size {
             return Err(ImageError::Truncated {
@@ -508,7 +532,6 @@ pub fn hexdump_pages(pages: &Path, runs: &[PagemapEntry], max: u64) -> Result<Co
         }
         shown += want;
         truncated = truncated || want < len;
-        offset = offset.saturating_add(len);
     }
     Ok(Contents { lines, truncated })
 }
@@ -744,14 +767,26 @@ pub fn decode_file(path: &Path, contents: Option<u64>) -> Result<FileView> {
 /// Contents of a pages file: with virtual addresses when the matching
 /// `pagemap-PID.img` lies beside it and reads cleanly, else file offsets.
 fn pages_contents(path: &Path, max: u64) -> Result<Contents> {
-    let pagemap: Option<PathBuf> = path
+    // `pages-PID.img` is file 0 of `pagemap-PID.img`, `pages-PID.K.img`
+    // file K.
+    let which: Option<(&str, u32)> = path
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("pages-"))
-        .map(|rest| path.with_file_name(format!("pagemap-{rest}")));
-    if let Some(pm) = pagemap.filter(|p| p.is_file()) {
-        if let Ok((_, _, runs)) = read_pagemap(&pm) {
-            return hexdump_pages(path, &runs, max);
+        .and_then(|n| n.strip_suffix(".img"))
+        .and_then(|rest| match rest.split_once('.') {
+            None => Some((rest, 0)),
+            Some((pid, k)) => k.parse().ok().map(|k| (pid, k)),
+        });
+    if let Some((pid, k)) = which {
+        let pm = path.with_file_name(format!("pagemap-{pid}.img"));
+        if let Ok((_, runs)) = read_pagemap(&pm) {
+            let mine: Vec<PagemapEntry> = runs
+                .into_iter()
+                .filter(|r| r.file == k)
+                .map(|r| PagemapEntry { file: 0, ..r })
+                .collect();
+            return hexdump_pages(&[path.to_path_buf()], &mine, max);
         }
     }
     hexdump_raw(path, max)
@@ -896,12 +931,17 @@ mod tests {
             PagemapEntry {
                 vaddr: 0x10000,
                 nr_pages: 1,
+                file: 0,
+                offset: 0,
             },
             PagemapEntry {
                 vaddr: 0x40000,
                 nr_pages: 1,
+                file: 0,
+                offset: 4096,
             },
         ];
+        let p = [p];
         let c = hexdump_pages(&p, &runs, 8192).unwrap();
         assert_eq!(c.lines.len(), 512);
         assert_eq!(c.lines[0].addr, 0x10000);
@@ -915,6 +955,8 @@ mod tests {
         let short = [PagemapEntry {
             vaddr: 0,
             nr_pages: 3,
+            file: 0,
+            offset: 0,
         }];
         let e = hexdump_pages(&p, &short, 1 << 20).unwrap_err().to_string();
         assert!(e.contains("pages-1.img") && e.contains("truncated"), "{e}");

@@ -1049,10 +1049,14 @@ mod tests {
             PagemapEntry {
                 vaddr: 0x1000,
                 nr_pages: 2,
+                file: 0,
+                offset: 0,
             },
             PagemapEntry {
                 vaddr: 0x5000,
                 nr_pages: 1,
+                file: 1,
+                offset: 0,
             },
         ];
         assert_eq!(stored_in(0x0, 0x2000, &runs), 0x1000);
