@@ -58,9 +58,11 @@ pub struct TaskCreds {
     pub gid: [u32; 3],
     /// `CapInh`, `CapPrm`, `CapEff`, `CapAmb`.
     pub caps: [(CapSet, u64); 4],
-    /// `State:` is `Z` (zombie) or `X` (dead): the task has no memory any
-    /// more, and the kernel shows its /proc files as root's whatever its
-    /// dumpable flag was (`task_dump_owner`, fs/proc/base.c).
+    /// The task has no memory any more: a zombie or dead task (`State:`
+    /// `Z`/`X`), or one past exit_mm() while it exits (status then has no
+    /// `VmSize:` line). The kernel shows such a task's /proc files as
+    /// root's whatever its dumpable flag was (`task_dump_owner`,
+    /// fs/proc/base.c).
     pub no_mm: bool,
 }
 
@@ -80,7 +82,7 @@ pub fn parse_status(status: &str) -> Option<TaskCreds> {
     let no_mm = matches!(
         field("State:").and_then(|s| s.chars().next()),
         Some('Z' | 'X')
-    );
+    ) || field("VmSize:").is_none();
     Some(TaskCreds {
         uid: ids("Uid:")?,
         gid: ids("Gid:")?,
@@ -124,10 +126,12 @@ pub fn check_task(pid: Pid, pidfd: &OwnedFd, caller: &Caller) -> Result<(), Fail
         return Ok(());
     }
     let gone = Fail::bare(ErrorKind::Gone);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| gone)?;
+    // The owner first: a task that loses its memory (exits) in between is
+    // then seen without it in the status, never the other way round.
     let owner = std::fs::metadata(format!("/proc/{pid}/status"))
         .map_err(|_| gone)?
         .uid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| gone)?;
     // EPERM (a task of another user: we keep no CAP_KILL) still proves the
     // task alive; only ESRCH says it is gone.
     match sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(pidfd), 0) {
@@ -145,7 +149,7 @@ mod tests {
 
     const STATUS: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\n\
         Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\n\
-        Groups:\t100 27\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
+        Groups:\t100 27\nVmSize:\t  10000 kB\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\n\
         CapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
 
     fn caller() -> Caller {
@@ -201,6 +205,10 @@ mod tests {
         // A zombie's files are root's whatever it was: only its IDs count.
         let z = parse_status(&STATUS.replace("S (sleeping)", "Z (zombie)")).unwrap();
         assert!(z.no_mm && !c.no_mm);
+        // Past exit_mm(): no Vm lines, still running.
+        let exiting = parse_status(&STATUS.replace("VmSize:\t  10000 kB\n", "")).unwrap();
+        assert!(exiting.no_mm);
+        assert_eq!(judge(&exiting, 0, &caller()), Ok(()));
         assert_eq!(judge(&z, 0, &caller()), Ok(()));
         let mut z2 = z;
         z2.uid[0] = 0;
