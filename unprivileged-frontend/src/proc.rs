@@ -132,6 +132,12 @@ pub fn read_stat(pid: i32) -> Result<Stat> {
 /// Fields of `/proc/PID/status` that dump uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
+    /// Command name (`Name`), up to 15 bytes.
+    pub name: String,
+    /// Thread group ID (`Tgid`): the process a thread belongs to.
+    pub tgid: i32,
+    /// Parent's PID (`PPid`).
+    pub ppid: i32,
     /// State letter.
     pub state: char,
     /// Tracer PID, 0 when not traced.
@@ -187,6 +193,9 @@ pub fn parse_status(text: &str) -> std::result::Result<Status, String> {
         };
         let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|e| format!("{key}: {e}"));
         match key {
+            "Name" => s.name = val.to_string(),
+            "Tgid" => s.tgid = val.parse().map_err(|e| format!("{key}: {e}"))?,
+            "PPid" => s.ppid = val.parse().map_err(|e| format!("{key}: {e}"))?,
             "State" => s.state = val.chars().next().unwrap_or('?'),
             "TracerPid" => s.tracer_pid = val.parse().map_err(|e| format!("{key}: {e}"))?,
             "Uid" => s.uids = ids(val)?,

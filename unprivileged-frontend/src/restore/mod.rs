@@ -348,34 +348,28 @@ pub fn check_pid_free(pid: i32) -> Result<()> {
         Err(e) => return Err(Error::proc(&p, e)),
     };
     let exiting = matches!(holder(pid)?, Holder::Exiting);
-    Err(Error::Refused(pid_in_use_message(pid, &text, exiting)))
+    let st = crate::proc::parse_status(&text).map_err(|d| Error::parse(&p, d))?;
+    Err(Error::Refused(pid_in_use_message(pid, &st, exiting)))
 }
 
-/// The refusal for a PID whose `/proc/PID/status` reads `status`;
+/// The refusal for a PID whose `/proc/PID/status` reads `st`;
 /// `exiting`: its task has begun to exit but is not a zombie yet.
-pub fn pid_in_use_message(pid: i32, status: &str, exiting: bool) -> String {
-    let field = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    if field("State:").starts_with('Z') {
+pub fn pid_in_use_message(pid: i32, st: &crate::proc::Status, exiting: bool) -> String {
+    if st.state == 'Z' {
         format!(
             "pid {pid} is held by a zombie (not yet reaped by its parent {}); wait for it to be reaped",
-            field("PPid:")
+            st.ppid
         )
     } else if exiting {
         format!(
             "pid {pid} is held by {}, which has been exiting for over {} s; wait until it is gone and try again",
-            field("Name:"),
+            st.name,
             EXITING_WAIT.as_secs()
         )
     } else {
         format!(
             "pid {pid} is already in use by {}; restore needs the dumped PIDs free: stop that process (or wait until it exits) and try again",
-            field("Name:")
+            st.name
         )
     }
 }
@@ -596,15 +590,18 @@ mod tests {
 
     #[test]
     fn pid_messages() {
+        let st = |t: &str| crate::proc::parse_status(t).unwrap();
         let z = "Name:\tsleep\nState:\tZ (zombie)\nTgid:\t5\nPPid:\t77\n";
         assert_eq!(
-            pid_in_use_message(5, z, false),
+            pid_in_use_message(5, &st(z), false),
             "pid 5 is held by a zombie (not yet reaped by its parent 77); wait for it to be reaped"
         );
         let s = "Name:\tbash\nState:\tS (sleeping)\nPPid:\t1\n";
-        assert!(pid_in_use_message(5, s, false).starts_with("pid 5 is already in use by bash; "));
+        assert!(
+            pid_in_use_message(5, &st(s), false).starts_with("pid 5 is already in use by bash; ")
+        );
         let x = "Name:\thog\nState:\tD (disk sleep)\nPPid:\t1\n";
-        assert!(pid_in_use_message(5, x, true)
+        assert!(pid_in_use_message(5, &st(x), true)
             .starts_with("pid 5 is held by hog, which has been exiting for over 5 s; "));
     }
 

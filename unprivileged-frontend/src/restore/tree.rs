@@ -126,10 +126,8 @@ const NEXT_PID_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// The name of the task that holds `pid` now, if one does (a thread of
 /// another process that took it keeps it until it exits).
 fn taken_by(pid: i32) -> Option<String> {
-    let status = std::fs::read_to_string(crate::proc::path(pid, "status")).ok()?;
-    let name = status.lines().find_map(|l| l.strip_prefix("Name:"))?;
-    let tgid = status.lines().find_map(|l| l.strip_prefix("Tgid:"))?;
-    Some(format!("{} (pid {})", name.trim(), tgid.trim()))
+    let st = crate::proc::read_status(pid).ok()?;
+    Some(format!("{} (pid {})", st.name, st.tgid))
 }
 
 /// Setuid mode: `SetNextPid`, then `clone3` without `set_tid`. When another
