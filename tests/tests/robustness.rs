@@ -70,3 +70,42 @@ fn frontend_killed_mid_dump_leaves_target_unharmed() {
     }
     kill_and_reap(w.pid);
 }
+
+/// A helper that exits without answering (here /bin/true in its place) is
+/// an error at once, not a wait forever: criu must not keep the helper's
+/// end of the channel open itself. The target is left untraced.
+#[test]
+fn helper_that_exits_at_once_is_an_error_not_a_hang() {
+    let Some(t) = Test::new("helper_exits") else {
+        return;
+    };
+    let pid = t
+        .spawn_target(std::process::Command::new("sleep").arg("100"))
+        .id() as i32;
+    let mut child = std::process::Command::new(&bins().criu)
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(t.images())
+        .env("CRIU_HELPER", "/bin/true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start criu");
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait criu") {
+            break st;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            t.fail("criu hung waiting for a helper that had exited");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    if status.success() || !err.contains("closed the channel") {
+        t.fail(&format!("expected a clear failure, got {status}: {err}"));
+    }
+    t.assert_running_untouched(pid, "after the failed dump");
+}

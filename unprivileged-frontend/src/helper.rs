@@ -163,6 +163,9 @@ impl Helper {
             path: path.to_path_buf(),
             source,
         })?;
+        // Close our copy of the helper's end now: a helper that exits
+        // before answering must read as end of stream, not a wait forever.
+        drop(cmd);
         let mut h = Helper {
             ch: Channel::new(ours),
             child,
